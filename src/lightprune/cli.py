@@ -1,0 +1,68 @@
+"""Command line: ``lightprune`` (and its ``lightning`` alias) = LightningCLI with our defaults.
+
+    lightprune fit --config configs/quickstart.yaml
+    lightning fit --config configs/prune_vgg16.yaml      # the same entry point
+
+The data module's ``num_classes``, ``in_channels`` and ``image_size`` are linked into the model, so
+a config names them once. W&B runs offline unless ``WANDB_MODE`` is set otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from lightning.pytorch.cli import LightningCLI
+
+from .data import ClassificationDataModule
+from .module import ClassificationModule
+
+__all__ = ["LightpruneCLI", "main"]
+
+
+class LightpruneCLI(LightningCLI):
+    """LightningCLI with data->model links and an optional test run right after ``fit``."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        for key in ("num_classes", "in_channels", "image_size"):
+            parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=False,
+            help="after `fit`, evaluate the best checkpoint on the test split and print a summary",
+        )
+
+    def before_fit(self) -> None:
+        self._fit_started = time.perf_counter()
+
+    def after_fit(self) -> None:
+        if not self.config[self.subcommand].get("test_after_fit"):
+            return
+        elapsed = time.perf_counter() - self._fit_started
+        ckpt = "best" if self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path else None
+        results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt, verbose=False)
+        if self.trainer.is_global_zero and results:
+            n_params = sum(p.numel() for p in self.model.parameters())
+            lines = [f"fit took {elapsed:.1f} s; parameters: {n_params:,}; checkpoint tested: {ckpt or 'last weights'}"]
+            lines += [f"  {k:<20} {v:.4f}" for k, v in sorted(results[0].items())]
+            print("\n".join(lines), flush=True)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``lightprune`` and ``lightning`` console scripts."""
+    os.environ.setdefault("WANDB_MODE", "offline")
+    LightpruneCLI(
+        ClassificationModule,
+        ClassificationDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        auto_configure_optimizers=False,
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

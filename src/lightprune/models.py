@@ -1,0 +1,224 @@
+"""Model factory: torchvision classifiers and CIFAR-style variants for 32x32 inputs.
+
+Example::
+
+    >>> import torch, lightprune as lp
+    >>> net = lp.create_model("cifar_vgg16", num_classes=10, width_mult=0.25)
+    >>> net(torch.zeros(2, 3, 32, 32)).shape
+    torch.Size([2, 10])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from .errors import ConfigError, InputSizeError, UnknownNameError, check_choice
+
+__all__ = ["create_model", "list_models", "model_info", "ModelInfo", "CifarVGG"]
+
+# VGG layouts: numbers are conv widths, "M" a 2x2 max-pool.
+VGG_CFGS: dict[str, list[int | str]] = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+}
+
+
+class CifarVGG(nn.Module):
+    """VGG for 32x32 inputs: 3x3 convs (+BatchNorm) + ReLU, five max-pools, a 512-512-classes head.
+
+    Same attribute layout as torchvision's VGG (``features``, ``avgpool``, ``classifier``), so the
+    activation hooks and torch-pruning treat both alike.
+
+    Args:
+        cfg: layer layout, see ``VGG_CFGS``.
+        num_classes: number of output classes (>= 2).
+        in_channels: image channels (1 or 3).
+        width_mult: multiplies every conv and hidden width (rounded, at least 4), default 1.0.
+        batch_norm: BatchNorm after every conv, default True.
+    """
+
+    def __init__(
+        self,
+        cfg: list[int | str],
+        num_classes: int = 10,
+        in_channels: int = 3,
+        width_mult: float = 1.0,
+        batch_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        if not width_mult > 0:
+            raise ConfigError(f"width_mult={width_mult!r} is not allowed; it must be > 0")
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+                continue
+            c_out = max(4, int(round(int(v) * width_mult)))
+            layers.append(nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(c_out))
+            layers.append(nn.ReLU(inplace=True))
+            c_in = c_out
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        hidden = max(4, int(round(512 * width_mult)))
+        self.classifier = nn.Sequential(
+            nn.Linear(c_in, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
+        )
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avgpool(self.features(x))
+        return self.classifier(torch.flatten(x, 1))
+
+
+def _replace_first_conv(model: nn.Module, in_channels: int) -> nn.Module:
+    """Swap the first Conv2d of a torchvision model for one taking ``in_channels`` inputs."""
+    if in_channels == 3:
+        return model
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            new = nn.Conv2d(
+                in_channels,
+                module.out_channels,
+                module.kernel_size,
+                module.stride,
+                module.padding,
+                module.dilation,
+                module.groups,
+                module.bias is not None,
+            )
+            parent_name, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, attr, new)
+            return model
+    raise ConfigError("model has no Conv2d layer to adapt to in_channels")
+
+
+def _torchvision(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    def build(num_classes: int, in_channels: int, **kw) -> nn.Module:
+        return _replace_first_conv(builder(weights=None, num_classes=num_classes, **kw), in_channels)
+
+    return build
+
+
+def _cifar_vgg(cfg_name: str) -> Callable[..., nn.Module]:
+    def build(num_classes: int, in_channels: int, **kw) -> nn.Module:
+        return CifarVGG(VGG_CFGS[cfg_name], num_classes=num_classes, in_channels=in_channels, **kw)
+
+    return build
+
+
+def _cifar_resnet(block: type[nn.Module], layers: list[int]) -> Callable[..., nn.Module]:
+    def build(num_classes: int, in_channels: int, **kw) -> nn.Module:
+        model = ResNet(block, layers, num_classes=num_classes, **kw)
+        # CIFAR stem: 3x3 stride-1 conv, no max-pool (He et al. 2016, Sec. 4.2 style for 32x32)
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+        model.maxpool = nn.Identity()
+        return model
+
+    return build
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the factory knows about a model name."""
+
+    name: str
+    builder: Callable[..., nn.Module]
+    input_size: int  # the size it is designed for
+    min_input_size: int  # smallest square input it accepts
+    family: str  # "vgg", "resnet", "mobilenet", "densenet"
+
+
+_MODELS: dict[str, ModelInfo] = {}
+
+
+def _register(name: str, builder: Callable[..., nn.Module], input_size: int, min_size: int, family: str) -> None:
+    _MODELS[name] = ModelInfo(name, builder, input_size, min_size, family)
+
+
+_register("vgg11_bn", _torchvision(tvm.vgg11_bn), 224, 32, "vgg")
+_register("vgg16", _torchvision(tvm.vgg16), 224, 32, "vgg")
+_register("vgg16_bn", _torchvision(tvm.vgg16_bn), 224, 32, "vgg")
+_register("resnet18", _torchvision(tvm.resnet18), 224, 32, "resnet")
+_register("resnet34", _torchvision(tvm.resnet34), 224, 32, "resnet")
+_register("resnet50", _torchvision(tvm.resnet50), 224, 32, "resnet")
+_register("mobilenet_v2", _torchvision(tvm.mobilenet_v2), 224, 32, "mobilenet")
+_register("densenet121", _torchvision(tvm.densenet121), 224, 32, "densenet")
+_register("cifar_vgg11", _cifar_vgg("vgg11"), 32, 32, "vgg")
+_register("cifar_vgg16", _cifar_vgg("vgg16"), 32, 32, "vgg")
+_register("cifar_resnet18", _cifar_resnet(BasicBlock, [2, 2, 2, 2]), 32, 8, "resnet")
+_register("cifar_resnet34", _cifar_resnet(BasicBlock, [3, 4, 6, 3]), 32, 8, "resnet")
+_register("cifar_resnet50", _cifar_resnet(Bottleneck, [3, 4, 6, 3]), 32, 8, "resnet")
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`, sorted."""
+    return sorted(_MODELS)
+
+
+def model_info(name: str) -> ModelInfo:
+    """Return the :class:`ModelInfo` of ``name``; unknown names raise :class:`UnknownNameError`."""
+    if name not in _MODELS:
+        raise UnknownNameError("model", name, _MODELS)
+    return _MODELS[name]
+
+
+def create_model(
+    name: str,
+    num_classes: int = 10,
+    *,
+    in_channels: int = 3,
+    image_size: int | None = None,
+    **kwargs,
+) -> nn.Module:
+    """Build a randomly initialised classifier.
+
+    Args:
+        name: one of :func:`list_models`.
+        num_classes: number of outputs of the classifier, >= 2.
+        in_channels: image channels, 1 or 3 (the first conv is adapted for 1).
+        image_size: side of the square input images, checked against the model's minimum
+            (32 for VGG/torchvision models, 8 for CIFAR ResNets); ``None`` skips the check.
+        **kwargs: passed to the builder (``width_mult``, ``batch_norm`` for CIFAR VGGs; torchvision
+            keyword arguments otherwise).
+
+    Returns:
+        The model, in training mode.
+
+    Raises:
+        UnknownNameError: unknown ``name``.
+        ConfigError: ``num_classes`` < 2 or ``in_channels`` not 1/3.
+        InputSizeError: ``image_size`` below the model's minimum.
+    """
+    info = model_info(name)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ConfigError(f"num_classes={num_classes!r} is not allowed; a classifier needs an integer >= 2")
+    check_choice("in_channels", in_channels, (1, 3))
+    if image_size is not None and image_size < info.min_input_size:
+        raise InputSizeError(
+            f"image_size={image_size} is too small for model {name!r}: it needs inputs of at least "
+            f"{info.min_input_size}x{info.min_input_size} (designed for {info.input_size}x{info.input_size})"
+        )
+    try:
+        return info.builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    except TypeError as err:
+        raise ConfigError(f"bad keyword arguments for model {name!r}: {err}") from None

@@ -1,0 +1,96 @@
+"""The CLI through the installed console scripts (`lightprune`, `lightning`), as users type it."""
+
+import csv
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import lightprune as lp
+from wandb_offline import read_run
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+QUICK = str(ROOT / "configs" / "quickstart.yaml")
+FAST = [
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=3",
+    "--trainer.limit_val_batches=2",
+    "--trainer.limit_test_batches=2",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+]
+
+
+def run(cmd, cwd, **env):
+    full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **env}
+    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=600)
+
+
+def test_console_scripts_are_installed_and_list_subcommands(tmp_path):
+    for script in ("lightprune", "lightning"):
+        res = run([str(BIN / script), "--help"], tmp_path)
+        assert res.returncode == 0, res.stderr
+        for sub in ("fit", "validate", "test", "predict"):
+            assert sub in res.stdout
+
+
+@pytest.mark.parametrize("script", ["lightprune", "lightning"])
+def test_fit_quickstart_through_console_script(tmp_path, script):
+    res = run([str(BIN / script), "fit", "--config", QUICK, *FAST], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert re.search(r"test/acc\s+\d\.\d{4}", res.stdout), res.stdout
+    version = tmp_path / "runs" / "quickstart" / "version_0"
+    rows = list(csv.DictReader(open(version / "metrics.csv")))
+    assert any(r.get("val/acc") for r in rows) and any(r.get("test/balanced_acc") for r in rows)
+    # the checkpoint rebuilds the module from its config (plain data: loads with weights_only=True)
+    ckpt = next((version / "checkpoints").glob("epoch=*.ckpt"))
+    raw = torch.load(ckpt, weights_only=True, map_location="cpu")
+    assert raw["hyper_parameters"]["model"] == "cifar_vgg16"
+    module = lp.ClassificationModule.load_from_checkpoint(ckpt)
+    assert isinstance(module, lp.ClassificationModule)
+    assert module.model.features[0].out_channels == 16  # width_mult 0.25 from the config
+
+
+def test_wandb_logger_is_offline_and_logs(tmp_path):
+    cfg = str(ROOT / "configs" / "logger_wandb.yaml")
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    res = subprocess.run(
+        [str(BIN / "lightprune"), "fit", "--config", QUICK, "--config", cfg, *FAST],
+        cwd=tmp_path, env={**env, "WANDB_SILENT": "true"}, capture_output=True, text=True, timeout=600,
+    )  # WANDB_MODE unset: the CLI must default to offline
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = list((tmp_path / "runs" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list((tmp_path / "runs").rglob("*"))[:20]
+    logged = read_run(runs[0])
+    assert 0.0 <= logged["summary"]["val/acc"] <= 1.0
+    assert {"test/acc", "test/balanced_acc", "test/acc_top5", "train/loss_epoch"} <= set(logged["summary"])
+    assert any("val/balanced_acc" in step for step in logged["history"])
+    assert logged["config"]["model"] == "cifar_vgg16"
+
+
+@pytest.mark.parametrize(
+    "override,pattern",
+    [
+        (["--data.class_path", "lightprune.data.NoSuchData"], r"NoSuchData"),
+        (["--model.init_args.model", "vgg99"], r"Unknown model 'vgg99'. Known models: cifar_resnet18"),
+        (["--data.init_args.image_size", "16"], r"image_size=16 is too small for model 'cifar_vgg16'"),
+        (["--data.init_args.channels", "2"], r"channels=2 is not allowed; choose one of: 1, 3"),
+    ],
+)
+def test_cli_bad_input_is_clear(tmp_path, override, pattern):
+    res = run([str(BIN / "lightprune"), "fit", "--config", QUICK, *FAST, *override], tmp_path)
+    assert res.returncode != 0
+    assert re.search(pattern, res.stderr + res.stdout), (res.stderr + res.stdout)[-3000:]
+
+
+@pytest.mark.slow
+def test_quickstart_reaches_95_percent(tmp_path):
+    res = run([str(BIN / "lightprune"), "fit", "--config", QUICK, "--trainer.enable_progress_bar=false"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    acc = float(re.search(r"test/acc\s+(\d\.\d{4})", res.stdout).group(1))
+    assert acc >= 0.95, res.stdout
