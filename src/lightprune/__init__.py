@@ -1,6 +1,7 @@
 """lightprune: structured (channel) pruning and fine-tuning of CNNs with PyTorch Lightning."""
 
 from . import errors
+from .criteria import Criterion, Scores, create_criterion, list_criteria, register_criterion, score
 from .errors import ConfigError, LightpruneError, UnknownNameError
 from .models import create_model, list_models
 from .module import ClassificationModule
@@ -9,6 +10,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ClassificationModule",
+    "Criterion",
+    "Scores",
+    "create_criterion",
+    "list_criteria",
+    "register_criterion",
+    "score",
     "ConfigError",
     "LightpruneError",
     "UnknownNameError",

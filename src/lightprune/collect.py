@@ -1,0 +1,244 @@
+"""Find the prunable layers of a network and capture their post-activation outputs with hooks.
+
+**Prunable layers**: every ``nn.Conv2d`` with ``groups == 1`` (depthwise/grouped convs are coupled
+to the conv that feeds them and are pruned with it, not scored alone) and every ``nn.Linear``
+except the final classifier (the last ``Linear`` executed, or registered when nothing runs).
+
+**Where the post-activation output is taken** (one forward pass on example inputs, tracing which
+module consumes which tensor object):
+
+1. start at the layer's output;
+2. if the next module to receive exactly that tensor is a BatchNorm, move to its output;
+3. if the next module to receive exactly that tensor is an activation module (ReLU, ReLU6,
+   SiLU, GELU, Sigmoid, Tanh, Hardswish, ...), capture *that call's* output.
+
+What this gives on the supported architectures (tested in ``tests/test_collect.py``):
+
+- VGG (torchvision and CIFAR): ``conv -> bn -> relu``: the ReLU output. Hidden Linear layers of
+  the classifier: the ReLU after them.
+- ResNet: inner convs (``conv1``; ``conv2`` of bottlenecks): ``bn -> relu``. A block's last conv:
+  its BatchNorm output is added *in place* to the shortcut and then goes through the block's ReLU,
+  so the capture is the block output ``relu(bn(conv) + shortcut)`` — the same tensor for every conv
+  of a residual group, consistent with pruning the group together. ``downsample.0``: its
+  BatchNorm output (no activation of its own). The block's shared ``relu`` module is called several
+  times per forward; the capture records *which* call (``capture_call``).
+- MobileNetV2: expansion/stem/last convs: ``bn -> ReLU6``; projection convs (linear bottleneck):
+  the BatchNorm output; depthwise convs are not scored (coupled to the expansion conv).
+- Pre-activation designs (DenseNet): the conv's own output (the next BatchNorm acts on a
+  concatenation, not on this tensor).
+
+Functional activations (``F.relu`` inside ``forward``) are not modules and cannot be seen: the
+capture then stops at the BatchNorm (or the layer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+__all__ = ["PrunableLayer", "find_prunable_layers", "capture_activations", "ACTIVATIONS"]
+
+ACTIVATIONS: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softplus,
+)
+NORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
+
+
+@dataclass
+class PrunableLayer:
+    """A layer whose output channels can be removed.
+
+    Attributes:
+        name: module name in ``model.named_modules()``.
+        module: the ``nn.Conv2d`` / ``nn.Linear``.
+        kind: ``"conv"`` or ``"linear"``.
+        out_channels: number of output channels / neurons.
+        capture: name of the module whose output is the layer's post-activation output.
+        capture_call: which call of ``capture`` within one forward pass (0-based).
+        chain: module types from the layer to the capture, e.g. ``("Conv2d", "BatchNorm2d", "ReLU")``.
+        activation: the activation module at the end of the chain, or None.
+    """
+
+    name: str
+    module: nn.Module
+    kind: str
+    out_channels: int
+    capture: str = ""
+    capture_call: int = 0
+    chain: tuple[str, ...] = field(default_factory=tuple)
+    activation: nn.Module | None = None
+
+
+def _is_candidate(module: nn.Module) -> bool:
+    return (isinstance(module, nn.Conv2d) and module.groups == 1) or isinstance(module, nn.Linear)
+
+
+@dataclass
+class _Call:
+    name: str
+    module: nn.Module
+    index: int  # which call of this module
+    inp: object
+    out: object
+
+
+def _trace(model: nn.Module, example_inputs: torch.Tensor) -> list[_Call]:
+    """Run one forward pass recording every leaf-module call (keeps tensors alive, so identity is safe)."""
+    calls: list[_Call] = []
+    counts: dict[str, int] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if next(module.children(), None) is not None:
+            continue
+
+        def hook(mod, args, out, _name=name):
+            idx = counts.get(_name, 0)
+            counts[_name] = idx + 1
+            calls.append(_Call(_name, mod, idx, args[0] if args else None, out))
+
+        handles.append(module.register_forward_hook(hook))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example_inputs)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def find_prunable_layers(
+    model: nn.Module,
+    example_inputs: torch.Tensor | None = None,
+    layers: Sequence[str] | None = None,
+) -> dict[str, PrunableLayer]:
+    """Return the prunable layers of ``model`` in execution order (registration order without inputs).
+
+    Args:
+        model: the network.
+        example_inputs: a small input batch, e.g. ``torch.zeros(1, 3, 32, 32)``. With it, the
+            post-activation capture point of each layer is located (see the module docstring) and
+            the final classifier is the last Linear executed; without it, ``capture`` is the layer
+            itself and the final classifier is the last Linear registered.
+        layers: restrict to these module names (each must be a prunable layer).
+
+    Raises:
+        ConfigError: a name in ``layers`` is not a module, or not a prunable layer.
+    """
+    modules = dict(model.named_modules())
+    if example_inputs is None:
+        order = [n for n, m in modules.items() if _is_candidate(m)]
+        calls: list[_Call] = []
+    else:
+        calls = _trace(model, example_inputs)
+        seen: list[str] = []
+        for c in calls:
+            if _is_candidate(c.module) and c.name not in seen:
+                seen.append(c.name)
+        order = seen
+    linears = [n for n in order if isinstance(modules[n], nn.Linear)]
+    final = linears[-1] if linears else None
+    candidates = [n for n in order if n != final]
+
+    if layers is not None:
+        for n in layers:
+            if n not in modules:
+                raise ConfigError(f"layers contains {n!r}, which is not a module of the model")
+            if n not in candidates:
+                why = "the final classifier" if n == final else f"a {type(modules[n]).__name__}"
+                raise ConfigError(
+                    f"layers contains {n!r}, which is {why}, not a prunable layer; prunable layers: {candidates}"
+                )
+        wanted = set(layers)
+        candidates = [n for n in candidates if n in wanted]
+
+    out: dict[str, PrunableLayer] = {}
+    for n in candidates:
+        m = modules[n]
+        kind = "conv" if isinstance(m, nn.Conv2d) else "linear"
+        width = m.out_channels if kind == "conv" else m.out_features
+        info = PrunableLayer(n, m, kind, width, capture=n, chain=(type(m).__name__,))
+        if calls:
+            _locate_capture(info, calls)
+        out[n] = info
+    return out
+
+
+def _locate_capture(info: PrunableLayer, calls: list[_Call]) -> None:
+    pos = next(i for i, c in enumerate(calls) if c.name == info.name)
+    current = calls[pos]
+    chain = [type(current.module).__name__]
+
+    def next_consumer(after: int, tensor: object) -> int | None:
+        for j in range(after + 1, len(calls)):
+            if calls[j].inp is tensor:
+                return j
+        return None
+
+    j = next_consumer(pos, current.out)
+    if j is not None and isinstance(calls[j].module, NORMS):
+        current, pos = calls[j], j
+        chain.append(type(current.module).__name__)
+        j = next_consumer(pos, current.out)
+    if j is not None and isinstance(calls[j].module, ACTIVATIONS):
+        current = calls[j]
+        chain.append(type(current.module).__name__)
+        info.activation = current.module
+    info.capture, info.capture_call, info.chain = current.name, current.index, tuple(chain)
+
+
+@contextmanager
+def capture_activations(
+    model: nn.Module,
+    layers: dict[str, PrunableLayer],
+    fn: Callable[[str, torch.Tensor], None],
+) -> Iterator[None]:
+    """While active, every forward pass calls ``fn(layer_name, post_activation_output)`` once per layer.
+
+    ``fn`` runs inside the forward pass, right when the output exists, so it must consume the
+    tensor at once (update a statistic); nothing is kept, so at most one batch of activations
+    is alive at any time. In-place activations are read before anything later modifies them.
+    """
+    modules = dict(model.named_modules())
+    by_capture: dict[str, dict[int, list[str]]] = {}
+    for layer in layers.values():
+        by_capture.setdefault(layer.capture, {}).setdefault(layer.capture_call, []).append(layer.name)
+    counts: dict[str, int] = {}
+    handles = [model.register_forward_pre_hook(lambda mod, args: counts.clear())]
+    for cap, per_call in by_capture.items():
+
+        def hook(mod, args, out, _cap=cap, _per_call=per_call):
+            idx = counts.get(_cap, 0)
+            counts[_cap] = idx + 1
+            for layer_name in _per_call.get(idx, ()):
+                fn(layer_name, out)
+
+        handles.append(modules[cap].register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()

@@ -1,0 +1,1 @@
+"""Activation-statistics criteria: APoZ, class selectivity, entropy / MI / KL selectivity / labeled MI."""

@@ -1,0 +1,1 @@
+"""Thin adapters over torch-pruning importances: taylor, bn_scale."""
