@@ -23,9 +23,9 @@ class ConfigError(LightpruneError, ValueError):
 class UnknownNameError(ConfigError):
     """A name (model, dataset, criterion, strategy, ...) is not registered."""
 
-    def __init__(self, kind: str, name: object, known: Iterable[str]) -> None:
+    def __init__(self, kind: str, name: object, known: Iterable[str], plural: str | None = None) -> None:
         self.kind, self.name, self.known = kind, name, sorted(known)
-        super().__init__(f"Unknown {kind} {name!r}. Known {kind}s: {', '.join(self.known)}")
+        super().__init__(f"Unknown {kind} {name!r}. Known {plural or kind + 's'}: {', '.join(self.known)}")
 
 
 class InputSizeError(ConfigError):

@@ -75,7 +75,7 @@ def create_criterion(name: str, **hparams: Any) -> Criterion:
         ConfigError: a hyperparameter is not accepted by the criterion.
     """
     if name not in _REGISTRY:
-        raise UnknownNameError("criterion", name, list_criteria())
+        raise UnknownNameError("criterion", name, list_criteria(), plural="criteria")
     cls = _REGISTRY[name]
     try:
         return cls(**hparams)
