@@ -5,11 +5,18 @@ from .criteria import Criterion, Scores, create_criterion, list_criteria, regist
 from .errors import ConfigError, LightpruneError, UnknownNameError
 from .models import create_model, list_models
 from .module import ClassificationModule
+from .planner import Plan, plan
+from .surgery import PruneReport, prune, restore
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ClassificationModule",
+    "Plan",
+    "PruneReport",
+    "plan",
+    "prune",
+    "restore",
     "Criterion",
     "Scores",
     "create_criterion",

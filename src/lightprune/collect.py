@@ -78,6 +78,7 @@ class PrunableLayer:
         capture_call: which call of ``capture`` within one forward pass (0-based).
         chain: module types from the layer to the capture, e.g. ``("Conv2d", "BatchNorm2d", "ReLU")``.
         activation: the activation module at the end of the chain, or None.
+        norm: name of the normalisation module right after the layer (BatchNorm), or None.
     """
 
     name: str
@@ -88,6 +89,7 @@ class PrunableLayer:
     capture_call: int = 0
     chain: tuple[str, ...] = field(default_factory=tuple)
     activation: nn.Module | None = None
+    norm: str | None = None
 
 
 def _is_candidate(module: nn.Module) -> bool:
@@ -202,6 +204,7 @@ def _locate_capture(info: PrunableLayer, calls: list[_Call]) -> None:
     if j is not None and isinstance(calls[j].module, NORMS):
         current, pos = calls[j], j
         chain.append(type(current.module).__name__)
+        info.norm = current.name
         j = next_consumer(pos, current.out)
     if j is not None and isinstance(calls[j].module, ACTIVATIONS):
         current = calls[j]

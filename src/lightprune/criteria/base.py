@@ -149,7 +149,7 @@ class ActivationCriterion(Criterion):
 
         states = {n: self.make_state(layer, num_classes) for n, layer in layers.items()}
         seen = stream_states(model, layers, states, batches, progress=progress, desc=f"scoring {self.name}")
-        imp = {n: st.compute().detach().double().cpu() for n, st in states.items()}
+        imp = {n: st.compute().detach().double().cpu().reshape(-1) for n, st in states.items()}
         return Scores(imp, criterion=self.name, meta={"hparams": self.hparams(), "num_images": seen})
 
 

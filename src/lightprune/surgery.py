@@ -1,0 +1,332 @@
+"""Surgery: apply a :class:`~lightprune.planner.Plan` with torch-pruning, optionally with bias
+balancing; replay a saved plan on a fresh model; params / MACs / latency report.
+
+Example::
+
+    >>> import torch, lightprune as lp
+    >>> net = lp.create_model("cifar_vgg11", 10, width_mult=0.25)
+    >>> x = torch.zeros(1, 3, 32, 32)
+    >>> plan = lp.plan(net, lp.score(net, "l1"), strategy="uniform", ratio=0.5, example_inputs=x)
+    >>> report = lp.prune(net, plan, x, measure_latency=False)
+    >>> net.features[0].out_channels, report.params_after < report.params_before
+    (8, True)
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .collect import find_prunable_layers
+from .errors import ConfigError
+from .planner import Plan, _out_fn, dependency_graph
+
+__all__ = ["PruneReport", "prune", "restore", "count_macs_params", "measure_latency", "consumer_input_means"]
+
+
+def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
+    """(MACs, parameters) per sample, counted by torch-pruning (``tp.utils.count_ops_and_params``).
+
+    The count includes BatchNorm/ReLU/pooling operations; ``example_inputs`` is reduced to one sample.
+    """
+    import torch_pruning as tp
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            macs, params = tp.utils.count_ops_and_params(model, example_inputs[:1])
+    finally:
+        model.train(was_training)
+    return int(macs), int(params)
+
+
+def measure_latency(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    *,
+    warmup: int = 3,
+    runs: int = 10,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Median forward time in milliseconds (eval mode, no gradients).
+
+    Args:
+        model: the network.
+        example_inputs: the batch to time (its batch size is reported).
+        warmup: untimed runs first, default 3.
+        runs: timed runs, default 10; the median is reported.
+        threads: CPU threads during the measurement (default: the current ``torch.get_num_threads()``).
+
+    Returns:
+        ``{"median_ms", "runs", "warmup", "batch_size", "threads", "device"}``.
+    """
+    if runs < 1 or warmup < 0:
+        raise ConfigError(f"runs={runs!r} must be >= 1 and warmup={warmup!r} >= 0")
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    was_training = model.training
+    model.eval()
+    device = example_inputs.device
+    times = []
+    try:
+        with torch.no_grad():
+            for i in range(warmup + runs):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                model(example_inputs)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if i >= warmup:
+                    times.append((time.perf_counter() - t0) * 1000)
+    finally:
+        model.train(was_training)
+        torch.set_num_threads(old_threads)
+    return {
+        "median_ms": statistics.median(times),
+        "runs": runs,
+        "warmup": warmup,
+        "batch_size": int(example_inputs.shape[0]),
+        "threads": threads or old_threads,
+        "device": str(device),
+    }
+
+
+@dataclass
+class PruneReport:
+    """What :func:`prune` did: sizes before/after and per-layer channel counts."""
+
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    channels_before: dict[str, int]
+    channels_after: dict[str, int]
+    latency_before: dict[str, Any] | None = None
+    latency_after: dict[str, Any] | None = None
+    bias_balanced: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items()}
+
+    def __str__(self) -> str:
+        def pct(a, b):
+            return f"{100 * (1 - b / a):.1f} %" if a else "-"
+
+        rows = [
+            f"{'':<14}{'before':>16}{'after':>16}{'reduction':>12}",
+            f"{'params':<14}{self.params_before:>16,}{self.params_after:>16,}{pct(self.params_before, self.params_after):>12}",
+            f"{'MACs':<14}{self.macs_before:>16,}{self.macs_after:>16,}{pct(self.macs_before, self.macs_after):>12}",
+        ]
+        if self.latency_before and self.latency_after:
+            lb, la = self.latency_before["median_ms"], self.latency_after["median_ms"]
+            rows.append(f"{'latency (ms)':<14}{lb:>16.2f}{la:>16.2f}{pct(lb, la):>12}")
+            rows.append(
+                f"  (median of {self.latency_after['runs']} runs after {self.latency_after['warmup']} warm-up, "
+                f"batch {self.latency_after['batch_size']}, {self.latency_after['threads']} threads, {self.latency_after['device']})"
+            )
+        return "\n".join(rows)
+
+
+def consumer_input_means(
+    model: nn.Module, module_names: Iterable[str], batches: Iterable[Any]
+) -> dict[str, torch.Tensor]:
+    """Mean input of each named Conv2d/Linear over ``batches``: per input channel (convs: over images
+    and positions) or per input feature (Linear). Used by bias balancing."""
+    modules = dict(model.named_modules())
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    handles = []
+    for name in module_names:
+
+        def pre(mod, args, _n=name):
+            x = args[0].detach().double()
+            if x.ndim == 4:
+                s, c = x.sum(dim=(0, 2, 3)), x.shape[0] * x.shape[2] * x.shape[3]
+            else:
+                s, c = x.reshape(-1, x.shape[-1]).sum(0), x.reshape(-1, x.shape[-1]).shape[0]
+            sums[_n] = sums.get(_n, 0) + s
+            counts[_n] = counts.get(_n, 0) + c
+
+        handles.append(modules[name].register_forward_pre_hook(pre))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            for batch in batches:
+                x = batch[0] if isinstance(batch, (list, tuple)) else batch
+                model(x.to(device))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    if not counts:
+        raise ConfigError("bias balancing: the scoring batches are empty")
+    return {n: sums[n] / counts[n] for n in sums}
+
+
+def _balance(consumer: nn.Module, name: str, idxs: list[int], mean_in: torch.Tensor, norm: nn.Module | None) -> None:
+    """Add the removed inputs' mean contribution to the consumer's bias (or fold it into its BatchNorm)."""
+    w = consumer.weight.detach().double()
+    cols = torch.tensor(idxs, dtype=torch.long, device=w.device)
+    m = mean_in.to(w.device)[cols]
+    if w.ndim == 4:
+        delta = (w[:, cols].sum(dim=(2, 3)) * m).sum(1)  # sum of kernel weights on channel j times its mean
+    else:
+        delta = (w[:, cols] * m).sum(1)
+    with torch.no_grad():
+        if consumer.bias is not None:
+            consumer.bias.add_(delta.to(consumer.bias.dtype))
+        elif isinstance(norm, (nn.BatchNorm1d, nn.BatchNorm2d)) and norm.running_mean is not None:
+            # BN(y + delta) in eval mode == BN with running_mean - delta; in training BN removes constants anyway
+            norm.running_mean.sub_(delta.to(norm.running_mean.dtype))
+        else:
+            raise ConfigError(f"bias balancing: consumer {name!r} has no bias and no BatchNorm to absorb the shift")
+
+
+def prune(
+    model: nn.Module,
+    plan: Plan | Mapping[str, Any],
+    example_inputs: torch.Tensor,
+    *,
+    bias_balancing: bool = False,
+    batches: Iterable[Any] | None = None,
+    means: Mapping[str, torch.Tensor] | None = None,
+    measure_latency: bool = True,
+    latency_runs: int = 10,
+) -> PruneReport:
+    """Remove exactly the channels the plan does not keep, in place, with torch-pruning.
+
+    Every coupled group is pruned as one (same indices in every member); consumers lose the
+    matching input channels. The final classifier never loses outputs (it is never in a plan, and a
+    group that would touch an unplanned Conv2d/Linear output raises).
+
+    Args:
+        model: the network, modified in place.
+        plan: a :class:`Plan` or its ``to_dict()``.
+        example_inputs: an input batch for the dependency graph, MACs and latency.
+        bias_balancing: replace each removed channel by its mean (CRITERIA.md "Bias balancing"):
+            its mean contribution is added to the bias of every consumer (or subtracted from the
+            running mean of the consumer's BatchNorm when the consumer has no bias). Needs
+            ``batches`` (the scoring set) or precomputed ``means`` (:func:`consumer_input_means`).
+        batches: ``(inputs, labels)`` batches to compute the means from.
+        means: ``{consumer module name: mean input (C_in,)}``.
+        measure_latency: time the model before and after (:func:`measure_latency` on ``example_inputs``).
+        latency_runs: timed runs per measurement, default 10.
+
+    Returns:
+        :class:`PruneReport`.
+
+    Raises:
+        ConfigError: the plan names unknown layers, disagrees with the model's widths, would prune
+            an unplanned layer, or bias balancing lacks its means.
+    """
+    import torch_pruning as tp
+
+    if not isinstance(plan, Plan):
+        plan = Plan.from_dict(plan)
+    modules = dict(model.named_modules())
+    names = {m: n for n, m in modules.items()}
+    for layer, c in plan.channels.items():
+        if layer not in modules:
+            raise ConfigError(f"the plan names layer {layer!r}, which the model does not have")
+        mod = modules[layer]
+        width = getattr(mod, "out_channels", getattr(mod, "out_features", None))
+        if width != c:
+            raise ConfigError(f"the plan expects {c} channels in {layer!r} but the model has {width}")
+    macs0, params0 = count_macs_params(model, example_inputs)
+    lat0 = globals()["measure_latency"](model, example_inputs, runs=latency_runs) if measure_latency else None
+    before = {n: plan.channels[n] for n in plan.keep}
+
+    dg = dependency_graph(model, example_inputs)
+    planned = set(plan.keep)
+    todo = []
+    for members in plan.groups:
+        root = members[0]
+        removed = plan.removed(root)
+        for m in members[1:]:
+            if plan.removed(m) != removed:
+                raise ConfigError(f"the plan removes different channels from coupled layers {root!r} and {m!r}")
+        if not removed:
+            continue
+        group = dg.get_pruning_group(modules[root], _out_fn(tp, modules[root]), removed)
+        for item in group:
+            mod = item.dep.target.module
+            other = names.get(mod)
+            if (
+                dg.is_out_channel_pruning_fn(item.dep.handler)
+                and isinstance(mod, (nn.Conv2d, nn.Linear))
+                and not (isinstance(mod, nn.Conv2d) and mod.groups > 1)
+                and other not in planned
+            ):
+                raise ConfigError(
+                    f"pruning {root!r} would also remove output channels of {other!r}, which the plan does not list"
+                )
+        if not dg.check_pruning_group(group):
+            raise ConfigError(f"pruning {root!r} as planned would empty a layer of its group")
+        todo.append((root, removed, group))
+
+    balanced: list[str] = []
+    if bias_balancing:
+        consumers: dict[str, list[tuple[nn.Module, list[int]]]] = {}
+        for _root, _removed, group in todo:
+            for item in group:
+                mod = item.dep.target.module
+                if dg.is_in_channel_pruning_fn(item.dep.handler) and isinstance(mod, (nn.Conv2d, nn.Linear)):
+                    if isinstance(mod, nn.Conv2d) and mod.groups > 1:
+                        continue  # a depthwise conv is pruned with its producer, not a consumer
+                    consumers.setdefault(names[mod], []).append((mod, list(item.idxs)))
+        if means is None:
+            if batches is None:
+                raise ConfigError("bias_balancing=True needs batches= (the scoring set) or means=")
+            means = consumer_input_means(model, consumers, batches)
+        layer_info = find_prunable_layers(model, example_inputs)
+        norms = {n: (modules[info.norm] if info.norm else None) for n, info in layer_info.items()}
+        for name, items in consumers.items():
+            if name not in means:
+                raise ConfigError(f"bias balancing: no mean input for consumer {name!r}")
+            for mod, idxs in items:
+                _balance(mod, name, idxs, means[name], norms.get(name))
+            balanced.append(name)
+
+    # Prune group by group, each group re-derived right before it is pruned: a root's own channel
+    # indices are untouched by the other groups, but concatenation consumers (DenseNet) shift, and
+    # torch-pruning recomputes those offsets from the current shapes when a group is built.
+    for root, removed, _ in todo:
+        dg.get_pruning_group(modules[root], _out_fn(tp, modules[root]), removed).prune()
+
+    after = {}
+    for layer in plan.keep:
+        mod = modules[layer]
+        after[layer] = getattr(mod, "out_channels", getattr(mod, "out_features", None))
+        if after[layer] != len(plan.keep[layer]):
+            raise ConfigError(f"after pruning, {layer!r} has {after[layer]} channels, the plan keeps {len(plan.keep[layer])}")
+    macs1, params1 = count_macs_params(model, example_inputs)
+    lat1 = globals()["measure_latency"](model, example_inputs, runs=latency_runs) if measure_latency else None
+    return PruneReport(params0, params1, macs0, macs1, before, after, lat0, lat1, balanced)
+
+
+def restore(model: nn.Module, plan_dict: Plan | Mapping[str, Any], example_inputs: torch.Tensor | None = None) -> nn.Module:
+    """Replay a saved plan on a freshly built model, so that the pruned model's plain ``state_dict``
+    loads into it (``model.load_state_dict(pruned_state_dict)``). Returns ``model``.
+
+    The example input shape is read from ``plan.meta["input_shape"]`` (set by :func:`lightprune.plan`)
+    unless ``example_inputs`` is given.
+    """
+    plan = plan_dict if isinstance(plan_dict, Plan) else Plan.from_dict(plan_dict)
+    if example_inputs is None:
+        shape = plan.meta.get("input_shape")
+        if not shape:
+            raise ConfigError("restore: the plan has no meta['input_shape']; pass example_inputs=")
+        example_inputs = torch.zeros(*shape, device=next(model.parameters()).device)
+    prune(model, plan, example_inputs, measure_latency=False)
+    return model
