@@ -1,6 +1,6 @@
 """Channel-scoring criteria behind one registry. Definitions: docs/CRITERIA.md (shared/docs)."""
 
-from . import activations, adapters, nisp, weights  # noqa: F401  (importing registers the criteria)
+from . import activations, adapters, nisp, topology, weights  # noqa: F401  (importing registers the criteria)
 from .base import (
     ActivationCriterion,
     Criterion,
