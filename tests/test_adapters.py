@@ -143,7 +143,7 @@ def test_taylor_matches_hand_computation(reduction):
     x, y = labelled(n=10, size=6, classes=3)
     expected = hand_taylor(net, x, y)
     for size in (10, 3):  # the mean gradient over the scoring set: batch size does not matter
-        s = lp.score(net, Taylor(group_reduction=reduction), batches(x, y, size), progress=False)
+        s = lp.score(net, Taylor(group_reduction=reduction, precision="float64"), batches(x, y, size), progress=False)
         for name, (own, cons) in expected.items():
             want = {"mean": (own + cons) / 2, "sum": own + cons, "first": own}[reduction]
             torch.testing.assert_close(s[name], want, rtol=1e-6, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}")
@@ -152,8 +152,8 @@ def test_taylor_matches_hand_computation(reduction):
 def test_taylor_options():
     net = tiny()
     x, y = labelled(n=10, size=6, classes=3)
-    raw = lp.score(net, "taylor", batches(x, y, 5), progress=False)
-    mean_norm = lp.score(net, Taylor(normalizer="mean"), batches(x, y, 5), progress=False)
+    raw = lp.score(net, Taylor(precision="float64"), batches(x, y, 5), progress=False)
+    mean_norm = lp.score(net, Taylor(normalizer="mean", precision="float64"), batches(x, y, 5), progress=False)
     torch.testing.assert_close(mean_norm["0"], raw["0"] / raw["0"].mean(), rtol=1e-6, atol=0)
     fast = lp.score(net, Taylor(precision="model"), batches(x, y, 5), progress=False)
     torch.testing.assert_close(fast["3"], raw["3"], rtol=1e-4, atol=1e-9)  # float32 gradients

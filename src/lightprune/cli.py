@@ -50,16 +50,30 @@ class LightpruneCLI(LightningCLI):
             print("\n".join(lines), flush=True)
 
 
+#: Subcommands of our own, beside LightningCLI's fit / validate / test / predict.
+EXTRA_SUBCOMMANDS = {
+    "compare": ("lightprune.compare", "compare pruning criteria side by side (report + W&B)"),
+    "analyze": ("lightprune.analysis", "ablation curves, rescaling/randomness audits, layer analysis"),
+}
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``lightprune`` and ``lightning`` console scripts."""
     os.environ.setdefault("WANDB_MODE", "offline")
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in EXTRA_SUBCOMMANDS:
+        import importlib
+
+        module = importlib.import_module(EXTRA_SUBCOMMANDS[argv[0]][0])
+        module.main(argv[1:])
+        return
     LightpruneCLI(
         ClassificationModule,
         ClassificationDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
-        args=args,
+        args=argv,
         auto_configure_optimizers=False,
     )
 

@@ -169,9 +169,10 @@ class Taylor(_TorchPruningCriterion):
         normalizer: None (default, raw values), ``"mean"``, ``"sum"``, ``"max"``, ``"standarization"``
             or ``"gaussian"`` (torch-pruning's names).
         multivariable: ``|sum W * G|`` instead of ``sum |W * G|`` per filter; default False.
-        precision: ``"float64"`` (default): the copy runs in float64, so the scores do not depend on
-            batch size or process count beyond float64 rounding (torch-pruning then rounds them to
-            float32); ``"model"``: the model's own dtype (faster where float64 is slow).
+        precision: ``"model"`` (default): the model's own dtype; ``"float64"``: the copy runs in
+            float64, so the scores do not depend on batch size or process count beyond float64
+            rounding (torch-pruning then rounds them to float32). On CIFAR VGG-16 with 1,000 images
+            float64 took 279 s and 1.4 GB against about 5x less in float32.
 
     Raises:
         ConfigError: bad hyperparameters; at scoring: no or empty scoring set, batches without
@@ -194,7 +195,7 @@ class Taylor(_TorchPruningCriterion):
         group_reduction: str = "mean",
         normalizer: str | None = None,
         multivariable: bool = False,
-        precision: str = "float64",
+        precision: str = "model",
     ) -> None:
         super().__init__(group_reduction, normalizer)
         if not isinstance(multivariable, bool):
