@@ -1,6 +1,6 @@
 """lightprune: structured (channel) pruning and fine-tuning of CNNs with PyTorch Lightning."""
 
-from . import errors
+from . import errors, topology
 from .criteria import Criterion, Scores, create_criterion, list_criteria, register_criterion, score
 from .errors import ConfigError, LightpruneError, UnknownNameError
 from .models import create_model, list_models
@@ -28,6 +28,7 @@ __all__ = [
     "UnknownNameError",
     "create_model",
     "errors",
+    "topology",
     "list_models",
     "__version__",
 ]
