@@ -16,6 +16,7 @@ from wandb_offline import read_run
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 QUICK = str(ROOT / "configs" / "quickstart.yaml")
+TRAIN = str(ROOT / "configs" / "train_digits.yaml")
 FAST = [
     "--trainer.max_epochs=1",
     "--trainer.limit_train_batches=3",
@@ -41,10 +42,10 @@ def test_console_scripts_are_installed_and_list_subcommands(tmp_path):
 
 @pytest.mark.parametrize("script", ["lightprune", "lightning"])
 def test_fit_quickstart_through_console_script(tmp_path, script):
-    res = run([str(BIN / script), "fit", "--config", QUICK, *FAST], tmp_path)
+    res = run([str(BIN / script), "fit", "--config", TRAIN, *FAST], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert re.search(r"test/acc\s+\d\.\d{4}", res.stdout), res.stdout
-    version = tmp_path / "runs" / "quickstart" / "version_0"
+    version = tmp_path / "runs" / "train_digits" / "version_0"
     rows = list(csv.DictReader(open(version / "metrics.csv")))
     assert any(r.get("val/acc") for r in rows) and any(r.get("test/balanced_acc") for r in rows)
     # the checkpoint rebuilds the module from its config (plain data: loads with weights_only=True)
@@ -60,7 +61,7 @@ def test_wandb_logger_is_offline_and_logs(tmp_path):
     cfg = str(ROOT / "configs" / "logger_wandb.yaml")
     env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
     res = subprocess.run(
-        [str(BIN / "lightprune"), "fit", "--config", QUICK, "--config", cfg, *FAST],
+        [str(BIN / "lightprune"), "fit", "--config", TRAIN, "--config", cfg, *FAST],
         cwd=tmp_path, env={**env, "WANDB_SILENT": "true"}, capture_output=True, text=True, timeout=600,
     )  # WANDB_MODE unset: the CLI must default to offline
     assert res.returncode == 0, res.stderr[-3000:]
@@ -83,14 +84,98 @@ def test_wandb_logger_is_offline_and_logs(tmp_path):
     ],
 )
 def test_cli_bad_input_is_clear(tmp_path, override, pattern):
-    res = run([str(BIN / "lightprune"), "fit", "--config", QUICK, *FAST, *override], tmp_path)
+    res = run([str(BIN / "lightprune"), "fit", "--config", TRAIN, *FAST, *override], tmp_path)
     assert res.returncode != 0
     assert re.search(pattern, res.stderr + res.stdout), (res.stderr + res.stdout)[-3000:]
 
 
 @pytest.mark.slow
-def test_quickstart_reaches_95_percent(tmp_path):
-    res = run([str(BIN / "lightprune"), "fit", "--config", QUICK, "--trainer.enable_progress_bar=false"], tmp_path)
+def test_train_digits_reaches_95_percent(tmp_path):
+    res = run([str(BIN / "lightprune"), "fit", "--config", TRAIN, "--trainer.enable_progress_bar=false"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     acc = float(re.search(r"test/acc\s+(\d\.\d{4})", res.stdout).group(1))
     assert acc >= 0.95, res.stdout
+
+
+@pytest.mark.slow
+def test_quickstart_demo_prunes_half_and_stays_accurate(tmp_path):
+    """The README's main job: train, feature-entropy scoring, 50 % pruning, fine-tuning, table."""
+    res = run([str(BIN / "lightprune"), "fit", "--config", QUICK, "--trainer.enable_progress_bar=false"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout
+    assert "unpruned" in out and "params" in out and "MACs" in out and "latency" in out, out
+    assert "channels kept: 50.0 %" in out
+    final = float(re.search(r"test/acc\s+(\d\.\d{4})", out).group(1))
+    assert final >= 0.95, out
+
+
+def test_quickstart_config_short(tmp_path):
+    res = run(
+        [str(BIN / "lightprune"), "fit", "--config", QUICK, *FAST, "--trainer.max_epochs=2",
+         "--trainer.callbacks.init_args.at_epoch=1"],
+        tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "before / after pruning" in res.stdout and "channels kept: 50.0 %" in res.stdout
+
+
+def test_prune_vgg16_config_on_a_fake_cifar(tmp_path):
+    from test_data import _write_cifar
+
+    _write_cifar(tmp_path / "data", "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "labels", 20, 10)
+    _write_cifar(tmp_path / "data", "cifar-10-batches-py", ["test_batch"], "labels", 20, 10, seed=1)
+    res = run(
+        [str(BIN / "lightning"), "fit", "--config", str(ROOT / "configs" / "prune_vgg16.yaml"), *FAST,
+         "--trainer.max_epochs=2", "--trainer.accelerator=cpu", "--data.init_args.batch_size=8",
+         "--data.init_args.num_workers=0", "--data.init_args.data_dir", str(tmp_path / "data"),
+         "--trainer.callbacks.init_args.samples_per_class=2", "--trainer.callbacks.init_args.batch_size=20"],
+        tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "channels kept: 35.0 %" in res.stdout, res.stdout  # AFIE allocation meets the 0.65 ratio
+
+
+def test_prune_resnet50_config_on_a_tiny_image_folder(tmp_path):
+    from test_data import _write_image_folder
+
+    _write_image_folder(tmp_path / "imgs", ["a", "b", "c"], 4, size=(40, 40))
+    res = run(
+        [str(BIN / "lightning"), "fit", "--config", str(ROOT / "configs" / "prune_resnet50.yaml"), *FAST,
+         "--trainer.max_epochs=2", "--trainer.accelerator=cpu", "--trainer.precision=32",
+         "--data.init_args.root", str(tmp_path / "imgs"), "--data.init_args.image_size=32",
+         "--data.init_args.batch_size=4", "--data.init_args.num_workers=0", "--test_after_fit=true",
+         "--trainer.callbacks.init_args.at_epoch=1", "--trainer.callbacks.init_args.samples_per_class=2"],
+        tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "channels kept: 70" in res.stdout, res.stdout
+
+
+# epochs each snippet needs when it acts from epoch 0 (kept short; the snippets' own epochs are for real runs)
+SNIPPET_RUNS = {
+    "prune_afie.yaml": (1, ["--trainer.callbacks.init_args.at_epoch=0"]),
+    "prune_feature_entropy.yaml": (1, ["--trainer.callbacks.init_args.at_epoch=0"]),
+    "prune_iterative.yaml": (3, ["--trainer.callbacks.init_args.at_epoch=0"]),
+    "prune_l1.yaml": (1, ["--trainer.callbacks.init_args.at_epoch=0"]),
+    "prune_progressive.yaml": (4, ["--trainer.callbacks.init_args.at_epoch=0"]),
+    "score_feature_entropy.yaml": (1, ["--trainer.callbacks.init_args.at_epochs=[0]"]),
+}
+
+
+def test_every_snippet_is_tested():
+    assert sorted(SNIPPET_RUNS) == sorted(p.name for p in (ROOT / "callbacks").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("snippet", sorted(SNIPPET_RUNS))
+def test_callback_snippets_attach_to_a_plain_run(tmp_path, snippet):
+    epochs, overrides = SNIPPET_RUNS[snippet]
+    res = run(
+        [str(BIN / "lightprune"), "fit", "--config", TRAIN, *FAST, f"--trainer.max_epochs={epochs}",
+         f"--trainer.callbacks+={ROOT / 'callbacks' / snippet}", *overrides],
+        tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    if snippet.startswith("prune_"):
+        assert "before / after pruning" in res.stdout, res.stdout
+    else:
+        assert list((tmp_path / "runs" / "train_digits" / "version_0" / "scores").glob("epoch*_feature_entropy.json"))

@@ -15,6 +15,7 @@ import time
 
 from lightning.pytorch.cli import LightningCLI
 
+from .callbacks import PruningCallback
 from .data import ClassificationDataModule
 from .module import ClassificationModule
 
@@ -41,12 +42,18 @@ class LightpruneCLI(LightningCLI):
         if not self.config[self.subcommand].get("test_after_fit"):
             return
         elapsed = time.perf_counter() - self._fit_started
-        ckpt = "best" if self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path else None
+        pruned = any(isinstance(cb, PruningCallback) and cb.history for cb in self.trainer.callbacks)
+        # after a prune, "best" may be an unpruned checkpoint: test the final (pruned, fine-tuned) weights
+        has_best = self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path
+        ckpt = "best" if has_best and not pruned else None
         results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt, verbose=False)
         if self.trainer.is_global_zero and results:
             n_params = sum(p.numel() for p in self.model.parameters())
             lines = [f"fit took {elapsed:.1f} s; parameters: {n_params:,}; checkpoint tested: {ckpt or 'last weights'}"]
             lines += [f"  {k:<20} {v:.4f}" for k, v in sorted(results[0].items())]
+            for cb in self.trainer.callbacks:
+                if isinstance(cb, PruningCallback) and cb.history:
+                    lines += ["", "before / after pruning:", cb.summary(results[0])]
             print("\n".join(lines), flush=True)
 
 
