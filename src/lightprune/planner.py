@@ -191,12 +191,21 @@ class Plan:
 # --------------------------------------------------------------------------------------------------
 # pure core
 # --------------------------------------------------------------------------------------------------
+def _round_keep(keep: int, channels: int, round_to: int, at_least: int) -> int:
+    """``keep`` rounded to a multiple of ``round_to`` (at least ``round_to``, at most ``channels``),
+    rounded up instead where rounding down would go below ``at_least``."""
+    k = max(round_to, int(round(keep / round_to)) * round_to)
+    if k < at_least:
+        k = math.ceil(at_least / round_to) * round_to
+    return min(channels, k)
+
+
 def _n_keep(channels: int, ratio: float, min_keep_fraction: float, round_to: int | None) -> int:
     keep = channels - math.floor(ratio * channels + 0.5)
     floor_keep = max(1, math.ceil(min_keep_fraction * channels - 1e-9))
     keep = max(keep, floor_keep)
     if round_to and round_to > 1:
-        keep = min(channels, max(round_to, int(round(keep / round_to)) * round_to))
+        keep = _round_keep(keep, channels, round_to, floor_keep)
     return min(keep, channels)
 
 
@@ -315,7 +324,8 @@ def plan_groups(
             if g.root in per_group and per_group[g.root] != r:
                 raise ConfigError(f"ratios disagree inside the coupled group {g.members}: give one ratio for the group")
             per_group[g.root] = float(r)
-        n_keep = [_n_keep(g.channels, per_group.get(g.root, 0.0), min_keep_fraction, round_to) for g in groups]
+        # layers not named keep every channel (round_to must not round their width down)
+        n_keep = [_n_keep(g.channels, per_group[g.root], min_keep_fraction, round_to) if g.root in per_group else g.channels for g in groups]
 
     keep: dict[str, torch.Tensor] = {}
     channels: dict[str, int] = {}
@@ -366,7 +376,7 @@ def _global_counts(groups, imp, ratio, keep_floor, max_layer_ratio, normalize, r
             total += 1
     keep = [ci - r for ci, r in zip(c, removed, strict=True)]
     if round_to and round_to > 1:
-        keep = [min(ci, max(round_to, int(round(k / round_to)) * round_to)) for ci, k in zip(c, keep, strict=True)]
+        keep = [_round_keep(k, ci, round_to, ci - lim) for ci, k, lim in zip(c, keep, limit, strict=True)]
     return keep
 
 
@@ -466,6 +476,8 @@ def plan(
         else:
             lo = mid
         if best_macs <= target and (best_macs - target) / macs0 > -tolerance:
+            break
+        if hi - lo < 1e-3:  # channel counts are discrete: a narrower bracket changes nothing
             break
     if best_macs > target:
         raise ConfigError(f"strategy='flops': a MACs reduction of {ratio} cannot be reached with {base_strategy!r}")
