@@ -41,11 +41,12 @@ def _payloads(data: bytes):
 
 
 def read_run(run_dir: str | Path) -> dict:
-    """Return ``{"history": [dict per step], "summary": dict, "config": dict}`` of an offline run."""
+    """Return ``{"history": [dict per step], "summary": dict, "config": dict, "run": dict}`` of an
+    offline run (``run``: group, job type, name and initial config of the run record)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     (path,) = Path(run_dir).glob("run-*.wandb")
-    out: dict = {"history": [], "summary": {}, "config": {}}
+    out: dict = {"history": [], "summary": {}, "config": {}, "run": {}}
     for payload in _payloads(path.read_bytes()):
         rec = pb.Record()
         rec.ParseFromString(payload)
@@ -57,6 +58,13 @@ def read_run(run_dir: str | Path) -> dict:
         elif kind == "summary":
             for i in rec.summary.update:
                 out["summary"][i.key or "/".join(i.nested_key)] = json.loads(i.value_json)
+        elif kind == "run":
+            out["run"] = {
+                "group": rec.run.run_group,
+                "job_type": rec.run.job_type,
+                "name": rec.run.display_name,
+                "config": {i.key: json.loads(i.value_json) for i in rec.run.config.update},
+            }
         elif kind == "config":
             for i in rec.config.update:
                 out["config"][i.key or "/".join(i.nested_key)] = json.loads(i.value_json)
