@@ -1,0 +1,62 @@
+"""Analyses of trained networks: cumulative ablation, rescaling / randomness audits, layer analysis.
+
+Python API::
+
+    from lightprune.analysis import (cumulative_ablation, rescaling_audit, randomness_audit,
+                                     layer_analysis, FeatureEntropyMonitor)
+
+Command line (``lightprune analyze <subcommand> --help``)::
+
+    lightprune analyze ablation   --ckpt model.ckpt --layer features.3 --criteria l1 feature_entropy
+    lightprune analyze rescale    --ckpt model.ckpt --layer features.3
+    lightprune analyze randomness --ckpt model.ckpt --layer features.3
+    lightprune analyze layers     --ckpt model.ckpt
+
+Definitions and how to read the outputs: docs/analysis.md.
+"""
+
+from __future__ import annotations
+
+from ._common import channel_means, evaluate, reinitialize
+from .ablation import ORDERS, SCOPES, AblationResult, ablate_channels, ablation_order, cumulative_ablation
+from .audit import (
+    BN_MODES,
+    CONDITIONS,
+    DEFAULT_AUDIT_CRITERIA,
+    AuditResult,
+    randomness_audit,
+    rescaling_audit,
+    scaled_copy,
+)
+from .layers import FeatureEntropyMonitor, LayerAnalysisResult, feature_entropy_stats, layer_analysis
+
+__all__ = [
+    "main",
+    "cumulative_ablation",
+    "AblationResult",
+    "ablate_channels",
+    "ablation_order",
+    "ORDERS",
+    "SCOPES",
+    "rescaling_audit",
+    "randomness_audit",
+    "scaled_copy",
+    "AuditResult",
+    "CONDITIONS",
+    "BN_MODES",
+    "DEFAULT_AUDIT_CRITERIA",
+    "layer_analysis",
+    "feature_entropy_stats",
+    "LayerAnalysisResult",
+    "FeatureEntropyMonitor",
+    "channel_means",
+    "evaluate",
+    "reinitialize",
+]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``lightprune analyze <subcommand> ...`` (``argv`` starts after ``analyze``); see :mod:`.cli`."""
+    from .cli import main as _main
+
+    _main(argv)
