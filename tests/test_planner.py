@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import lightprune as lp
 from lightprune.criteria import Scores
 from lightprune.errors import ConfigError
-from lightprune.planner import Group, Plan, _normalise, plan_groups, scores_by_depth
+from lightprune.planner import Group, Plan, normalise_importance, plan_groups, scores_by_depth
 from lightprune.surgery import count_macs_params
 
 # LP_HYPOTHESIS_EXAMPLES=2000 for a deeper search than the suite's default
@@ -202,7 +202,7 @@ def test_global_removes_lowest_normalised_channels(case, ratio, normalize):
     # <= the values kept by any group that could still have lost a channel
     removed_vals, kept_vals = [], []
     for g in groups:
-        nv = sorted(_normalise(group_importance(g, scores), normalize).tolist())
+        nv = sorted(normalise_importance(group_importance(g, scores), normalize).tolist())
         r = removed_of(p, g)
         removed_vals += nv[:r]
         if r < limit[g.root]:
@@ -213,11 +213,11 @@ def test_global_removes_lowest_normalised_channels(case, ratio, normalize):
 
 def test_normalisers_by_hand():
     v = torch.tensor([2.0, 4.0, 6.0])
-    assert _normalise(v, "minmax").tolist() == [0.0, 0.5, 1.0]
-    assert _normalise(v, "max").tolist() == pytest.approx([1 / 3, 2 / 3, 1.0])
-    assert _normalise(v, "mean").tolist() == pytest.approx([0.5, 1.0, 1.5])
-    assert _normalise(torch.tensor([5.0, 1.0, 3.0]), "rank").tolist() == [1.0, 0.0, 0.5]
-    assert _normalise(torch.tensor([3.0, 3.0]), "minmax").tolist() == [0.0, 0.0]
+    assert normalise_importance(v, "minmax").tolist() == [0.0, 0.5, 1.0]
+    assert normalise_importance(v, "max").tolist() == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert normalise_importance(v, "mean").tolist() == pytest.approx([0.5, 1.0, 1.5])
+    assert normalise_importance(torch.tensor([5.0, 1.0, 3.0]), "rank").tolist() == [1.0, 0.0, 0.5]
+    assert normalise_importance(torch.tensor([3.0, 3.0]), "minmax").tolist() == [0.0, 0.0]
 
 
 # --------------------------------------------------------------------------------------------------

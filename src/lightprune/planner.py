@@ -46,7 +46,7 @@ from .collect import PrunableLayer, find_prunable_layers
 from .criteria.base import Scores
 from .errors import ConfigError, check_choice, check_fraction, check_positive_int
 
-__all__ = ["Group", "Plan", "find_groups", "plan", "plan_groups", "scores_by_depth", "STRATEGIES"]
+__all__ = ["Group", "Plan", "find_groups", "normalise_importance", "plan", "plan_groups", "scores_by_depth", "STRATEGIES"]
 
 STRATEGIES = ("uniform", "afie", "global", "flops", "manual")
 NORMALIZERS = ("minmax", "max", "mean", "rank", "none")
@@ -253,7 +253,9 @@ def _afie_ratios(groups: list[Group], layer_scores: Mapping[str, float], ratio: 
             return [fixed[i] for i in range(len(groups))]
 
 
-def _normalise(v: torch.Tensor, how: str) -> torch.Tensor:
+def normalise_importance(v: torch.Tensor, how: str) -> torch.Tensor:
+    """Layer normalisation of importance (``NORMALIZERS``): ``minmax`` to [0, 1], divide by the
+    ``max`` or ``mean`` absolute value, ``rank`` / (C - 1) (ties: lower index first), or ``none``."""
     v = v.double()
     if how == "minmax":
         rng = v.max() - v.min()
@@ -266,9 +268,7 @@ def _normalise(v: torch.Tensor, how: str) -> torch.Tensor:
         return v / m if m > 0 else v
     if how == "rank":
         r = torch.empty_like(v)
-        order = sorted(range(v.numel()), key=lambda i: (float(v[i]), i))
-        for pos, i in enumerate(order):
-            r[i] = pos / max(1, v.numel() - 1)
+        r[torch.sort(v, stable=True).indices] = torch.arange(v.numel(), dtype=torch.float64) / max(1, v.numel() - 1)
         return r
     return v
 
@@ -362,7 +362,7 @@ def _global_counts(groups, imp, ratio, keep_floor, max_layer_ratio, normalize, r
     limit = [min(ci - kf, math.floor(max_layer_ratio * ci)) for ci, kf in zip(c, keep_floor, strict=True)]
     cand = []
     for gi, v in enumerate(imp):
-        nv = _normalise(v, normalize)
+        nv = normalise_importance(v, normalize)
         cand += [(float(nv[ch]), gi, ch) for ch in range(v.numel())]
     cand.sort()
     target_remove = math.floor(ratio * sum(c) + 0.5)

@@ -44,6 +44,7 @@ from torch import nn
 
 from ..criteria import create_criterion
 from ..errors import ConfigError, check_choice, check_positive_int
+from ..planner import normalise_importance
 from ._common import (
     ABLATION_MODES,
     CriterionLike,
@@ -94,33 +95,13 @@ def ablation_order(importance: torch.Tensor, order: str) -> torch.Tensor:
     return torch.sort(key, stable=True).indices
 
 
-def _normalise(v: torch.Tensor, how: str) -> torch.Tensor:
-    v = v.double()
-    if how == "minmax":
-        rng = v.max() - v.min()
-        return (v - v.min()) / rng if rng > 0 else torch.zeros_like(v)
-    if how == "max":
-        m = v.abs().max()
-        return v / m if m > 0 else v
-    if how == "mean":
-        m = v.abs().mean()
-        return v / m if m > 0 else v
-    if how == "rank":
-        r = torch.empty_like(v)
-        r[torch.sort(v, stable=True).indices] = torch.arange(v.numel(), dtype=torch.float64) / max(
-            1, v.numel() - 1
-        )
-        return r
-    return v
-
-
 def _global_order(
     scores: Mapping[str, torch.Tensor], names: Sequence[str], order: str, normalize: str
 ) -> list[tuple[str, int]]:
     """(layer, channel) pairs of all ``names`` in removal order; ties: layer order, then channel."""
     keys: list[tuple[float, int, int]] = []
     for li, n in enumerate(names):
-        v = _normalise(scores[n], normalize)
+        v = normalise_importance(scores[n], normalize)
         if bool(torch.isnan(v).any()):
             raise ConfigError(f"importance of layer {n!r} contains NaN; cannot order the channels")
         for c, val in enumerate(v.tolist()):
