@@ -19,6 +19,7 @@ import copy
 import csv
 import math
 import os
+import re
 import subprocess
 import sys
 from functools import partial
@@ -374,8 +375,9 @@ def test_cli_ablation_curves(bn_net, dm, tmp_path):
         out,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    # tqdm progress bars on stderr for the long loops (scoring, the ablation passes)
-    assert "ablation features.0" in res.stderr and "100%|" in res.stderr
+    # tqdm progress bars on stderr for the long loops (scoring, the ablation passes); which frame is
+    # drawn last depends on timing (bars are cleared on close), so check that a bar with a rate was shown
+    assert "ablation features.0" in res.stderr and re.search(r"\d+%\|.*it/s", res.stderr), res.stderr[-2000:]
     assert "| features.0 | l1 | ascending |" in res.stdout
     assert_png(out / "ablation_features.0.png")
     rows = read_csv(out / "ablation_curves.csv")
