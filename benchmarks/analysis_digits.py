@@ -35,6 +35,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from _doc import replace_section  # noqa: E402  (benchmarks/ is the script's folder)
 from torch import nn
 
 import lightprune as lp
@@ -107,15 +108,7 @@ def homogeneous_module() -> lp.ClassificationModule:
 
 
 def write_section(path: Path, body: str) -> None:
-    section = f"{BEGIN}\n{body.rstrip()}\n{END}\n"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = head + section + tail.lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    replace_section(path, BEGIN, END, body)
 
 
 def main(argv: list[str] | None = None) -> None:

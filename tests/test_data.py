@@ -150,7 +150,7 @@ def test_cifar10_reads_standard_layout_without_download(tmp_path):
 
 def test_cifar10_missing_without_download_is_clear(tmp_path):
     dm = CIFAR10DataModule(data_dir=str(tmp_path))
-    with pytest.raises(DataNotFoundError, match="set download=True"):
+    with pytest.raises(DataNotFoundError, match=r"set download=True to fetch the data set"):
         dm.setup("fit")
 
 
