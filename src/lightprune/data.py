@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -45,6 +46,10 @@ __all__ = [
     "class_balanced_indices",
     "create_datamodule",
     "list_datamodules",
+    "split_batch",
+    "Batches",
+    "ScoringSet",
+    "resolve_scoring_set",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -494,3 +499,137 @@ def create_datamodule(name: str, **kwargs) -> ClassificationDataModule:
         raise UnknownNameError("dataset", name, _DATAMODULES)
     return _DATAMODULES[name](**kwargs)
 
+
+
+# ------------------------------------------------------------------------------------------------
+# one data resolution: "a data module or batches" -> a scoring set
+# ------------------------------------------------------------------------------------------------
+DEFAULT_KEYS = ("image", "label")
+
+
+def split_batch(batch: object, keys: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs, labels)`` of one batch: a tuple/list ``(x, y, ...)`` or a dict (``keys`` names the
+    input and label entries, default ``("image", "label")``).
+
+    Example::
+
+        >>> x, y = split_batch({"image": torch.zeros(2, 3), "label": torch.tensor([0, 1])})
+        >>> tuple(x.shape), y.tolist()
+        ((2, 3), [0, 1])
+    """
+    if isinstance(batch, dict):
+        k_in, k_lab = tuple(keys) if keys is not None else DEFAULT_KEYS
+        missing = [k for k in (k_in, k_lab) if k not in batch]
+        if missing:
+            raise ConfigError(
+                f"a dict batch has keys {sorted(batch)}; it lacks {missing}. Set keys=(input key, label key), "
+                f"default {DEFAULT_KEYS}"
+            )
+        x, y = batch[k_in], batch[k_lab]
+    elif isinstance(batch, (list, tuple)) and len(batch) >= 2:
+        x, y = batch[0], batch[1]
+    else:
+        raise ConfigError(
+            f"a batch must be (inputs, labels) or a dict with {DEFAULT_KEYS} keys; got {type(batch).__name__}"
+            + (f" of length {len(batch)}" if isinstance(batch, (list, tuple)) else "")
+        )
+    if not isinstance(x, torch.Tensor):
+        raise ConfigError(f"batch inputs must be a torch.Tensor; got {type(x).__name__}")
+    return x, torch.as_tensor(y).long()
+
+
+class Batches:
+    """A re-iterable view of a data source as ``(inputs, labels)`` tuples (dict batches mapped by
+    ``keys``); ``len()`` when the source has one. Iterating twice gives the same batches when the
+    source does (a non-shuffled DataLoader, a list)."""
+
+    def __init__(self, source: object, keys: Sequence[str] | None = None) -> None:
+        self.source, self.keys = source, keys
+
+    def __iter__(self):
+        for batch in self.source:  # type: ignore[attr-defined]
+            yield split_batch(batch, self.keys)
+
+    def __len__(self) -> int:
+        return len(self.source)  # type: ignore[arg-type]
+
+
+@dataclass
+class ScoringSet:
+    """Resolved scoring data: re-iterable ``(inputs, labels)`` batches and the class count (or None)."""
+
+    batches: Batches
+    num_classes: int | None
+
+    def example_inputs(self, n: int = 1, device: torch.device | str | None = None) -> torch.Tensor:
+        """The first ``n`` inputs (for tracing, dependency graphs, MACs)."""
+        for x, _ in self.batches:
+            x = x[:n]
+            return x.to(device) if device is not None else x
+        raise ConfigError("the scoring set is empty: it holds no image")
+
+    def first(self, n: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """Up to ``n`` inputs gathered over the first batches (e.g. a latency batch)."""
+        xs, got = [], 0
+        for x, _ in self.batches:
+            xs.append(x)
+            got += x.shape[0]
+            if got >= n:
+                break
+        if not xs:
+            raise ConfigError("the scoring set is empty: it holds no image")
+        x = torch.cat(xs)[:n]
+        return x.to(device) if device is not None else x
+
+
+def resolve_scoring_set(
+    data: object,
+    *,
+    samples_per_class: int = 100,
+    classes: Sequence[int] | None = None,
+    batch_size: int | None = None,
+    keys: Sequence[str] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    max_batches: int | None = None,
+    argument: str = "dataloader",
+) -> ScoringSet:
+    """The one way to turn "a data module or batches" into a scoring set.
+
+    - a :class:`ClassificationDataModule`: its class-balanced draw of ``samples_per_class`` training
+      images per class (split across ``world_size`` ranks, this rank's shard);
+    - another ``LightningDataModule``: its first ``max_batches`` (default 10) training batches;
+    - a ``DataLoader`` or any iterable of ``(inputs, labels)`` / dict batches: used as given.
+
+    Raises:
+        ConfigError: ``data`` is None, a string, a tensor or anything else that does not yield batches.
+    """
+    if data is None:
+        raise ConfigError(f"{argument} is required: give a data module, a DataLoader or an iterable of (inputs, labels) batches")
+    if isinstance(data, ScoringSet):
+        return data
+    if isinstance(data, ClassificationDataModule):
+        data.setup("fit")
+        sub = data.balanced_subset(samples_per_class, classes)
+        if world_size > 1:
+            sub = Subset(sub.dataset, sub.indices[rank::world_size])  # every rank a disjoint part; states reduce
+        loader = DataLoader(sub, batch_size=batch_size or data.batch_size, shuffle=False)
+        return ScoringSet(Batches(loader, keys), data.num_classes)
+    if isinstance(data, L.LightningDataModule):
+        data.setup("fit")
+        limit = max_batches or 10
+        first = []
+        for i, b in enumerate(data.train_dataloader()):
+            if i >= limit:
+                break
+            first.append(split_batch(b, keys))
+        return ScoringSet(Batches(first), getattr(data, "num_classes", None))
+    if isinstance(data, (str, bytes, torch.Tensor, dict)) or not hasattr(data, "__iter__"):
+        raise ConfigError(
+            f"{argument}={type(data).__name__} is not allowed; give a data module, a DataLoader or an iterable "
+            "of (inputs, labels) batches"
+        )
+    source = data
+    if max_batches is not None:
+        source = [b for _, b in zip(range(max_batches), data, strict=False)]
+    return ScoringSet(Batches(source, keys), getattr(getattr(data, "dataset", None), "num_classes", None))

@@ -1,0 +1,198 @@
+"""Evaluation services shared by every front end: inference mode, accuracy, latency, progress bars.
+
+- :func:`inference` — a context manager: eval mode and no gradients, every module's own training
+  flag restored afterwards (a frozen BatchNorm inside a training network stays frozen).
+- :func:`evaluate` — top-1 / balanced accuracy and mean cross-entropy over batches, with
+  torchmetrics; under DDP each rank feeds its own shard and the states reduce.
+- :func:`measure_latency` — forward time on ``torch.utils.benchmark.Timer`` (warm-up, thread count
+  and device stated in the result); also times any callable (e.g. an onnxruntime session).
+- :func:`progress` — the one progress-bar wrapper (tqdm), silent when disabled.
+
+Example::
+
+    >>> import torch
+    >>> from lightprune.evaluation import measure_latency
+    >>> lat = measure_latency(torch.nn.Linear(4, 2), torch.zeros(3, 4), runs=3, warmup=1)
+    >>> lat.batch_size, lat.runs, lat.median_ms > 0
+    (3, 3, True)
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+__all__ = ["inference", "model_device", "evaluate", "Latency", "measure_latency", "progress"]
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (or buffer); CPU for a model without either."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+@contextmanager
+def inference(model: nn.Module, *, grad: bool = False) -> Iterator[nn.Module]:
+    """Eval mode (and no gradients unless ``grad``) for the block; each submodule's training flag
+    is restored on exit, exactly as it was."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.set_grad_enabled(grad):
+            yield model
+    finally:
+        for m, was in modes:
+            m.training = was
+
+
+def progress(iterable: Iterable[Any] | None = None, *, enabled: bool = True, desc: str = "", total: int | None = None,
+             **kwargs: Any):
+    """A tqdm progress bar over ``iterable`` (``enabled=False``: a silent one with the same API)."""
+    from tqdm.auto import tqdm
+
+    if total is None and iterable is not None and hasattr(iterable, "__len__"):
+        try:
+            total = len(iterable)  # type: ignore[arg-type]
+        except TypeError:
+            total = None
+    return tqdm(iterable, desc=desc, total=total, disable=not enabled, leave=False, dynamic_ncols=True, **kwargs)
+
+
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[Any],
+    *,
+    num_classes: int,
+    device: torch.device | str | None = None,
+    progress_bar: bool = False,
+    desc: str = "evaluating",
+) -> dict[str, float]:
+    """Accuracy of ``model`` on ``batches`` of ``(inputs, labels)``.
+
+    Returns ``{"acc", "balanced_acc", "loss", "n"}`` (top-1 accuracy, macro-averaged recall, mean
+    cross-entropy, number of images). Under an initialised ``torch.distributed`` process group the
+    counts are summed over ranks, so each rank evaluates only its shard and all get the same result.
+    """
+    import torch.nn.functional as F
+    from torchmetrics.classification import MulticlassAccuracy
+
+    from .data import split_batch
+
+    if num_classes is None or int(num_classes) < 2:
+        raise ConfigError(f"num_classes={num_classes!r} is not allowed; it must be an integer >= 2")
+    device = torch.device(device) if device is not None else model_device(model)
+    acc = MulticlassAccuracy(num_classes, average="micro").to(device)
+    bal = MulticlassAccuracy(num_classes, average="macro").to(device)
+    loss_n = torch.zeros(2, dtype=torch.float64, device=device)
+    with inference(model):
+        for batch in progress(batches, enabled=progress_bar, desc=desc):
+            x, y = split_batch(batch)
+            x, y = x.to(device), y.to(device).long()
+            logits = model(x)
+            if logits.ndim != 2 or logits.shape[1] != num_classes:
+                raise ConfigError(f"the model outputs shape {tuple(logits.shape)}; expected (batch, {num_classes}) logits")
+            acc.update(logits, y)
+            bal.update(logits, y)
+            loss_n[0] += F.cross_entropy(logits.double(), y, reduction="sum")
+            loss_n[1] += y.numel()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(loss_n)
+    if loss_n[1] == 0:
+        raise ConfigError("evaluate: the batches hold no image")
+    return {
+        "acc": float(acc.compute()),
+        "balanced_acc": float(bal.compute()),
+        "loss": float(loss_n[0] / loss_n[1]),
+        "n": int(loss_n[1]),
+    }
+
+
+@dataclass(frozen=True)
+class Latency:
+    """A latency measurement: milliseconds per forward call, and how it was measured."""
+
+    median_ms: float
+    min_ms: float
+    iqr_ms: float
+    runs: int
+    warmup: int
+    batch_size: int | None
+    threads: int
+    device: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __getitem__(self, key: str) -> Any:  # dict-style access, as the reports have always used
+        return getattr(self, key)
+
+    def __str__(self) -> str:
+        return (f"{self.median_ms:.3f} ms (median of {self.runs} runs after {self.warmup} warm-up, "
+                f"batch {self.batch_size}, {self.threads} threads, {self.device})")
+
+
+def measure_latency(
+    model: nn.Module | Callable[[], Any],
+    example_inputs: torch.Tensor | None = None,
+    *,
+    warmup: int = 3,
+    runs: int = 10,
+    threads: int | None = None,
+) -> Latency:
+    """Time ``model(example_inputs)`` (eval mode, no gradients) or a zero-argument callable.
+
+    Uses ``torch.utils.benchmark.Timer`` (which synchronises CUDA) with ``threads`` CPU threads
+    (default: the current ``torch.get_num_threads()``): ``warmup`` untimed calls, then ``runs``
+    timed calls of one forward each; the median, minimum and interquartile range are reported.
+    """
+    from torch.utils.benchmark import Timer
+
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        raise ConfigError(f"runs={runs!r} is not allowed; it must be an integer >= 1")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ConfigError(f"warmup={warmup!r} is not allowed; it must be an integer >= 0")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads={threads!r} is not allowed; it must be an integer >= 1 or None")
+    n_threads = threads or torch.get_num_threads()
+    if isinstance(model, nn.Module):
+        if example_inputs is None:
+            raise ConfigError("measure_latency: example_inputs is needed to time an nn.Module")
+        device = str(example_inputs.device)
+        batch = int(example_inputs.shape[0])
+
+        def call(_m=model, _x=example_inputs):
+            return _m(_x)
+
+        ctx = inference(model)
+    elif callable(model):
+        call, device, batch = model, "cpu", (int(example_inputs.shape[0]) if example_inputs is not None else None)
+        ctx = _nullcontext()
+    else:
+        raise ConfigError(f"model={type(model).__name__} is not allowed; give an nn.Module or a callable")
+    old = torch.get_num_threads()
+    try:
+        with ctx:
+            timer = Timer(stmt="call()", globals={"call": call}, num_threads=n_threads)
+            if warmup:
+                timer.timeit(warmup)
+            times = [timer.timeit(1).median * 1000 for _ in range(runs)]
+    finally:
+        torch.set_num_threads(old)
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return Latency(statistics.median(times), min(times), q[2] - q[0], runs, warmup, batch, n_threads, device)
+
+
+@contextmanager
+def _nullcontext():
+    yield
