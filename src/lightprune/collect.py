@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
+from .evaluation import inference
 
 __all__ = ["PrunableLayer", "find_prunable_layers", "capture_activations", "ACTIVATIONS"]
 
@@ -120,13 +121,10 @@ def _trace(model: nn.Module, example_inputs: torch.Tensor) -> list[_Call]:
             calls.append(_Call(_name, mod, idx, args[0] if args else None, out))
 
         handles.append(module.register_forward_hook(hook))
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with inference(model):
             model(example_inputs)
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     return calls
@@ -217,13 +215,24 @@ def _locate_capture(info: PrunableLayer, calls: list[_Call]) -> None:
 def capture_activations(
     model: nn.Module,
     layers: dict[str, PrunableLayer],
-    fn: Callable[[str, torch.Tensor], None],
+    fn: Callable[[str, torch.Tensor], torch.Tensor | None],
+    *,
+    check_finite: bool = False,
 ) -> Iterator[None]:
-    """While active, every forward pass calls ``fn(layer_name, post_activation_output)`` once per layer.
+    """The one hook router: while active, every forward pass calls ``fn(layer_name, post_activation_output)``
+    once per layer, right when the output exists.
 
-    ``fn`` runs inside the forward pass, right when the output exists, so it must consume the
-    tensor at once (update a statistic); nothing is kept, so at most one batch of activations
-    is alive at any time. In-place activations are read before anything later modifies them.
+    Layers share a capture module when one module serves several of them (a ResNet block's ReLU serves
+    ``conv1`` at call 0 and the block output at call 1): the router counts the calls of each capture
+    module once per forward pass and routes each call to exactly the layers captured there.
+
+    **Replacement**: when ``fn`` returns a tensor, it replaces the module's output for the rest of the
+    forward pass (ablation, mean fill); several layers on the same call see the output as replaced by
+    the previous ones. ``fn`` returning None only reads. ``fn`` must consume the tensor at once
+    (update a statistic); nothing is kept, so at most one batch of activations is alive at any time.
+
+    Raises:
+        ConfigError: with ``check_finite``, a layer's activations contain NaN or inf (names the layer).
     """
     modules = dict(model.named_modules())
     by_capture: dict[str, dict[int, list[str]]] = {}
@@ -236,8 +245,17 @@ def capture_activations(
         def hook(mod, args, out, _cap=cap, _per_call=per_call):
             idx = counts.get(_cap, 0)
             counts[_cap] = idx + 1
+            replaced = None
             for layer_name in _per_call.get(idx, ()):
-                fn(layer_name, out)
+                if check_finite and not bool(torch.isfinite(out).all()):
+                    raise ConfigError(
+                        f"layer {layer_name!r}: its activations contain NaN or inf (captured at {_cap!r}); "
+                        "check the inputs and the weights (a diverged training?)"
+                    )
+                new = fn(layer_name, out)
+                if new is not None:
+                    out = replaced = new
+            return replaced
 
         handles.append(modules[cap].register_forward_hook(hook))
     try:

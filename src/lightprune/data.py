@@ -535,7 +535,7 @@ def split_batch(batch: object, keys: Sequence[str] | None = None) -> tuple[torch
         )
     if not isinstance(x, torch.Tensor):
         raise ConfigError(f"batch inputs must be a torch.Tensor; got {type(x).__name__}")
-    return x, torch.as_tensor(y).long()
+    return x, (None if y is None else torch.as_tensor(y).long())
 
 
 class Batches:

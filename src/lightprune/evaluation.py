@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .data import split_batch
 from .errors import ConfigError
 
 __all__ = ["inference", "model_device", "evaluate", "Latency", "measure_latency", "progress"]
@@ -87,8 +88,6 @@ def evaluate(
     import torch.nn.functional as F
     from torchmetrics.classification import MulticlassAccuracy
 
-    from .data import split_batch
-
     if num_classes is None or int(num_classes) < 2:
         raise ConfigError(f"num_classes={num_classes!r} is not allowed; it must be an integer >= 2")
     device = torch.device(device) if device is not None else model_device(model)
@@ -133,9 +132,6 @@ class Latency:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    def __getitem__(self, key: str) -> Any:  # dict-style access, as the reports have always used
-        return getattr(self, key)
 
     def __str__(self) -> str:
         return (f"{self.median_ms:.3f} ms (median of {self.runs} runs after {self.warmup} warm-up, "

@@ -26,7 +26,11 @@ Strategies (``strategy=``):
 - ``flops``: ``ratio`` is read as the target MACs reduction; the global channel ratio of
   ``base_strategy`` (default ``uniform``) is searched (bisection) until the pruned model's MACs
   are at most ``(1 - ratio)`` of the original, counted by torch-pruning on a pruned copy.
+- ``params``: the same search, on the parameter count.
 - ``manual``: ``ratios={layer: ratio}``; layers not named keep all their channels.
+
+Strategies live in a registry (:func:`register_strategy`, :func:`list_strategies`); the targets
+(``flops``, ``params``) are searches on top of a registered strategy.
 
 Per-layer criteria: pass ``scores`` as a mapping ``layer -> Scores`` (see :func:`scores_by_depth`).
 """
@@ -35,157 +39,27 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from .collect import PrunableLayer, find_prunable_layers
+from .collect import find_prunable_layers
 from .criteria.base import Scores
 from .errors import ConfigError, check_choice, check_fraction, check_positive_int
+from .graph import Group, dependency_graph, find_groups
+from .plan import Plan
+from .surgery import count_macs_params, prune
 
-__all__ = ["Group", "Plan", "find_groups", "normalise_importance", "plan", "plan_groups", "scores_by_depth", "STRATEGIES"]
+__all__ = [
+    "Group", "Plan", "StrategyContext", "TARGETS", "find_groups", "list_strategies", "normalise_importance", "plan",
+    "plan_groups", "register_strategy", "scores_by_depth", "STRATEGIES",
+]
 
-STRATEGIES = ("uniform", "afie", "global", "flops", "manual")
+STRATEGIES = ("uniform", "afie", "global", "flops", "params", "manual")
 NORMALIZERS = ("minmax", "max", "mean", "rank", "none")
-
-
-@dataclass
-class Group:
-    """Prunable layers whose output channels are removed together (same indices).
-
-    Attributes:
-        root: the first member in execution order (torch-pruning's root for the group).
-        members: every prunable layer of the group, root first.
-        channels: number of channels the members share.
-    """
-
-    root: str
-    members: list[str]
-    channels: int
-
-
-def _out_fn(tp, module: nn.Module):
-    return tp.prune_conv_out_channels if isinstance(module, nn.Conv2d) else tp.prune_linear_out_channels
-
-
-def dependency_graph(model: nn.Module, example_inputs: torch.Tensor):
-    """torch-pruning DependencyGraph of ``model`` (built with autograd on, whatever the caller's mode)."""
-    import torch_pruning as tp
-
-    with torch.inference_mode(False), torch.enable_grad():
-        x = example_inputs.detach().clone()
-        was_training = model.training
-        model.eval()
-        try:
-            return tp.DependencyGraph().build_dependency(model, example_inputs=x)
-        finally:
-            model.train(was_training)
-
-
-def find_groups(model: nn.Module, example_inputs: torch.Tensor, layers: Mapping[str, PrunableLayer]) -> list[Group]:
-    """Coupled groups among ``layers`` (every layer is in exactly one group), in execution order."""
-    import torch_pruning as tp
-
-    dg = dependency_graph(model, example_inputs)
-    names = {m: n for n, m in model.named_modules()}
-    seen: set[str] = set()
-    groups: list[Group] = []
-    for name, layer in layers.items():
-        if name in seen:
-            continue
-        g = dg.get_pruning_group(layer.module, _out_fn(tp, layer.module), list(range(layer.out_channels)))
-        members = [name]
-        for item in g:
-            other = names.get(item.dep.target.module)
-            if dg.is_out_channel_pruning_fn(item.dep.handler) and other in layers and other != name:
-                if list(item.idxs) != list(item.root_idxs):
-                    raise ConfigError(f"layers {name!r} and {other!r} are coupled with a channel permutation; unsupported")
-                if other not in members:
-                    members.append(other)
-        seen.update(members)
-        groups.append(Group(name, members, layer.out_channels))
-    return groups
-
-
-@dataclass
-class Plan:
-    """Which channels every prunable layer keeps.
-
-    Attributes:
-        keep: ``{layer: LongTensor of kept channel indices, ascending}`` for every planned layer.
-        channels: ``{layer: channels before pruning}``.
-        groups: member lists of the coupled groups (root first).
-        strategy, target_ratio, criterion: how the plan was made.
-        meta: plain-data extras.
-    """
-
-    keep: dict[str, torch.Tensor]
-    channels: dict[str, int]
-    groups: list[list[str]]
-    strategy: str = "manual"
-    target_ratio: float | None = None
-    criterion: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ratios(self) -> dict[str, float]:
-        """``{layer: fraction of its channels removed}``."""
-        return {n: 1 - len(k) / self.channels[n] for n, k in self.keep.items()}
-
-    @property
-    def global_ratio(self) -> float:
-        """Fraction of all planned channels removed."""
-        total = sum(self.channels.values())
-        return 1 - sum(len(k) for k in self.keep.values()) / total if total else 0.0
-
-    def removed(self, layer: str) -> list[int]:
-        """Indices removed from ``layer``."""
-        kept = set(self.keep[layer].tolist())
-        return [i for i in range(self.channels[layer]) if i not in kept]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data (ints, floats, strings, lists): YAML/JSON-safe and weights_only-safe."""
-        return {
-            "keep": {n: [int(i) for i in k.tolist()] for n, k in self.keep.items()},
-            "channels": {n: int(c) for n, c in self.channels.items()},
-            "groups": [list(g) for g in self.groups],
-            "strategy": self.strategy,
-            "target_ratio": self.target_ratio,
-            "criterion": self.criterion,
-            "meta": self.meta,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Plan:
-        """Inverse of :meth:`to_dict`; validates the indices."""
-        try:
-            keep = {n: torch.tensor(sorted(int(i) for i in k), dtype=torch.long) for n, k in data["keep"].items()}
-            channels = {n: int(c) for n, c in data["channels"].items()}
-        except KeyError as err:
-            raise ConfigError(f"Plan.from_dict: missing key {err}; expected 'keep' and 'channels'") from None
-        for n, k in keep.items():
-            if n not in channels:
-                raise ConfigError(f"Plan.from_dict: layer {n!r} has kept indices but no channel count")
-            if len(k) == 0 or k.min() < 0 or k.max() >= channels[n] or len(set(k.tolist())) != len(k):
-                raise ConfigError(f"Plan.from_dict: kept indices of {n!r} must be distinct, in [0, {channels[n]}) and not empty")
-        return cls(
-            keep, channels, [list(g) for g in data.get("groups", [[n] for n in keep])],
-            data.get("strategy", "manual"), data.get("target_ratio"), data.get("criterion"), dict(data.get("meta") or {}),
-        )
-
-    def __str__(self) -> str:
-        head = f"Plan(strategy={self.strategy!r}, criterion={self.criterion!r}, target={self.target_ratio}, removed={self.global_ratio:.3f})"
-        rows = [head, f"  {'layer':<34}{'before':>7}{'after':>7}{'ratio':>8}  group"]
-        root_of = {m: g[0] for g in self.groups for m in g}
-        for n, k in self.keep.items():
-            grp = "" if root_of.get(n, n) == n and len(next((g for g in self.groups if g[0] == n), [n])) == 1 else f"<- {root_of.get(n, n)}" if root_of.get(n, n) != n else "root"
-            rows.append(f"  {n:<34}{self.channels[n]:>7}{len(k):>7}{self.ratios[n]:>8.3f}  {grp}")
-        return "\n".join(rows)
-
-    __repr__ = __str__
 
 
 # --------------------------------------------------------------------------------------------------
@@ -289,7 +163,7 @@ def plan_groups(
 ) -> Plan:
     """Pure planner on groups and per-layer importance (no model). ``strategy="flops"`` needs
     :func:`plan` (it measures MACs). See the module docstring for the rules."""
-    check_choice("strategy", strategy, [s for s in STRATEGIES if s != "flops"])
+    check_choice("strategy", strategy, list(_STRATEGIES))
     check_fraction("ratio", ratio)
     check_fraction("min_keep_fraction", min_keep_fraction)
     check_fraction("max_layer_ratio", max_layer_ratio, low_open=True)
@@ -298,34 +172,14 @@ def plan_groups(
         check_positive_int("round_to", round_to)
     groups = list(groups)
     keep_floor = [max(1, math.ceil(min_keep_fraction * g.channels - 1e-9)) for g in groups]
-    caps = [1 - kf / g.channels for kf, g in zip(keep_floor, groups, strict=True)]
     imp = [_group_importance(g, scores) for g in groups]
-
-    if strategy == "uniform":
-        group_ratio = [ratio] * len(groups)
-        n_keep = [_n_keep(g.channels, r, min_keep_fraction, round_to) for g, r in zip(groups, group_ratio, strict=True)]
-    elif strategy == "afie":
-        if not layer_scores:
-            raise ConfigError("strategy='afie' needs scores with layer_scores (score with the 'afie' criterion)")
-        group_ratio = _afie_ratios(groups, layer_scores, ratio, caps)
-        n_keep = _exact_counts(groups, group_ratio, ratio, keep_floor, round_to)
-    elif strategy == "global":
-        n_keep = _global_counts(groups, imp, ratio, keep_floor, max_layer_ratio, normalize, round_to)
-    else:  # manual
-        if not ratios:
-            raise ConfigError("strategy='manual' needs ratios={layer: ratio}")
-        root_of = {m: g for g in groups for m in g.members}
-        per_group: dict[str, float] = {}
-        for name, r in ratios.items():
-            if name not in root_of:
-                raise ConfigError(f"ratios names {name!r}, which is not a planned layer; planned layers: {list(root_of)}")
-            check_fraction(f"ratios[{name!r}]", r)
-            g = root_of[name]
-            if g.root in per_group and per_group[g.root] != r:
-                raise ConfigError(f"ratios disagree inside the coupled group {g.members}: give one ratio for the group")
-            per_group[g.root] = float(r)
-        # layers not named keep every channel (round_to must not round their width down)
-        n_keep = [_n_keep(g.channels, per_group[g.root], min_keep_fraction, round_to) if g.root in per_group else g.channels for g in groups]
+    ctx = StrategyContext(groups, imp, float(ratio), keep_floor, min_keep_fraction, round_to, layer_scores)
+    fn, declared = _STRATEGIES[strategy]
+    given = {"ratios": ratios, "max_layer_ratio": max_layer_ratio, "normalize": normalize}
+    n_keep = fn(ctx, **{k: v for k, v in given.items() if k in declared})
+    for g, k, floor in zip(groups, n_keep, keep_floor, strict=True):
+        if not floor <= k <= g.channels:
+            raise ConfigError(f"strategy {strategy!r} keeps {k} channels of {g.root!r}; allowed: {floor} to {g.channels}")
 
     keep: dict[str, torch.Tensor] = {}
     channels: dict[str, int] = {}
@@ -380,6 +234,95 @@ def _global_counts(groups, imp, ratio, keep_floor, max_layer_ratio, normalize, r
     return keep
 
 
+
+# --------------------------------------------------------------------------------------------------
+# strategy registry: name -> function(StrategyContext, **options) -> kept channels per group
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StrategyContext:
+    """What a strategy sees: the coupled groups (execution order), each group's channel importance,
+    the global ratio, the minimum each group keeps, ``min_keep_fraction``, ``round_to`` and the
+    layer-level scores (AFIE) when the criterion gives them."""
+
+    groups: list[Group]
+    importance: list[torch.Tensor]
+    ratio: float
+    keep_floor: list[int]
+    min_keep_fraction: float
+    round_to: int | None
+    layer_scores: Mapping[str, float] | None
+
+
+_STRATEGIES: dict[str, tuple[Callable[..., list[int]], tuple[str, ...]]] = {}
+
+
+def register_strategy(name: str, options: tuple[str, ...] = ()):
+    """Function decorator: register a planning strategy ``fn(ctx: StrategyContext, **options) -> list[int]``
+    (channels kept per group, each in ``[ctx.keep_floor[i], groups[i].channels]``). ``options``: the
+    names of the planner options the strategy takes as keyword arguments.
+
+    Example::
+
+        >>> @register_strategy("_doc_keep_all")
+        ... def keep_all(ctx):
+        ...     return [g.channels for g in ctx.groups]
+        >>> "_doc_keep_all" in _STRATEGIES
+        True
+    """
+
+    def deco(fn: Callable[..., list[int]]) -> Callable[..., list[int]]:
+        if name in _STRATEGIES and _STRATEGIES[name][0] is not fn:
+            raise ConfigError(f"strategy name {name!r} is already registered")
+        _STRATEGIES[name] = (fn, tuple(options))
+        return fn
+
+    return deco
+
+
+def list_strategies() -> list[str]:
+    """Registered strategy names plus the target searches (``flops``, ``params``)."""
+    return sorted([n for n in _STRATEGIES if not n.startswith("_")] + list(TARGETS))
+
+
+@register_strategy("uniform")
+def _uniform(ctx: StrategyContext) -> list[int]:
+    return [_n_keep(g.channels, ctx.ratio, ctx.min_keep_fraction, ctx.round_to) for g in ctx.groups]
+
+
+@register_strategy("afie")
+def _afie(ctx: StrategyContext) -> list[int]:
+    if not ctx.layer_scores:
+        raise ConfigError("strategy='afie' needs scores with layer_scores (score with the 'afie' criterion)")
+    caps = [1 - kf / g.channels for kf, g in zip(ctx.keep_floor, ctx.groups, strict=True)]
+    group_ratio = _afie_ratios(ctx.groups, ctx.layer_scores, ctx.ratio, caps)
+    return _exact_counts(ctx.groups, group_ratio, ctx.ratio, ctx.keep_floor, ctx.round_to)
+
+
+@register_strategy("global", options=("max_layer_ratio", "normalize"))
+def _global(ctx: StrategyContext, max_layer_ratio: float = 0.9, normalize: str = "minmax") -> list[int]:
+    return _global_counts(ctx.groups, ctx.importance, ctx.ratio, ctx.keep_floor, max_layer_ratio, normalize, ctx.round_to)
+
+
+@register_strategy("manual", options=("ratios",))
+def _manual(ctx: StrategyContext, ratios: Mapping[str, float] | None = None) -> list[int]:
+    if not ratios:
+        raise ConfigError("strategy='manual' needs ratios={layer: ratio}")
+    root_of = {m: g for g in ctx.groups for m in g.members}
+    per_group: dict[str, float] = {}
+    for name, r in ratios.items():
+        if name not in root_of:
+            raise ConfigError(f"ratios names {name!r}, which is not a planned layer; planned layers: {list(root_of)}")
+        check_fraction(f"ratios[{name!r}]", r)
+        g = root_of[name]
+        if g.root in per_group and per_group[g.root] != r:
+            raise ConfigError(f"ratios disagree inside the coupled group {g.members}: give one ratio for the group")
+        per_group[g.root] = float(r)
+    # layers not named keep every channel (round_to must not round their width down)
+    return [
+        _n_keep(g.channels, per_group[g.root], ctx.min_keep_fraction, ctx.round_to) if g.root in per_group else g.channels
+        for g in ctx.groups
+    ]
+
 # --------------------------------------------------------------------------------------------------
 # model-facing wrapper
 # --------------------------------------------------------------------------------------------------
@@ -426,8 +369,10 @@ def plan(
         model: the network (not modified).
         scores: :class:`Scores` (one criterion), or ``{layer: Scores}`` (per-layer criteria, see
             :func:`scores_by_depth`). Only scored layers are planned.
-        strategy: one of ``uniform``, ``afie``, ``global``, ``flops``, ``manual``.
-        ratio: fraction of channels removed (``flops``: fraction of MACs removed), in [0, 1).
+        strategy: a registered strategy (``uniform``, ``afie``, ``global``, ``manual``; see
+            :func:`list_strategies` and :func:`register_strategy`) or a target search: ``flops``
+            (MACs) or ``params`` (parameter count).
+        ratio: fraction of channels removed (targets: fraction of MACs / parameters removed), in [0, 1).
         example_inputs: an input batch (e.g. ``torch.zeros(1, 3, 32, 32)``); needed to find the
             coupled groups and, for ``flops``, to count MACs.
         base_strategy: the strategy whose global ratio ``flops`` searches, default ``uniform``.
@@ -441,50 +386,73 @@ def plan(
     Raises:
         ConfigError: bad strategy, ratio, options, missing example inputs or scores.
     """
-    check_choice("strategy", strategy, STRATEGIES)
+    check_choice("strategy", strategy, list_strategies())
     if example_inputs is None:
         raise ConfigError("example_inputs is needed to find coupled layers: pass e.g. torch.zeros(1, 3, 32, 32)")
     per_layer, criterion, layer_scores = _flatten_scores(scores)
     layers = find_prunable_layers(model, example_inputs, [n for n in per_layer])
     groups = find_groups(model, example_inputs, layers)
-    if strategy != "flops":
+    if strategy not in TARGETS:
         p = plan_groups(groups, per_layer, strategy=strategy, ratio=ratio, layer_scores=layer_scores, criterion=criterion, **options)
         p.meta["input_shape"] = [1, *example_inputs.shape[1:]]
         return p
+    return _target_search(model, example_inputs, groups, per_layer, layer_scores, criterion, strategy, ratio,
+                          base_strategy, tolerance, options)
 
+
+def _macs(model: nn.Module, x: torch.Tensor) -> float:
+    return float(count_macs_params(model, x)[0])
+
+
+def _params(model: nn.Module, x: torch.Tensor) -> float:
+    return float(count_macs_params(model, x)[1])
+
+
+#: target searches: ``strategy=<name>`` reads ``ratio`` as the reduction of this measure
+TARGETS: dict[str, Callable[[nn.Module, torch.Tensor], float]] = {"flops": _macs, "params": _params}
+
+
+def _target_search(model, example_inputs, groups, per_layer, layer_scores, criterion, target_name, ratio,
+                   base_strategy, tolerance, options) -> Plan:
+    """Bisection on the global channel ratio of ``base_strategy`` until ``measure(pruned copy)`` is at
+    most ``(1 - ratio)`` of the original (channel counts are discrete: stops on a bracket < 1e-3)."""
     check_fraction("ratio", ratio)
-    check_choice("base_strategy", base_strategy, ("uniform", "afie", "global"))
-    from .surgery import count_macs_params, prune
+    check_choice("base_strategy", base_strategy, [n for n in _STRATEGIES if n != "manual" and not n.startswith("_")])
+    measure = TARGETS[target_name]
+    value0 = measure(model, example_inputs)
+    target = value0 * (1 - ratio)
 
-    macs0, _ = count_macs_params(model, example_inputs)
-    target = macs0 * (1 - ratio)
-
-    def macs_at(r: float) -> tuple[float, Plan]:
+    def at(r: float) -> tuple[float, Plan]:
         p = plan_groups(groups, per_layer, strategy=base_strategy, ratio=r, layer_scores=layer_scores, criterion=criterion, **options)
         clone = copy.deepcopy(model)
         prune(clone, p, example_inputs, measure_latency=False)
-        return count_macs_params(clone, example_inputs)[0], p
+        return measure(clone, example_inputs), p
 
     lo, hi = 0.0, 0.99
     best = plan_groups(groups, per_layer, strategy=base_strategy, ratio=0.0, layer_scores=layer_scores, criterion=criterion, **options)
-    best_macs = macs0
+    best_value = value0
     for _ in range(30):
         mid = (lo + hi) / 2
-        m, p = macs_at(mid)
-        if m <= target:
-            hi, best, best_macs = mid, p, m
+        v, p = at(mid)
+        if v <= target:
+            hi, best, best_value = mid, p, v
         else:
             lo = mid
-        if best_macs <= target and (best_macs - target) / macs0 > -tolerance:
+        if best_value <= target and (best_value - target) / value0 > -tolerance:
             break
-        if hi - lo < 1e-3:  # channel counts are discrete: a narrower bracket changes nothing
+        if hi - lo < 1e-3:
             break
-    if best_macs > target:
-        raise ConfigError(f"strategy='flops': a MACs reduction of {ratio} cannot be reached with {base_strategy!r}")
-    best.strategy = "flops"
+    if best_value > target:
+        reachable = 1 - at(0.99)[0] / value0
+        raise ConfigError(
+            f"strategy={target_name!r}: a reduction of {ratio} cannot be reached with {base_strategy!r}; "
+            f"the most it reaches is {reachable:.3f}"
+        )
+    unit = {"flops": "macs"}.get(target_name, target_name)
+    best.strategy = target_name
     best.meta["input_shape"] = [1, *example_inputs.shape[1:]]
     best.target_ratio = float(ratio)
-    best.meta.update({"base_strategy": base_strategy, "channel_ratio": hi, "macs_before": macs0, "macs_after": best_macs})
+    best.meta.update({"base_strategy": base_strategy, "channel_ratio": hi, f"{unit}_before": value0, f"{unit}_after": best_value})
     return best
 
 

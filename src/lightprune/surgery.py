@@ -14,8 +14,7 @@ Example::
 
 from __future__ import annotations
 
-import statistics
-import time
+import copy
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,80 +23,14 @@ import torch
 from torch import nn
 
 from .collect import find_prunable_layers
+from .data import split_batch
 from .errors import ConfigError
-from .planner import Plan, _out_fn, dependency_graph
+from . import evaluation
+from .evaluation import inference, model_device
+from .graph import check_group, count_macs_params, dependency_graph, group_items, pruning_group
+from .plan import Plan
 
-__all__ = ["PruneReport", "prune", "restore", "count_macs_params", "measure_latency", "consumer_input_means"]
-
-
-def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
-    """(MACs, parameters) per sample, counted by torch-pruning (``tp.utils.count_ops_and_params``).
-
-    The count includes BatchNorm/ReLU/pooling operations; ``example_inputs`` is reduced to one sample.
-    """
-    import torch_pruning as tp
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            macs, params = tp.utils.count_ops_and_params(model, example_inputs[:1])
-    finally:
-        model.train(was_training)
-    return int(macs), int(params)
-
-
-def measure_latency(
-    model: nn.Module,
-    example_inputs: torch.Tensor,
-    *,
-    warmup: int = 3,
-    runs: int = 10,
-    threads: int | None = None,
-) -> dict[str, Any]:
-    """Median forward time in milliseconds (eval mode, no gradients).
-
-    Args:
-        model: the network.
-        example_inputs: the batch to time (its batch size is reported).
-        warmup: untimed runs first, default 3.
-        runs: timed runs, default 10; the median is reported.
-        threads: CPU threads during the measurement (default: the current ``torch.get_num_threads()``).
-
-    Returns:
-        ``{"median_ms", "runs", "warmup", "batch_size", "threads", "device"}``.
-    """
-    if runs < 1 or warmup < 0:
-        raise ConfigError(f"runs={runs!r} must be >= 1 and warmup={warmup!r} >= 0")
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    was_training = model.training
-    model.eval()
-    device = example_inputs.device
-    times = []
-    try:
-        with torch.no_grad():
-            for i in range(warmup + runs):
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                t0 = time.perf_counter()
-                model(example_inputs)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                if i >= warmup:
-                    times.append((time.perf_counter() - t0) * 1000)
-    finally:
-        model.train(was_training)
-        torch.set_num_threads(old_threads)
-    return {
-        "median_ms": statistics.median(times),
-        "runs": runs,
-        "warmup": warmup,
-        "batch_size": int(example_inputs.shape[0]),
-        "threads": threads or old_threads,
-        "device": str(device),
-    }
+__all__ = ["PruneReport", "prune", "restore", "count_macs_params", "consumer_input_means"]
 
 
 @dataclass
@@ -157,16 +90,13 @@ def consumer_input_means(
             counts[_n] = counts.get(_n, 0) + c
 
         handles.append(modules[name].register_forward_pre_hook(pre))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
-            device = next(model.parameters()).device
+        with inference(model):
+            device = model_device(model)
             for batch in batches:
-                x = batch[0] if isinstance(batch, (list, tuple)) else batch
+                x = batch if isinstance(batch, torch.Tensor) else split_batch(batch)[0]
                 model(x.to(device))
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     if not counts:
@@ -230,8 +160,6 @@ def prune(
         ConfigError: the plan names unknown layers, disagrees with the model's widths, would prune
             an unplanned layer, or bias balancing lacks its means.
     """
-    import torch_pruning as tp
-
     if not isinstance(plan, Plan):
         plan = Plan.from_dict(plan)
     modules = dict(model.named_modules())
@@ -244,8 +172,10 @@ def prune(
         if width != c:
             raise ConfigError(f"the plan expects {c} channels in {layer!r} but the model has {width}")
     macs0, params0 = count_macs_params(model, example_inputs)
-    lat0 = globals()["measure_latency"](model, example_inputs, runs=latency_runs) if measure_latency else None
+    lat0 = evaluation.measure_latency(model, example_inputs, runs=latency_runs).to_dict() if measure_latency else None
     before = {n: plan.channels[n] for n in plan.keep}
+    with inference(model):
+        out_shape = _output_shapes(model(example_inputs))
 
     dg = dependency_graph(model, example_inputs)
     planned = set(plan.keep)
@@ -258,43 +188,42 @@ def prune(
                 raise ConfigError(f"the plan removes different channels from coupled layers {root!r} and {m!r}")
         if not removed:
             continue
-        group = dg.get_pruning_group(modules[root], _out_fn(tp, modules[root]), removed)
-        for item in group:
-            mod = item.dep.target.module
-            other = names.get(mod)
+        items = group_items(dg, pruning_group(dg, modules[root], removed), names)
+        for it in items:
             if (
-                dg.is_out_channel_pruning_fn(item.dep.handler)
-                and isinstance(mod, (nn.Conv2d, nn.Linear))
-                and not (isinstance(mod, nn.Conv2d) and mod.groups > 1)
-                and other not in planned
+                it.output
+                and isinstance(it.module, (nn.Conv2d, nn.Linear))
+                and not (isinstance(it.module, nn.Conv2d) and it.module.groups > 1)
+                and it.name not in planned
             ):
                 raise ConfigError(
-                    f"pruning {root!r} would also remove output channels of {other!r}, which the plan does not list"
+                    f"pruning {root!r} would also remove output channels of {it.name!r}, which the plan does not list"
                 )
-        if not dg.check_pruning_group(group):
+        if not check_group(dg, pruning_group(dg, modules[root], removed)):
             raise ConfigError(f"pruning {root!r} as planned would empty a layer of its group")
-        todo.append((root, removed, group))
+        todo.append((root, removed, items))
 
+    backup = copy.deepcopy(model)  # the prune is undone if the network comes out broken
     balanced: list[str] = []
     if bias_balancing:
         consumers: dict[str, list[tuple[nn.Module, list[int]]]] = {}
-        for _root, _removed, group in todo:
-            for item in group:
-                mod = item.dep.target.module
-                if dg.is_in_channel_pruning_fn(item.dep.handler) and isinstance(mod, (nn.Conv2d, nn.Linear)):
-                    if isinstance(mod, nn.Conv2d) and mod.groups > 1:
-                        continue  # a depthwise conv is pruned with its producer, not a consumer
-                    consumers.setdefault(names[mod], []).append((mod, list(item.idxs)))
+        for _root, _removed, items in todo:
+            for it in items:
+                if it.output or not isinstance(it.module, (nn.Conv2d, nn.Linear)):
+                    continue
+                if isinstance(it.module, nn.Conv2d) and it.module.groups > 1:
+                    continue  # a depthwise conv is pruned with its producer, not a consumer
+                consumers.setdefault(it.name, []).append((it.module, list(it.indices)))
         if means is None:
             if batches is None:
                 raise ConfigError("bias_balancing=True needs batches= (the scoring set) or means=")
             means = consumer_input_means(model, consumers, batches)
         layer_info = find_prunable_layers(model, example_inputs)
         norms = {n: (modules[info.norm] if info.norm else None) for n, info in layer_info.items()}
-        for name, items in consumers.items():
+        for name, cons in consumers.items():
             if name not in means:
                 raise ConfigError(f"bias balancing: no mean input for consumer {name!r}")
-            for mod, idxs in items:
+            for mod, idxs in cons:
                 _balance(mod, name, idxs, means[name], norms.get(name))
             balanced.append(name)
 
@@ -302,17 +231,48 @@ def prune(
     # indices are untouched by the other groups, but concatenation consumers (DenseNet) shift, and
     # torch-pruning recomputes those offsets from the current shapes when a group is built.
     for root, removed, _ in todo:
-        dg.get_pruning_group(modules[root], _out_fn(tp, modules[root]), removed).prune()
+        pruning_group(dg, modules[root], removed).prune()
 
-    after = {}
-    for layer in plan.keep:
-        mod = modules[layer]
-        after[layer] = getattr(mod, "out_channels", getattr(mod, "out_features", None))
-        if after[layer] != len(plan.keep[layer]):
-            raise ConfigError(f"after pruning, {layer!r} has {after[layer]} channels, the plan keeps {len(plan.keep[layer])}")
+    _check_after(model, backup, plan, modules, example_inputs, out_shape)
+    after = {layer: _width(modules[layer]) for layer in plan.keep}
     macs1, params1 = count_macs_params(model, example_inputs)
-    lat1 = globals()["measure_latency"](model, example_inputs, runs=latency_runs) if measure_latency else None
+    lat1 = evaluation.measure_latency(model, example_inputs, runs=latency_runs).to_dict() if measure_latency else None
     return PruneReport(params0, params1, macs0, macs1, before, after, lat0, lat1, balanced)
+
+
+def _width(mod: nn.Module) -> int | None:
+    return getattr(mod, "out_channels", getattr(mod, "out_features", None))
+
+
+def _output_shapes(out: object) -> object:
+    if isinstance(out, torch.Tensor):
+        return tuple(out.shape)
+    if isinstance(out, (list, tuple)):
+        return [_output_shapes(o) for o in out]
+    if isinstance(out, dict):
+        return {k: _output_shapes(v) for k, v in out.items()}
+    return type(out).__name__
+
+
+def _check_after(model, backup, plan, modules, example_inputs, out_shape) -> None:
+    """The cheap correctness check after every prune: every planned layer has the planned width, the
+    network runs on the example input and its output shape is unchanged; otherwise undo and raise."""
+    problem = None
+    for layer in plan.keep:
+        if _width(modules[layer]) != len(plan.keep[layer]):
+            problem = f"{layer!r} has {_width(modules[layer])} channels, the plan keeps {len(plan.keep[layer])}"
+            break
+    if problem is None:
+        try:
+            with inference(model):
+                shape = _output_shapes(model(example_inputs))
+            if shape != out_shape:
+                problem = f"the network's output shape changed from {out_shape} to {shape}"
+        except RuntimeError as err:
+            problem = f"the pruned network no longer runs: {str(err).splitlines()[0]}"
+    if problem is not None:
+        model.__dict__.update(backup.__dict__)  # undo: the module tree as it was before the prune
+        raise ConfigError(f"the prune was undone: {problem}")
 
 
 def restore(model: nn.Module, plan_dict: Plan | Mapping[str, Any], example_inputs: torch.Tensor | None = None) -> nn.Module:

@@ -7,10 +7,12 @@ from .base import (
     Scores,
     WeightCriterion,
     create_criterion,
+    criterion_class,
     list_criteria,
     register_criterion,
+    stream_states,
 )
-from .scoring import score
+from .scoring import resolve_criterion, score
 
 __all__ = [
     "ActivationCriterion",
@@ -18,6 +20,9 @@ __all__ = [
     "Scores",
     "WeightCriterion",
     "create_criterion",
+    "criterion_class",
+    "resolve_criterion",
+    "stream_states",
     "list_criteria",
     "register_criterion",
     "score",

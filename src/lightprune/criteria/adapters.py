@@ -295,6 +295,8 @@ class BNScale(_TorchPruningCriterion):
         [1.0, 2.0, 0.5, 0.0]
     """
 
+    needs_batchnorm = True
+
     def __init__(
         self, group_reduction: str = "mean", normalizer: str | None = None, input_size: int | tuple | list | None = None
     ) -> None:

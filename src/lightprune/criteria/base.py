@@ -15,15 +15,17 @@ scoring set) into one importance value per output channel of every prunable laye
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import torch
 import torchmetrics
 from torch import nn
 
-from ..collect import PrunableLayer
+from ..collect import PrunableLayer, capture_activations
+from ..data import split_batch
 from ..errors import ConfigError, UnknownNameError
+from ..evaluation import inference, model_device, progress
 
 __all__ = [
     "Criterion",
@@ -33,7 +35,13 @@ __all__ = [
     "register_criterion",
     "create_criterion",
     "list_criteria",
+    "criterion_class",
+    "stream_states",
+    "ENTRY_POINT_GROUP",
 ]
+
+#: the entry-point group through which installed packages add criteria (``name = "pkg.module:Class"``)
+ENTRY_POINT_GROUP = "lightprune.criteria"
 
 _REGISTRY: dict[str, type[Criterion]] = {}
 
@@ -62,9 +70,48 @@ def register_criterion(name: str):
     return deco
 
 
+_ENTRY_POINTS_LOADED = False
+
+
+def _load_entry_points() -> None:
+    """Register the criteria that installed packages declare in the ``lightprune.criteria`` entry-point
+    group (once per process). An entry point names a Criterion subclass (registered under the entry
+    point's name unless it registered itself) or a module whose import registers its criteria."""
+    global _ENTRY_POINTS_LOADED
+    if _ENTRY_POINTS_LOADED:
+        return
+    _ENTRY_POINTS_LOADED = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+        except Exception as err:  # noqa: BLE001 - a broken plug-in must not break the registry
+            import warnings
+
+            warnings.warn(f"lightprune: the criterion entry point {ep.name!r} ({ep.value}) failed to load: {err}", stacklevel=2)
+            continue
+        if isinstance(obj, type) and issubclass(obj, Criterion) and obj not in _REGISTRY.values():
+            register_criterion(ep.name)(obj)
+
+
 def list_criteria() -> list[str]:
-    """Registered criterion names, sorted (names starting with ``_`` are private and hidden)."""
+    """Registered criterion names, sorted (names starting with ``_`` are private and hidden),
+    including those of installed packages (entry-point group ``lightprune.criteria``)."""
+    _load_entry_points()
     return sorted(n for n in _REGISTRY if not n.startswith("_"))
+
+
+def criterion_class(name: str) -> type[Criterion]:
+    """The class registered under ``name`` (its class attributes declare what it needs).
+
+    Raises:
+        UnknownNameError: ``name`` is not registered (the message lists the registered names).
+    """
+    _load_entry_points()
+    if name not in _REGISTRY:
+        raise UnknownNameError("criterion", name, list_criteria(), plural="criteria")
+    return _REGISTRY[name]
 
 
 def create_criterion(name: str, **hparams: Any) -> Criterion:
@@ -74,9 +121,7 @@ def create_criterion(name: str, **hparams: Any) -> Criterion:
         UnknownNameError: ``name`` is not registered (the message lists the registered names).
         ConfigError: a hyperparameter is not accepted by the criterion.
     """
-    if name not in _REGISTRY:
-        raise UnknownNameError("criterion", name, list_criteria(), plural="criteria")
-    cls = _REGISTRY[name]
+    cls = criterion_class(name)
     try:
         return cls(**hparams)
     except TypeError as err:
@@ -84,13 +129,25 @@ def create_criterion(name: str, **hparams: Any) -> Criterion:
 
 
 class Criterion:
-    """Base class. Subclasses take hyperparameters only in ``__init__`` and validate them there."""
+    """Base class. Subclasses take hyperparameters only in ``__init__`` and validate them there.
+
+    What a criterion needs is declared as data (class attributes), so front ends never special-case
+    criteria by name: ``needs_data``, ``needs_labels``, ``needs_batchnorm`` (it can only score layers
+    followed by a BatchNorm), ``layer_scores`` (it gives layer-level values, e.g. AFIE, that the
+    ``afie`` strategy uses) and ``seeded`` (it takes a ``seed`` hyperparameter).
+    """
 
     name: ClassVar[str] = ""
     #: True when the criterion needs a scoring set (a data loader).
     needs_data: ClassVar[bool] = False
     #: True when it needs the labels of the scoring set as well.
     needs_labels: ClassVar[bool] = False
+    #: True when it can only score layers whose output goes through a BatchNorm.
+    needs_batchnorm: ClassVar[bool] = False
+    #: True when it gives layer-level scores (``Scores.layer_scores``).
+    layer_scores: ClassVar[bool] = False
+    #: True when it takes a ``seed`` hyperparameter (front ends pass their seed).
+    seeded: ClassVar[bool] = False
 
     def hparams(self) -> dict[str, Any]:
         """Hyperparameters as plain data (stored in :attr:`Scores.meta`)."""
@@ -145,10 +202,8 @@ class ActivationCriterion(Criterion):
         raise NotImplementedError
 
     def score(self, model, layers, batches=None, *, num_classes=None, progress=False) -> Scores:
-        from .scoring import stream_states
-
         states = {n: self.make_state(layer, num_classes) for n, layer in layers.items()}
-        seen = stream_states(model, layers, states, batches, progress=progress, desc=f"scoring {self.name}")
+        seen = stream_states(model, layers, states, batches, progress_bar=progress, desc=f"scoring {self.name}")
         imp = {n: st.compute().detach().double().cpu().reshape(-1) for n, st in states.items()}
         return Scores(imp, criterion=self.name, meta={"hparams": self.hparams(), "num_images": seen})
 
@@ -174,6 +229,7 @@ class Scores(Mapping[str, torch.Tensor]):
         criterion: str,
         layer_scores: Mapping[str, float] | None = None,
         meta: Mapping[str, Any] | None = None,
+        cannot_rank: Iterable[str] = (),
     ) -> None:
         self._scores = {}
         for name, value in scores.items():
@@ -184,6 +240,23 @@ class Scores(Mapping[str, torch.Tensor]):
         self.criterion = criterion
         self.layer_scores = dict(layer_scores) if layer_scores is not None else None
         self.meta = dict(meta or {})
+        self._cannot_rank = [n for n in cannot_rank if n in self._scores]
+
+    @property
+    def flat(self) -> list[str]:
+        """Layers this criterion cannot rank: every channel has the same score (or the criterion said
+        so). The planner would keep channels by index there; the engine's fallback re-scores them.
+
+        Example::
+
+            >>> Scores({"a": torch.tensor([1.0, 1.0]), "b": torch.tensor([0.0, 2.0])}, criterion="x").flat
+            ['a']
+        """
+        out = list(self._cannot_rank)
+        for name, v in self._scores.items():
+            if name not in out and v.numel() > 1 and bool((v == v[0]).all()):
+                out.append(name)
+        return [n for n in self._scores if n in out]
 
     def __getitem__(self, key: str) -> torch.Tensor:
         return self._scores[key]
@@ -201,6 +274,7 @@ class Scores(Mapping[str, torch.Tensor]):
             "scores": {k: v.double().tolist() for k, v in self._scores.items()},
             "layer_scores": self.layer_scores,
             "meta": self.meta,
+            "cannot_rank": list(self._cannot_rank),
         }
 
     @classmethod
@@ -208,7 +282,7 @@ class Scores(Mapping[str, torch.Tensor]):
         """Inverse of :meth:`to_dict`."""
         try:
             scores = {k: torch.tensor(v, dtype=torch.float64) for k, v in data["scores"].items()}
-            return cls(scores, data["criterion"], data.get("layer_scores"), data.get("meta"))
+            return cls(scores, data["criterion"], data.get("layer_scores"), data.get("meta"), data.get("cannot_rank") or ())
         except KeyError as err:
             raise ConfigError(f"Scores.from_dict: missing key {err}; expected 'criterion' and 'scores'") from None
 
@@ -218,3 +292,37 @@ class Scores(Mapping[str, torch.Tensor]):
             extra = f"  layer_score={self.layer_scores[name]:.4g}" if self.layer_scores and name in self.layer_scores else ""
             rows.append(f"  {name:<32} C={v.numel():<5} min={v.min():.4g} mean={v.mean():.4g} max={v.max():.4g}{extra}")
         return "\n".join(rows)
+
+
+def stream_states(
+    model: nn.Module,
+    layers: dict[str, PrunableLayer],
+    states: dict[str, torchmetrics.Metric],
+    batches: Iterable[Any],
+    *,
+    progress_bar: bool = False,
+    desc: str = "scoring",
+) -> int:
+    """Run ``batches`` through ``model`` (eval mode, no gradients), feeding each layer's
+    post-activation output and the labels to ``states[layer].update``. Returns the local image count.
+
+    Raises:
+        ConfigError: a batch is not ``(inputs, labels)`` (or a dict batch), or a layer's activations
+            contain NaN or inf (the message names the layer).
+    """
+    device = model_device(model)
+    for st in states.values():
+        st.to(device)
+    labels: dict[str, torch.Tensor] = {}
+
+    def feed(name: str, act: torch.Tensor) -> None:
+        states[name].update(act.detach(), labels["y"])
+
+    seen = 0
+    with inference(model), capture_activations(model, layers, feed, check_finite=True):
+        for batch in progress(batches, enabled=progress_bar, desc=desc):
+            x, y = split_batch(batch)
+            labels["y"] = y.to(device)
+            model(x.to(device))
+            seen += int(x.shape[0])
+    return seen

@@ -84,6 +84,9 @@ class AFIE(WeightCriterion):
         ConfigError: ``intra`` not in ``("l1", "random")``.
     """
 
+    layer_scores = True
+    seeded = True
+
     def __init__(self, intra: str = "l1", seed: int = 0) -> None:
         check_choice("intra", intra, _INTRA)
         self.intra, self.seed = intra, seed
@@ -104,6 +107,8 @@ class RandomCriterion(WeightCriterion):
     Args:
         seed: default 0.
     """
+
+    seeded = True
 
     def __init__(self, seed: int = 0) -> None:
         check_positive_int("seed", seed, minimum=0)

@@ -1,0 +1,147 @@
+"""The torch-pruning boundary: every call into ``torch_pruning`` lives here.
+
+- :func:`dependency_graph` — torch-pruning's ``DependencyGraph`` of a network;
+- :class:`Group` / :func:`find_groups` — prunable layers whose output channels must be removed
+  together (residual additions, depthwise convolutions, concatenations);
+- :func:`out_channel_fn` — the pruning function that removes output channels of a layer;
+- :func:`pruning_group`, :func:`group_items` — the group torch-pruning derives for removing given
+  channels of a root layer, as plain ``(module name, module, is_output_side, indices)`` items;
+- :func:`count_macs_params` — MACs and parameters per sample.
+
+Nothing else in lightprune imports ``torch_pruning``, so a change of its API touches one file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .collect import PrunableLayer
+from .errors import ConfigError
+
+__all__ = [
+    "Group",
+    "GroupItem",
+    "dependency_graph",
+    "find_groups",
+    "out_channel_fn",
+    "pruning_group",
+    "group_items",
+    "check_group",
+    "count_macs_params",
+]
+
+
+@dataclass
+class Group:
+    """Prunable layers whose output channels are removed together (same indices).
+
+    Attributes:
+        root: the first member in execution order (torch-pruning's root for the group).
+        members: every prunable layer of the group, root first.
+        channels: number of channels the members share.
+    """
+
+    root: str
+    members: list[str]
+    channels: int
+
+
+@dataclass(frozen=True)
+class GroupItem:
+    """One dependency of a pruning group: ``module`` (named ``name``) loses ``indices`` on its output
+    side (``output=True``) or on its input side."""
+
+    name: str | None
+    module: nn.Module
+    output: bool
+    indices: tuple[int, ...]
+
+
+def out_channel_fn(module: nn.Module):
+    """torch-pruning's function that removes output channels of ``module`` (Conv2d or Linear)."""
+    import torch_pruning as tp
+
+    if isinstance(module, nn.Conv2d):
+        return tp.prune_conv_out_channels
+    if isinstance(module, nn.Linear):
+        return tp.prune_linear_out_channels
+    raise ConfigError(f"cannot remove output channels of a {type(module).__name__}; prunable layers are Conv2d and Linear")
+
+
+def dependency_graph(model: nn.Module, example_inputs: torch.Tensor):
+    """torch-pruning ``DependencyGraph`` of ``model`` (built with autograd on, whatever the caller's
+    mode, in eval mode; every module's training flag restored)."""
+    import torch_pruning as tp
+
+    modes = [(m, m.training) for m in model.modules()]
+    with torch.inference_mode(False), torch.enable_grad():
+        x = example_inputs.detach().clone()
+        model.eval()
+        try:
+            return tp.DependencyGraph().build_dependency(model, example_inputs=x)
+        finally:
+            for m, was in modes:
+                m.training = was
+
+
+def pruning_group(dg, module: nn.Module, idxs: list[int]):
+    """The torch-pruning group that removes output channels ``idxs`` of ``module`` (call ``.prune()``)."""
+    return dg.get_pruning_group(module, out_channel_fn(module), list(idxs))
+
+
+def group_items(dg, group, names: Mapping[nn.Module, str]) -> list[GroupItem]:
+    """The dependencies of a torch-pruning group as plain :class:`GroupItem` records."""
+    items = []
+    for item in group:
+        mod = item.dep.target.module
+        out = bool(dg.is_out_channel_pruning_fn(item.dep.handler))
+        if not out and not dg.is_in_channel_pruning_fn(item.dep.handler):
+            continue
+        items.append(GroupItem(names.get(mod), mod, out, tuple(int(i) for i in item.idxs)))
+    return items
+
+
+def find_groups(model: nn.Module, example_inputs: torch.Tensor, layers: Mapping[str, PrunableLayer]) -> list[Group]:
+    """Coupled groups among ``layers`` (every layer is in exactly one group), in execution order."""
+    dg = dependency_graph(model, example_inputs)
+    names = {m: n for n, m in model.named_modules()}
+    seen: set[str] = set()
+    groups: list[Group] = []
+    for name, layer in layers.items():
+        if name in seen:
+            continue
+        g = pruning_group(dg, layer.module, list(range(layer.out_channels)))
+        members = [name]
+        for item in g:
+            other = names.get(item.dep.target.module)
+            if dg.is_out_channel_pruning_fn(item.dep.handler) and other in layers and other != name:
+                if list(item.idxs) != list(item.root_idxs):
+                    raise ConfigError(f"layers {name!r} and {other!r} are coupled with a channel permutation; unsupported")
+                if other not in members:
+                    members.append(other)
+        seen.update(members)
+        groups.append(Group(name, members, layer.out_channels))
+    return groups
+
+
+def check_group(dg, group) -> bool:
+    """torch-pruning's check that the group leaves every layer at least one channel."""
+    return bool(dg.check_pruning_group(group))
+
+
+def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
+    """(MACs, parameters) per sample, counted by torch-pruning (``tp.utils.count_ops_and_params``).
+
+    The count includes BatchNorm/ReLU/pooling operations; ``example_inputs`` is reduced to one sample.
+    """
+    import torch_pruning as tp
+
+    from .evaluation import inference
+
+    with inference(model):
+        macs, params = tp.utils.count_ops_and_params(model, example_inputs[:1])
+    return int(macs), int(params)
