@@ -17,73 +17,36 @@ Example::
 from __future__ import annotations
 
 import json
-import math
-import warnings
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Subset
 from typing_extensions import override
 
 from .collect import find_prunable_layers
 from .criteria import Scores, create_criterion, score
-from .errors import ConfigError, check_choice, check_fraction, check_positive_int
+from .engine import PruneSpec, run_prune
+from .errors import ConfigError, check_positive_int
+from .graph import find_groups
 from .lightning_glue import (
-    CHECKPOINT_KEY,
+    PrunedCheckpointMixin,
     applied_plans,
+    eval_batches_for_trainer,
     get_network,
     rebuild_optimizers,
-    replay_plans,
+    resolve_model_attr,
     rewrap_ddp,
+    save_plans,
+    scoring_set_for_trainer,
 )
-from .planner import STRATEGIES, find_groups, plan
-from .surgery import PruneReport, measure_latency, prune
+from .schedules import SCHEDULES, PruneEvent, make_schedule
 
-__all__ = ["ScoreCallback", "PruningCallback", "SCHEDULES"]
+__all__ = ["ScoreCallback", "PruningCallback", "PruneRecord", "SCHEDULES"]
 
-SCHEDULES = ("one_shot", "iterative", "progressive")
-
-
-# --------------------------------------------------------------------------------------------------
-# shared: the scoring set of a running trainer
-# --------------------------------------------------------------------------------------------------
-def _scoring_batches(
-    trainer: L.Trainer, samples_per_class: int, classes: list[int] | None, batch_size: int, max_batches: int | None
-) -> tuple[Any, int | None]:
-    """Class-balanced scoring batches for this rank (the balanced set is split across ranks)."""
-    dm = trainer.datamodule
-    if dm is not None and hasattr(dm, "balanced_subset"):
-        sub = dm.balanced_subset(samples_per_class, classes)
-        rank, world = trainer.global_rank, trainer.world_size
-        shard = Subset(sub.dataset, sub.indices[rank::world])  # every rank a disjoint part; states reduce
-        return DataLoader(shard, batch_size=batch_size, shuffle=False), getattr(dm, "num_classes", None)
-    loader = trainer.train_dataloader  # public; set once fit has set up its data (on_train_start)
-    if loader is None:
-        raise ConfigError(
-            "this criterion needs data, but the trainer has no train data loader: give the trainer a "
-            "datamodule (a lightprune ClassificationDataModule draws a class-balanced scoring set)"
-        )
-    warnings.warn(
-        "the datamodule has no balanced_subset(): scoring on the first training batches (not class-balanced)",
-        stacklevel=3,
-    )
-    limit = max_batches or 10
-    batches = []
-    for i, b in enumerate(loader):
-        if i >= limit:
-            break
-        batches.append((b[0], b[1]))
-    return batches, None
-
-
-def _example_inputs(batches: Any, net: torch.nn.Module) -> torch.Tensor:
-    for b in batches:
-        return b[0][:1].to(next(net.parameters()).device)
-    raise ConfigError("the scoring set is empty")
+EVAL_SPLITS = ("val", "test")
 
 
 def _log(trainer: L.Trainer, metrics: dict[str, float]) -> None:
@@ -102,6 +65,15 @@ def _check_epochs(name: str, epochs: list[int], trainer: L.Trainer) -> None:
             )
 
 
+def _check_network(pl_module: L.LightningModule, model_attr: str | None) -> str:
+    attr = resolve_model_attr(pl_module, model_attr)
+    if not find_prunable_layers(get_network(pl_module, attr)):
+        raise ConfigError(
+            f"{type(pl_module).__name__}{'.' + attr if attr else ''} has no prunable layer (Conv2d or hidden Linear)"
+        )
+    return attr
+
+
 # --------------------------------------------------------------------------------------------------
 # ScoreCallback
 # --------------------------------------------------------------------------------------------------
@@ -116,7 +88,8 @@ class ScoreCallback(Callback):
         samples_per_class: scoring images per class, default 100.
         classes: classes of the scoring set, default all.
         batch_size: scoring batch size, default 100.
-        model_attr: attribute of the LightningModule holding the network, default ``"model"``.
+        model_attr: attribute of the LightningModule holding the network; default None: ``model`` when
+            present, else its single child network, else the module itself.
         save: write each Scores as JSON under ``<log_dir>/scores/`` (rank 0), default True.
         log_histograms: log per-layer score histograms when the logger is W&B, default True.
 
@@ -131,7 +104,7 @@ class ScoreCallback(Callback):
         samples_per_class: int = 100,
         classes: list[int] | None = None,
         batch_size: int = 100,
-        model_attr: str = "model",
+        model_attr: str | None = None,
         save: bool = True,
         log_histograms: bool = True,
     ) -> None:
@@ -151,9 +124,7 @@ class ScoreCallback(Callback):
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        net = get_network(pl_module, self.model_attr)
-        if not find_prunable_layers(net):
-            raise ConfigError(f"{type(pl_module).__name__}.{self.model_attr} has no prunable layer (Conv2d or hidden Linear)")
+        self.model_attr = _check_network(pl_module, self.model_attr)
         if stage == "fit":
             _check_epochs("at_epochs", self.at_epochs, trainer)
 
@@ -166,10 +137,11 @@ class ScoreCallback(Callback):
     def compute(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Scores:
         """Score the network now (every rank takes part; every rank gets the same Scores)."""
         net = get_network(pl_module, self.model_attr)
-        batches, num_classes = (None, None)
+        scoring = None
         if self.criterion.needs_data:
-            batches, num_classes = _scoring_batches(trainer, self.samples_per_class, self.classes, self.batch_size, None)
-        s = score(net, self.criterion, batches, num_classes=num_classes, progress=trainer.is_global_zero)
+            scoring = scoring_set_for_trainer(trainer, self.samples_per_class, self.classes, self.batch_size)
+        s = score(net, self.criterion, scoring, num_classes=scoring.num_classes if scoring else None,
+                  progress=trainer.is_global_zero)
         s.meta["epoch"] = trainer.current_epoch
         self._report(trainer, s)
         return s
@@ -207,10 +179,49 @@ class ScoreCallback(Callback):
 # --------------------------------------------------------------------------------------------------
 # PruningCallback
 # --------------------------------------------------------------------------------------------------
-class PruningCallback(Callback):
-    """Score, plan and prune at chosen epochs; the optimizers (and the DDP wrapper) are rebuilt.
+@dataclass
+class PruneRecord:
+    """One prune of a fit (plain data; saved in checkpoints). Dict-style access (``record["epoch"]``) works."""
 
-    Schedules:
+    index: int
+    epoch: int
+    criterion: str
+    strategy: str
+    ratio: float
+    cumulative_ratio: float
+    global_channel_ratio: float
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    latency_ms_before: float | None
+    latency_ms_after: float | None
+    latency_batch_size: int | None
+    val_acc_before_prune: float | None
+    val_acc_after_prune: float | None
+    test_acc_before_prune: float | None
+    test_acc_after_prune: float | None
+    channels_before: dict[str, int]
+    channels_after: dict[str, int]
+    fallback_layers: list[str] = field(default_factory=list)
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PruneRecord:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class PruningCallback(Callback):
+    """Score, plan and prune at chosen epochs through the engine (:func:`lightprune.engine.run_prune`);
+    the optimizers (and the DDP wrapper) are rebuilt.
+
+    Schedules (:mod:`lightprune.schedules`):
 
     - ``"one_shot"``: prune to ``ratio`` after ``at_epoch`` training epochs.
     - ``"iterative"``: ``steps`` prunes, ``every_n_epochs`` apart, starting at ``at_epoch``; step i
@@ -222,8 +233,9 @@ class PruningCallback(Callback):
 
     Args:
         criterion: registered criterion name, default ``"l1"``.
-        strategy: planner strategy (``uniform``, ``afie``, ``global``, ``flops``, ``manual``), default ``uniform``.
-        ratio: final fraction of channels removed (``flops``: of MACs), in [0, 1); default 0.5.
+        strategy: planner strategy (``uniform``, ``afie``, ``global``, ``manual``) or target
+            (``flops``, ``params``), default ``uniform``.
+        ratio: final fraction of channels removed (targets: of MACs / parameters), in [0, 1); default 0.5.
         at_epoch: completed training epochs before the (first) prune, default 1.
         schedule: ``one_shot`` (default), ``iterative`` or ``progressive``.
         steps: iterative steps, default 3.
@@ -234,13 +246,17 @@ class PruningCallback(Callback):
         bias_balancing: replace removed channels by their mean (CRITERIA.md), default False.
         criterion_kwargs: hyperparameters of the criterion.
         strategy_kwargs: options of the planner (``round_to``, ``max_layer_ratio``, ``ratios``, ...).
-        fallback_criterion: for layers where ``criterion`` gives every channel the same score
-            (e.g. feature entropy on maps smaller than 3x3), use this criterion's scores instead; default None.
+        fallback_criterion: for the layers ``criterion`` cannot rank (``Scores.flat``: every channel
+            the same score, e.g. feature entropy on maps smaller than 3x3), this criterion's scores; default None.
+        layers: prune only these layers (default: every prunable layer).
         samples_per_class, classes, batch_size: the scoring set (default 100 per class, all classes, 100).
-        model_attr: attribute holding the network, default ``"model"``.
-        evaluate_after_prune: measure validation accuracy right after each prune (before fine-tuning),
-            default True.
-        latency_batch_size: batch size of the latency measurement, default 32.
+        model_attr: attribute holding the network; default None: ``model`` when present, else the
+            LightningModule's single child network, else the module itself.
+        evaluate_after_prune: measure accuracy right before and right after each prune (no
+            fine-tuning), default True.
+        evaluate_splits: the splits measured then, default ``["val"]`` (add ``"test"`` when asked);
+            under DDP each rank evaluates its shard and the counts reduce.
+        latency_batch_size: batch size of the latency measurement (rank 0), default 32.
 
     Raises:
         ConfigError: at construction for bad names/values; in ``setup`` for epochs beyond
@@ -263,95 +279,62 @@ class PruningCallback(Callback):
         criterion_kwargs: dict[str, Any] | None = None,
         strategy_kwargs: dict[str, Any] | None = None,
         fallback_criterion: str | None = None,
+        layers: list[str] | None = None,
         samples_per_class: int = 100,
         classes: list[int] | None = None,
         batch_size: int = 100,
-        model_attr: str = "model",
+        model_attr: str | None = None,
         evaluate_after_prune: bool = True,
+        evaluate_splits: list[str] | None = None,
         latency_batch_size: int = 32,
     ) -> None:
         self.criterion_name = criterion
         self.criterion_kwargs = dict(criterion_kwargs or {})
-        self.criterion = create_criterion(criterion, **self.criterion_kwargs)
-        self.fallback = create_criterion(fallback_criterion) if fallback_criterion else None
-        check_choice("strategy", strategy, STRATEGIES)
-        check_choice("schedule", schedule, SCHEDULES)
-        self.strategy, self.schedule = strategy, schedule
-        self.ratio = check_fraction("ratio", ratio)
-        self.at_epoch = check_positive_int("at_epoch", at_epoch, minimum=0)
-        self.every_n_epochs = check_positive_int("every_n_epochs", every_n_epochs)
-        self.finetune_epochs = check_positive_int("finetune_epochs", finetune_epochs)
-        self.layer_groups = None if layer_groups is None else check_positive_int("layer_groups", layer_groups)
-        if schedule == "iterative":
-            if step_ratios is None:
-                check_positive_int("steps", steps)
-                step_ratios = [ratio * (i + 1) / steps for i in range(steps)]
-            if not step_ratios:
-                raise ConfigError("step_ratios=[] is not allowed; give at least one ratio")
-            for i, r in enumerate(step_ratios):
-                check_fraction(f"step_ratios[{i}]", r)
-            if any(b <= a for a, b in zip(step_ratios, step_ratios[1:], strict=False)):
-                raise ConfigError(f"step_ratios={step_ratios} is not allowed; the ratios must increase strictly")
-        self.step_ratios = [float(r) for r in step_ratios] if step_ratios else None
-        self.bias_balancing = bool(bias_balancing)
-        self.strategy_kwargs = dict(strategy_kwargs or {})
+        create_criterion(criterion, **self.criterion_kwargs)  # hyperparameters checked now
+        self.spec = PruneSpec(
+            criterion=criterion, criterion_kwargs=self.criterion_kwargs, fallback=fallback_criterion,
+            strategy=strategy, ratio=ratio, strategy_kwargs=dict(strategy_kwargs or {}),
+            layers=list(layers) if layers is not None else None, bias_balancing=bool(bias_balancing),
+        )
+        self.strategy, self.ratio = strategy, float(ratio)
+        self.schedule_name = schedule
+        self.schedule = make_schedule(
+            schedule, ratio=ratio, at_epoch=at_epoch, steps=steps, step_ratios=step_ratios,
+            every_n_epochs=every_n_epochs, layer_groups=layer_groups, finetune_epochs=finetune_epochs,
+        )
         self.samples_per_class = check_positive_int("samples_per_class", samples_per_class)
         self.classes = classes
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.model_attr = model_attr
         self.evaluate_after_prune = evaluate_after_prune
+        splits = list(evaluate_splits) if evaluate_splits is not None else ["val"]
+        for sp in splits:
+            if sp not in EVAL_SPLITS:
+                raise ConfigError(f"evaluate_splits contains {sp!r}; allowed: {', '.join(EVAL_SPLITS)}")
+        self.evaluate_splits = splits
         self.latency_batch_size = check_positive_int("latency_batch_size", latency_batch_size)
         # state (saved in checkpoints)
         self.done: list[int] = []  # indices of finished events
-        self.history: list[dict[str, Any]] = []  # one small record per prune
-        self._events: list[dict[str, Any]] | None = None
-
-    # ---------------------------------------------------------------------------------------- events
-    def _make_events(self, pl_module: L.LightningModule, example: torch.Tensor | None) -> list[dict[str, Any]]:
-        if self.schedule == "one_shot":
-            return [{"epoch": self.at_epoch, "ratio": self.ratio, "layers": None}]
-        if self.schedule == "iterative":
-            assert self.step_ratios is not None
-            return [
-                {"epoch": self.at_epoch + i * self.every_n_epochs, "ratio": r, "layers": None}
-                for i, r in enumerate(self.step_ratios)
-            ]
-        net = get_network(pl_module, self.model_attr)
-        layers = find_prunable_layers(net, example)
-        groups = find_groups(net, example, layers) if example is not None else [[n] for n in layers]
-        members = [g.members if hasattr(g, "members") else g for g in groups]
-        parts = self.layer_groups or len(members)
-        parts = min(parts, len(members))
-        size = math.ceil(len(members) / parts)
-        chunks = [sum(members[i : i + size], []) for i in range(0, len(members), size)]
-        return [
-            {"epoch": self.at_epoch + j * self.finetune_epochs, "ratio": self.ratio, "layers": chunk}
-            for j, chunk in enumerate(chunks)
-        ]
+        self.history: list[PruneRecord] = []
+        self._events: list[PruneEvent] | None = None
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(criterion=self.criterion_name, strategy=self.strategy, schedule=self.schedule)
+        return self._generate_state_key(criterion=self.criterion_name, strategy=self.strategy, schedule=self.schedule_name)
 
     # ----------------------------------------------------------------------------------------- hooks
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        net = get_network(pl_module, self.model_attr)
-        if not find_prunable_layers(net):
-            raise ConfigError(f"{type(pl_module).__name__}.{self.model_attr} has no prunable layer (Conv2d or hidden Linear)")
-        if stage == "fit" and self.schedule != "progressive":
-            self._events = self._make_events(pl_module, None)
-            _check_epochs("at_epoch", [e["epoch"] for e in self._events], trainer)
-        # a plain LightningModule cannot rebuild its pruned network when Lightning restores a checkpoint:
-        # replay the stored plans first (ClassificationModule does this in its own on_load_checkpoint)
-        if not hasattr(type(pl_module), "replays_lightprune_plans"):
-            original = pl_module.on_load_checkpoint
-
-            def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
-                replay_plans(pl_module, checkpoint, self.model_attr)
-                original(checkpoint)
-
-            pl_module.on_load_checkpoint = on_load_checkpoint  # type: ignore[method-assign]
+        self.model_attr = _check_network(pl_module, self.model_attr)
+        if stage == "fit" and not self.schedule.needs_groups:
+            self._events = self.schedule.events()
+            _check_epochs("at_epoch", [e.epoch for e in self._events], trainer)
+        if not isinstance(pl_module, PrunedCheckpointMixin):
+            rank_zero_info(
+                f"lightprune: {type(pl_module).__name__} does not use PrunedCheckpointMixin: its checkpoints carry the "
+                "plans, but only lightprune.lightning_glue.load_pruned_checkpoint can rebuild the pruned network "
+                "(mix PrunedCheckpointMixin in to make load_from_checkpoint and fit(ckpt_path=...) do it)"
+            )
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -365,72 +348,53 @@ class PruningCallback(Callback):
 
     @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for i, ev in enumerate(self._events_for(trainer, pl_module)):
-            if ev["epoch"] == trainer.current_epoch and i not in self.done:
-                self._prune(trainer, pl_module, i, ev)
+        for ev in self._events_for(trainer, pl_module):
+            if ev.epoch == trainer.current_epoch and ev.index not in self.done:
+                self._prune(trainer, pl_module, ev)
 
-    def _events_for(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[dict[str, Any]]:
+    def _events_for(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[PruneEvent]:
         if self._events is None:  # progressive: needs example inputs to find the coupled groups
-            batches, _ = _scoring_batches(trainer, 1, self.classes, 1, 1)
-            example = _example_inputs(batches, get_network(pl_module, self.model_attr))
-            self._events = self._make_events(pl_module, example)
-            _check_epochs("at_epoch", [e["epoch"] for e in self._events], trainer)
+            net = get_network(pl_module, self.model_attr)
+            x = scoring_set_for_trainer(trainer, 1, self.classes, 1).example_inputs(1, next(net.parameters()).device)
+            layers = find_prunable_layers(net, x, self.spec.layers)
+            self._events = self.schedule.events([g.members for g in find_groups(net, x, layers)])
+            _check_epochs("at_epoch", [e.epoch for e in self._events], trainer)
         return self._events
 
     # ----------------------------------------------------------------------------------------- prune
-    def _prune(self, trainer: L.Trainer, pl_module: L.LightningModule, index: int, event: dict[str, Any]) -> None:
+    def _prune(self, trainer: L.Trainer, pl_module: L.LightningModule, event: PruneEvent) -> None:
         net = get_network(pl_module, self.model_attr)
-        # the scoring set is drawn for every criterion: it also gives the example inputs (and the means)
-        batches, num_classes = _scoring_batches(trainer, self.samples_per_class, self.classes, self.batch_size, None)
-        example = _example_inputs(batches, net)
-        before = self._evaluate(trainer, net) if self.evaluate_after_prune else {}
-        layers = event["layers"]
-        with warnings.catch_warnings():
-            if self.fallback is not None:  # the fallback handles the layers the criterion cannot rank
-                warnings.filterwarnings("ignore", message=".*cannot rank them.*")
-            s = score(net, self.criterion, batches, layers=layers, num_classes=num_classes, progress=trainer.is_global_zero)
-        s = self._with_fallback(net, s, batches, layers, num_classes, trainer)
-        # ratio relative to the current widths that reaches the event's cumulative ratio of the original
-        previous = self.history[-1]["cumulative_ratio"] if self.history and self.schedule == "iterative" else 0.0
-        ratio = 1 - (1 - event["ratio"]) / (1 - previous) if self.schedule == "iterative" else event["ratio"]
-        p = plan(net, s, strategy=self.strategy, ratio=ratio, example_inputs=example, **self.strategy_kwargs)
-        self._check_same_plan_on_every_rank(trainer, p.to_dict())
-        latency_input = self._latency_input(batches, net)
-        lat0 = measure_latency(net, latency_input, runs=5) if trainer.is_global_zero else None
-        report: PruneReport = prune(
-            net, p, example, bias_balancing=self.bias_balancing, batches=batches if self.bias_balancing else None,
-            measure_latency=False,
+        scoring = scoring_set_for_trainer(trainer, self.samples_per_class, self.classes, self.batch_size)
+        previous = self.history[-1].cumulative_ratio if self.history and self.schedule_name == "iterative" else 0.0
+        ratio = self.schedule.step_ratio(event, previous)
+        evaluate_on = eval_batches_for_trainer(trainer, self.evaluate_splits) if self.evaluate_after_prune else None
+        res = run_prune(
+            net, scoring, self.spec, ratio=ratio, layers=list(event.layers) if event.layers else None,
+            evaluate_on=evaluate_on, num_classes=scoring.num_classes or getattr(pl_module, "num_classes", None),
+            latency_inputs=self.latency_batch_size if trainer.is_global_zero else None,
+            check_plan=lambda p: self._check_same_plan_on_every_rank(trainer, p.to_dict()),
+            progress=trainer.is_global_zero,
         )
-        report.latency_before = lat0
-        report.latency_after = measure_latency(net, latency_input, runs=5) if trainer.is_global_zero else None
+        p, report = res.plan, res.report
         applied_plans(pl_module).append(p.to_dict())
         rewrap_ddp(trainer)
         rebuild_optimizers(trainer)
-        after = self._evaluate(trainer, net) if self.evaluate_after_prune else {}
-        record = {
-            "index": index,
-            "epoch": trainer.current_epoch,
-            "criterion": self.criterion_name,
-            "strategy": self.strategy,
-            "ratio": float(ratio),
-            "cumulative_ratio": float(event["ratio"]),
-            "global_channel_ratio": float(p.global_ratio),
-            "params_before": report.params_before,
-            "params_after": report.params_after,
-            "macs_before": report.macs_before,
-            "macs_after": report.macs_after,
-            "latency_ms_before": report.latency_before["median_ms"] if report.latency_before else None,
-            "latency_ms_after": report.latency_after["median_ms"] if report.latency_after else None,
-            "latency_batch_size": int(latency_input.shape[0]),
-            "val_acc_before_prune": before.get("val"),
-            "val_acc_after_prune": after.get("val"),
-            "test_acc_before_prune": before.get("test"),
-            "test_acc_after_prune": after.get("test"),
-            "channels_before": report.channels_before,
-            "channels_after": report.channels_after,
-        }
+        before, after = res.metrics_before or {}, res.metrics_after or {}
+        lat0, lat1 = report.latency_before, report.latency_after
+        record = PruneRecord(
+            index=event.index, epoch=trainer.current_epoch, criterion=self.criterion_name, strategy=self.strategy,
+            ratio=float(ratio), cumulative_ratio=float(event.ratio), global_channel_ratio=float(p.global_ratio),
+            params_before=report.params_before, params_after=report.params_after,
+            macs_before=report.macs_before, macs_after=report.macs_after,
+            latency_ms_before=lat0["median_ms"] if lat0 else None, latency_ms_after=lat1["median_ms"] if lat1 else None,
+            latency_batch_size=lat1["batch_size"] if lat1 else None,
+            val_acc_before_prune=before.get("val/acc"), val_acc_after_prune=after.get("val/acc"),
+            test_acc_before_prune=before.get("test/acc"), test_acc_after_prune=after.get("test/acc"),
+            channels_before=dict(report.channels_before), channels_after=dict(report.channels_after),
+            fallback_layers=list(res.fallback_layers),
+        )
         self.history.append(record)
-        self.done.append(index)
+        self.done.append(event.index)
         metrics = {
             "prune/params": float(report.params_after),
             "prune/macs": float(report.macs_after),
@@ -438,58 +402,14 @@ class PruningCallback(Callback):
             "prune/step": float(len(self.done)),
         }
         metrics |= {f"prune/ratio/{n}": float(r) for n, r in p.ratios.items()}
-        if after.get("val") is not None:
-            metrics["val/acc_before_ft"] = after["val"]
+        if after.get("val/acc") is not None:
+            metrics["val/acc_before_ft"] = after["val/acc"]
         _log(trainer, metrics)
         if trainer.is_global_zero:
+            if res.fallback_layers:
+                rank_zero_info(f"lightprune: {self.criterion_name} cannot rank {res.fallback_layers}; "
+                               f"using {self.spec.fallback} there")
             rank_zero_info(f"lightprune: pruned at epoch {trainer.current_epoch}\n{p}\n{report}")
-
-    def _with_fallback(self, net, s: Scores, batches, layers, num_classes, trainer) -> Scores | dict[str, Scores]:
-        if self.fallback is None:
-            return s
-        flat = [n for n, v in s.items() if v.numel() > 1 and bool((v == v[0]).all())]
-        if not flat:
-            return s
-        fb = score(net, self.fallback, batches, layers=flat, num_classes=num_classes, progress=trainer.is_global_zero)
-        rank_zero_info(f"lightprune: {self.criterion_name} cannot rank {flat}; using {self.fallback.name} there")
-        return {n: (fb if n in flat else s) for n in s}
-
-    def _latency_input(self, batches, net) -> torch.Tensor:
-        xs = []
-        n = 0
-        for b in batches:
-            xs.append(b[0])
-            n += b[0].shape[0]
-            if n >= self.latency_batch_size:
-                break
-        x = torch.cat(xs)[: self.latency_batch_size]
-        return x.to(next(net.parameters()).device)
-
-    def _evaluate(self, trainer: L.Trainer, net: torch.nn.Module) -> dict[str, float]:
-        """Top-1 accuracy of ``net`` on the datamodule's val and test splits (whole splits, every rank)."""
-        dm = trainer.datamodule
-        out: dict[str, float] = {}
-        device = next(net.parameters()).device
-        was_training = net.training
-        net.eval()
-        try:
-            for split in ("val", "test"):
-                try:
-                    loader = getattr(dm, f"{split}_dataloader")() if dm is not None else None
-                except Exception:  # noqa: BLE001 - a split the datamodule does not provide
-                    loader = None
-                if loader is None:
-                    continue
-                correct = total = 0
-                with torch.no_grad():
-                    for x, y in loader:
-                        correct += int((net(x.to(device)).argmax(1) == y.to(device)).sum())
-                        total += int(y.numel())
-                if total:
-                    out[split] = correct / total
-        finally:
-            net.train(was_training)
-        return out
 
     def _check_same_plan_on_every_rank(self, trainer: L.Trainer, plan_dict: dict[str, Any]) -> None:
         """Every rank must remove the same channels: compare with rank 0's plan explicitly."""
@@ -506,17 +426,16 @@ class PruningCallback(Callback):
     # ------------------------------------------------------------------------------------ checkpoints
     @override
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        checkpoint.setdefault(CHECKPOINT_KEY, {})["plans"] = list(applied_plans(pl_module))
-        checkpoint[CHECKPOINT_KEY]["model_attr"] = self.model_attr
+        save_plans(pl_module, checkpoint, self.model_attr)
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"done": list(self.done), "history": json.loads(json.dumps(self.history))}
+        return {"done": list(self.done), "history": [r.to_dict() for r in self.history]}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.done = [int(i) for i in state_dict.get("done", [])]
-        self.history = list(state_dict.get("history", []))
+        self.history = [PruneRecord.from_dict(r) for r in state_dict.get("history", [])]
 
     # --------------------------------------------------------------------------------------- summary
     def summary(self, test_metrics: dict[str, float] | None = None) -> str:
@@ -551,6 +470,6 @@ class PruningCallback(Callback):
             rows.append(f"{'test accuracy (fine-tuned)':<28}{fmt(first['test_acc_before_prune']):>14}{fmt(float(final)):>14}")
         rows.append(
             f"channels kept: {100 * (1 - last['global_channel_ratio']):.1f} % of the planned layers "
-            f"({self.criterion_name}, {self.strategy}, {self.schedule})"
+            f"({self.criterion_name}, {self.strategy}, {self.schedule_name})"
         )
         return "\n".join(rows)

@@ -26,7 +26,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from .errors import ConfigError
-from .lightning_glue import CHECKPOINT_KEY, applied_plans, replay_plans
+from .lightning_glue import PrunedCheckpointMixin
 from .models import create_model
 
 __all__ = ["ClassificationModule", "default_optimizer"]
@@ -52,7 +52,7 @@ def _metrics(num_classes: int, prefix: str) -> MetricCollection:
     return MetricCollection(metrics, prefix=prefix)
 
 
-class ClassificationModule(L.LightningModule):
+class ClassificationModule(PrunedCheckpointMixin, L.LightningModule):
     """Trains a classifier with cross-entropy; logs top-1 (top-5 with >= 5 classes) and balanced accuracy.
 
     The network lives in ``self.model``; pruning callbacks modify it in place.
@@ -111,23 +111,11 @@ class ClassificationModule(L.LightningModule):
         self.val_metrics = _metrics(num_classes, "val/")
         self.test_metrics = _metrics(num_classes, "test/")
 
-    #: tells PruningCallback that this class rebuilds pruned networks itself in on_load_checkpoint
-    replays_lightprune_plans = True
+    #: the network attribute whose pruning plans the checkpoints carry (PrunedCheckpointMixin)
+    lightprune_model_attr = "model"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the applied pruning plans (plain data) so the checkpoint can rebuild the network."""
-        plans = applied_plans(self)
-        if plans:
-            checkpoint.setdefault(CHECKPOINT_KEY, {})["plans"] = list(plans)
-            checkpoint[CHECKPOINT_KEY]["model_attr"] = "model"
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Replay the stored plans on the freshly built network before its weights load
-        (``load_from_checkpoint`` and ``trainer.fit(ckpt_path=...)`` both go through here)."""
-        replay_plans(self, checkpoint, "model")
 
     def _check_logits(self, logits: torch.Tensor) -> None:
         if logits.ndim != 2 or logits.shape[1] != self.num_classes:

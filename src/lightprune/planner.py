@@ -40,7 +40,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -49,7 +49,7 @@ from torch import nn
 from .collect import find_prunable_layers
 from .criteria.base import Scores
 from .errors import ConfigError, check_choice, check_fraction, check_positive_int
-from .graph import Group, dependency_graph, find_groups
+from .graph import Group, find_groups
 from .plan import Plan
 from .surgery import count_macs_params, prune
 

@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import evaluation
 from .collect import find_prunable_layers
 from .data import split_batch
 from .errors import ConfigError
-from . import evaluation
 from .evaluation import inference, model_device
 from .graph import check_group, count_macs_params, dependency_graph, group_items, pruning_group
 from .plan import Plan
