@@ -42,7 +42,10 @@ from .plan import Plan
 from .planner import list_strategies, plan
 from .surgery import PruneReport, prune
 
-__all__ = ["PruneSpec", "PruneResult", "score_for_spec", "plan_for_spec", "run_prune", "LAYER_SCORE_STRATEGIES"]
+__all__ = [
+    "PruneSpec", "PruneResult", "score_for_spec", "plan_for_spec", "run_prune", "evaluate_splits", "fallback_layers",
+    "needs_layer_scores", "LAYER_SCORE_STRATEGIES",
+]
 
 #: strategies that allocate ratios from layer-level scores (``Scores.layer_scores``)
 LAYER_SCORE_STRATEGIES = ("afie",)
@@ -102,7 +105,8 @@ class PruneResult:
     metrics_after: dict[str, float] | None = None
 
 
-def _needs_layer_scores(spec: PruneSpec) -> bool:
+def needs_layer_scores(spec: PruneSpec) -> bool:
+    """True when the spec's strategy (or its target's base strategy) allocates from layer-level scores."""
     base = spec.strategy_kwargs.get("base_strategy", "uniform")
     return spec.strategy in LAYER_SCORE_STRATEGIES or base in LAYER_SCORE_STRATEGIES
 
@@ -136,7 +140,7 @@ def score_for_spec(
                      progress=progress, **kw)
 
     s = run(spec.criterion, layers, spec.criterion_kwargs)
-    if _needs_layer_scores(spec) and not s.layer_scores:
+    if needs_layer_scores(spec) and not s.layer_scores:
         ls = run(spec.layer_score_criterion, list(s), {}).layer_scores
         if not ls:
             raise ConfigError(f"layer_score_criterion={spec.layer_score_criterion!r} gives no layer scores")
@@ -178,6 +182,7 @@ def run_prune(
     latency_inputs: torch.Tensor | int | None = 32,
     latency_runs: int = 5,
     check_plan: Callable[[Plan], None] | None = None,
+    evaluate_before: bool = True,
     progress: bool = False,
     seed: int | None = None,
     samples_per_class: int = 100,
@@ -200,6 +205,7 @@ def run_prune(
             drawn from the scoring set, or None (no timing).
         latency_runs: timed runs per measurement.
         check_plan: called with the plan before pruning (e.g. the same-plan-on-every-rank check).
+        evaluate_before: evaluate ``evaluate_on`` before the prune too (False: after only).
         progress: progress bars while scoring.
         seed: passed to seeded criteria.
         samples_per_class, classes: the class-balanced draw when ``data`` is a data module.
@@ -213,18 +219,19 @@ def run_prune(
     if check_plan is not None:
         check_plan(p)
     n_classes = num_classes or scoring.num_classes
-    before = _evaluate_all(model, evaluate_on, n_classes)
+    before = evaluate_splits(model, evaluate_on, n_classes) if evaluate_before else None
     lat_x = scoring.first(latency_inputs, device) if isinstance(latency_inputs, int) else latency_inputs
     lat0 = evaluation.measure_latency(model, lat_x, runs=latency_runs).to_dict() if lat_x is not None else None
     report = prune(model, p, example, bias_balancing=spec.bias_balancing,
                    batches=scoring.batches if spec.bias_balancing else None, measure_latency=False)
     report.latency_before = lat0
     report.latency_after = evaluation.measure_latency(model, lat_x, runs=latency_runs).to_dict() if lat_x is not None else None
-    after = _evaluate_all(model, evaluate_on, n_classes)
+    after = evaluate_splits(model, evaluate_on, n_classes)
     return PruneResult(scores, p, report, fallback_layers(scores), before, after)
 
 
-def _evaluate_all(model: nn.Module, evaluate_on: Mapping[str, Any] | None, num_classes: int | None) -> dict[str, float] | None:
+def evaluate_splits(model: nn.Module, evaluate_on: Mapping[str, Any] | None, num_classes: int | None) -> dict[str, float] | None:
+    """``{"<split>/<metric>": value}`` of :func:`lightprune.evaluation.evaluate` on each split's batches."""
     if not evaluate_on:
         return None
     if num_classes is None:
@@ -234,7 +241,8 @@ def _evaluate_all(model: nn.Module, evaluate_on: Mapping[str, Any] | None, num_c
         if batches is None:
             continue
         for k, v in evaluation.evaluate(model, batches, num_classes=num_classes).items():
-            out[f"{split}/{k}"] = v
+            if k != "n":
+                out[f"{split}/{k}"] = v
     return out
 
 

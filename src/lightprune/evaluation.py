@@ -81,8 +81,8 @@ def evaluate(
 ) -> dict[str, float]:
     """Accuracy of ``model`` on ``batches`` of ``(inputs, labels)``.
 
-    Returns ``{"acc", "balanced_acc", "loss", "n"}`` (top-1 accuracy, macro-averaged recall, mean
-    cross-entropy, number of images). Under an initialised ``torch.distributed`` process group the
+    Returns ``{"acc", "balanced_acc", "acc_top5", "loss", "n"}`` (top-1 accuracy, macro-averaged
+    recall, top-5 accuracy when there are at least 5 classes, mean cross-entropy, number of images). Under an initialised ``torch.distributed`` process group the
     counts are summed over ranks, so each rank evaluates only its shard and all get the same result.
     """
     import torch.nn.functional as F
@@ -93,6 +93,7 @@ def evaluate(
     device = torch.device(device) if device is not None else model_device(model)
     acc = MulticlassAccuracy(num_classes, average="micro").to(device)
     bal = MulticlassAccuracy(num_classes, average="macro").to(device)
+    top5 = MulticlassAccuracy(num_classes, top_k=5, average="micro").to(device) if num_classes >= 5 else None
     loss_n = torch.zeros(2, dtype=torch.float64, device=device)
     with inference(model):
         for batch in progress(batches, enabled=progress_bar, desc=desc):
@@ -103,18 +104,19 @@ def evaluate(
                 raise ConfigError(f"the model outputs shape {tuple(logits.shape)}; expected (batch, {num_classes}) logits")
             acc.update(logits, y)
             bal.update(logits, y)
+            if top5 is not None:
+                top5.update(logits, y)
             loss_n[0] += F.cross_entropy(logits.double(), y, reduction="sum")
             loss_n[1] += y.numel()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(loss_n)
     if loss_n[1] == 0:
         raise ConfigError("evaluate: the batches hold no image")
-    return {
-        "acc": float(acc.compute()),
-        "balanced_acc": float(bal.compute()),
-        "loss": float(loss_n[0] / loss_n[1]),
-        "n": int(loss_n[1]),
-    }
+    out = {"acc": float(acc.compute()), "balanced_acc": float(bal.compute())}
+    if top5 is not None:
+        out["acc_top5"] = float(top5.compute())
+    out.update({"loss": float(loss_n[0] / loss_n[1]), "n": int(loss_n[1])})
+    return out
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,6 @@ class Comparison:
         self.layers: list[str] = []
         self.layer_note = ""
         self.scores: dict[str, Any] = {}
-        self.afie_layer_scores: dict[str, float] | None = None
         self.data_config: Any = None
 
     # ------------------------------------------------------------------------------------------
@@ -204,63 +203,26 @@ class Comparison:
         return L.Trainer(**opts)
 
     def _evaluate(self, module) -> dict[str, float]:
-        """``val/*`` and ``test/*`` metrics of ``module`` (its own metric collections; nothing logged)."""
-        import torch.nn.functional as F
+        """``val/*`` and ``test/*`` metrics of ``module``'s network (the shared evaluation; nothing logged)."""
+        from ..engine import evaluate_splits
 
-        device = self._device()
-        module.to(device)
-        was_training = module.training
-        module.eval()
-        out: dict[str, float] = {}
-        try:
-            with torch.no_grad():
-                for stage, loader, metrics in (
-                    ("val", self.dm.val_dataloader(), module.val_metrics),
-                    ("test", self.dm.test_dataloader(), module.test_metrics),
-                ):
-                    metrics.reset()
-                    loss, n = 0.0, 0
-                    for x, y in loader:
-                        x, y = x.to(device), y.to(device)
-                        logits = module(x)
-                        metrics.update(logits, y)
-                        loss += float(F.cross_entropy(logits, y, reduction="sum"))
-                        n += int(y.numel())
-                    out.update({k: float(v) for k, v in metrics.compute().items()})
-                    out[f"{stage}/loss"] = loss / max(n, 1)
-                    metrics.reset()
-        finally:
-            module.train(was_training)
-        return out
+        module.to(self._device())
+        return evaluate_splits(module.model, self._eval_loaders(), self.num_classes)
+
+    def _eval_loaders(self) -> dict[str, Any]:
+        return {"val": self.dm.val_dataloader(), "test": self.dm.test_dataloader()}
 
     def _latency(self, model) -> dict[str, float]:
-        """Forward time of a ``latency_batch_size`` batch (eval mode, no gradients): 3 warm-up passes,
-        then ``latency_runs`` timed ones. ``latency_ms`` is the fastest pass (the least disturbed by
-        other load on the machine), ``latency_median_ms`` the median; ``img_per_s`` = batch / fastest."""
-        import statistics
+        """Forward time of a ``latency_batch_size`` batch with the shared timer: ``latency_ms`` is the
+        fastest of ``latency_runs`` timed passes after 3 warm-up passes (the least disturbed by other
+        load on the machine), ``latency_median_ms`` the median; ``img_per_s`` = batch / fastest."""
+        from ..evaluation import measure_latency
 
         assert self.example is not None
         device = self._device()
         x = torch.zeros(self.cfg.latency_batch_size, *self.example.shape[1:], device=device)
-        model = model.to(device)
-        was_training = model.training
-        model.eval()
-        times = []
-        try:
-            with torch.no_grad():
-                for i in range(3 + self.cfg.latency_runs):
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    t0 = time.perf_counter()
-                    model(x)
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    if i >= 3:
-                        times.append((time.perf_counter() - t0) * 1000)
-        finally:
-            model.train(was_training)
-        best = min(times)
-        return {"latency_ms": best, "latency_median_ms": statistics.median(times), "img_per_s": x.shape[0] / (best / 1000.0)}
+        lat = measure_latency(model.to(device), x, warmup=3, runs=self.cfg.latency_runs)
+        return {"latency_ms": lat.min_ms, "latency_median_ms": lat.median_ms, "img_per_s": x.shape[0] / (lat.min_ms / 1000.0)}
 
     def setup(self) -> None:
         cfg = self.cfg
@@ -293,6 +255,7 @@ class Comparison:
         module.to(self._device())
         self.base_module = module
         self.example = next(iter(dm.val_dataloader()))[0][:1].to(self._device())
+        self.num_classes = int(dm.num_classes)
         self.ckpt_digest = _file_digest(ckpt)
         self.ckpt_path = ckpt
         self._setup_layers()
@@ -321,13 +284,12 @@ class Comparison:
 
     def _setup_layers(self) -> None:
         from ..collect import find_prunable_layers
-        from ..criteria import create_criterion
-        from ..criteria.adapters import BNScale
+        from ..criteria import criterion_class
 
         model = self.base_module.model
         found = find_prunable_layers(model, self.example, self.cfg.layers)
         if self.cfg.layers is None:
-            needs_bn = [c for c in self.cfg.criteria if isinstance(create_criterion(c, **self.cfg.criterion_hparams.get(c, {})), BNScale)]
+            needs_bn = [c for c in self.cfg.criteria if criterion_class(c).needs_batchnorm]
             if needs_bn:
                 dropped = [n for n, info in found.items() if info.norm is None]
                 found = {n: info for n, info in found.items() if info.norm is not None}
@@ -370,6 +332,8 @@ class Comparison:
     # scoring (once per criterion, cached)
     # ------------------------------------------------------------------------------------------
     def _scores_fingerprint(self, criterion: str) -> dict[str, Any]:
+        from ..engine import needs_layer_scores
+
         c = self.cfg
         return {
             "criterion": criterion,
@@ -378,25 +342,37 @@ class Comparison:
             "scoring_classes": c.scoring_classes,
             "seed": c.seed,
             "layers": self.layers,
+            "layer_scores": needs_layer_scores(self._spec(criterion, 0.0)),
             "checkpoint": self.ckpt_digest,
             "data": _digest(self._data_signature()),
         }
 
     def _criterion_hparams(self, criterion: str) -> dict[str, Any]:
-        import inspect
-
-        from ..criteria.base import _REGISTRY
+        from ..criteria import criterion_class
 
         hp = dict(self.cfg.criterion_hparams.get(criterion, {}))
-        if "seed" in inspect.signature(_REGISTRY[criterion].__init__).parameters:
+        if criterion_class(criterion).seeded:
             hp.setdefault("seed", self.cfg.seed)
         return hp
 
+    def _spec(self, criterion: str, ratio: float):
+        from ..engine import PruneSpec
+
+        return PruneSpec(criterion=criterion, criterion_kwargs=self._criterion_hparams(criterion), strategy=self.cfg.strategy,
+                         ratio=ratio, strategy_kwargs=dict(self.cfg.strategy_options), layers=self.layers)
+
+    def _scoring(self):
+        from ..data import resolve_scoring_set
+
+        return resolve_scoring_set(self.dm, samples_per_class=self.cfg.samples_per_class, classes=self.cfg.scoring_classes)
+
     def get_scores(self, criterion: str):
-        """Scores of ``criterion`` on the base model (cached in ``scores/<criterion>.json``)."""
+        """Scores of ``criterion`` on the base model, through the engine (cached in ``scores/<criterion>.json``);
+        layer-level scores attached when the strategy needs them."""
         import lightning as L
 
-        from ..criteria import Scores, score
+        from ..criteria import Scores
+        from ..engine import score_for_spec
 
         if criterion in self.scores:
             return self.scores[criterion]
@@ -411,24 +387,12 @@ class Comparison:
             return s
         L.seed_everything(self.cfg.seed, verbose=False)
         t0 = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            s = score(
-                self.base_module.model,
-                criterion,
-                self.dm,
-                layers=self.layers,
-                samples_per_class=self.cfg.samples_per_class,
-                classes=self.cfg.scoring_classes,
-                progress=self.cfg.progress,
-                **self._criterion_hparams(criterion),
-            )
+        s = score_for_spec(self.base_module.model, self._spec(criterion, 0.5), self._scoring(), progress=self.cfg.progress)
         elapsed = time.perf_counter() - t0
-        notes = sorted({str(w.message) for w in caught if issubclass(w.category, UserWarning) and "lightprune" in str(w.filename)})
-        flat = [n for n, v in s.items() if v.numel() > 1 and bool((v == v[0]).all())]
-        if flat and not any("same score" in n for n in notes):
+        notes = []
+        if s.flat:
             notes.append(
-                f"{criterion} gives every channel the same score in {len(flat)} of {len(s)} layers ({', '.join(flat)}): "
+                f"{criterion} gives every channel the same score in {len(s.flat)} of {len(s)} layers ({', '.join(s.flat)}): "
                 "it cannot rank them, and the planner keeps the lowest channel indices there"
             )
         for n in notes:
@@ -438,23 +402,6 @@ class Comparison:
         _write_json(path, {"fingerprint": fp, "scores": s.to_dict(), "warnings": notes, "score_s": elapsed})
         self.scores[criterion] = s
         return s
-
-    def _planning_scores(self, criterion: str):
-        """The criterion's scores, with the AFIE layer scores attached when the strategy needs them."""
-        from ..criteria import Scores
-
-        s = self.get_scores(criterion)
-        base_strategy = self.cfg.strategy_options.get("base_strategy", "uniform")
-        if self.cfg.strategy == "afie" or (self.cfg.strategy == "flops" and base_strategy == "afie"):
-            if self.afie_layer_scores is None:
-                self.afie_layer_scores = dict(self.get_scores("afie").layer_scores or {}) if "afie" in self.cfg.criteria else self._afie_only()
-            s = Scores(dict(s.items()), s.criterion, layer_scores=self.afie_layer_scores, meta=s.meta)
-        return s
-
-    def _afie_only(self) -> dict[str, float]:
-        from ..criteria import score
-
-        return dict(score(self.base_module.model, "afie", layers=self.layers, progress=False).layer_scores or {})
 
     # ------------------------------------------------------------------------------------------
     # one pair
@@ -477,20 +424,18 @@ class Comparison:
         return None
 
     def run_pair(self, criterion: str, ratio: float, stage=lambda s: None) -> dict[str, Any]:
-        from ..planner import plan as make_plan
-        from ..surgery import prune
+        from ..engine import run_prune
         from . import wandb_log
 
         cfg = self.cfg
         stage("scoring")
-        scores = self._planning_scores(criterion)
-        stage("planning")
-        module = copy.deepcopy(self.base_module)
-        p = make_plan(module.model, scores, strategy=cfg.strategy, ratio=ratio, example_inputs=self.example, **cfg.strategy_options)
+        scores = self.get_scores(criterion)
         stage("pruning")
-        rep = prune(module.model, p, self.example, measure_latency=False)
-        stage("evaluating")
-        before = self._evaluate(module)
+        module = copy.deepcopy(self.base_module)
+        res = run_prune(module.model, self._scoring(), self._spec(criterion, ratio), scores=scores,
+                        evaluate_on=self._eval_loaders(), num_classes=self.num_classes, evaluate_before=False,
+                        latency_inputs=None)
+        p, rep, before = res.plan, res.report, res.metrics_after or {}
         run = wandb_log.init_pair_run(cfg, criterion, ratio, self) if cfg.wandb else None
         try:
             if run is not None:
