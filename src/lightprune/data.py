@@ -83,8 +83,10 @@ def class_balanced_indices(
 
     Example::
 
-        >>> class_balanced_indices([0, 1, 0, 1, 1, 0], 2, seed=0)
-        [0, 5, 3, 4]
+        >>> labels = [0, 1, 0, 1, 1, 0]
+        >>> idx = class_balanced_indices(labels, 2, seed=0)
+        >>> [labels[i] for i in idx], idx == class_balanced_indices(labels, 2, seed=0)
+        ([0, 0, 1, 1], True)
     """
     labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).astype(np.int64)
     check_positive_int("samples_per_class", samples_per_class)

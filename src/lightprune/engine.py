@@ -218,7 +218,7 @@ def run_prune(
     p = plan_for_spec(model, scores, spec, example, ratio=ratio)
     if check_plan is not None:
         check_plan(p)
-    n_classes = num_classes or scoring.num_classes
+    n_classes = num_classes or scoring.num_classes or (_output_width(model, example) if evaluate_on else None)
     before = evaluate_splits(model, evaluate_on, n_classes) if evaluate_before else None
     lat_x = scoring.first(latency_inputs, device) if isinstance(latency_inputs, int) else latency_inputs
     lat0 = evaluation.measure_latency(model, lat_x, runs=latency_runs).to_dict() if lat_x is not None else None
@@ -228,6 +228,12 @@ def run_prune(
     report.latency_after = evaluation.measure_latency(model, lat_x, runs=latency_runs).to_dict() if lat_x is not None else None
     after = evaluate_splits(model, evaluate_on, n_classes)
     return PruneResult(scores, p, report, fallback_layers(scores), before, after)
+
+
+def _output_width(model: nn.Module, example: torch.Tensor) -> int | None:
+    with evaluation.inference(model):
+        out = model(example)
+    return int(out.shape[1]) if isinstance(out, torch.Tensor) and out.ndim == 2 else None
 
 
 def evaluate_splits(model: nn.Module, evaluate_on: Mapping[str, Any] | None, num_classes: int | None) -> dict[str, float] | None:

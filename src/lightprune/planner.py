@@ -386,7 +386,8 @@ def plan(
     Raises:
         ConfigError: bad strategy, ratio, options, missing example inputs or scores.
     """
-    check_choice("strategy", strategy, list_strategies())
+    if strategy not in _STRATEGIES and strategy not in TARGETS:
+        check_choice("strategy", strategy, list_strategies())
     if example_inputs is None:
         raise ConfigError("example_inputs is needed to find coupled layers: pass e.g. torch.zeros(1, 3, 32, 32)")
     per_layer, criterion, layer_scores = _flatten_scores(scores)

@@ -10,7 +10,7 @@ Example::
 
     >>> [(e.epoch, round(e.ratio, 2)) for e in Iterative(1, [0.2, 0.4], every_n_epochs=2).events()]
     [(1, 0.2), (3, 0.4)]
-    >>> Iterative(1, [0.2, 0.4]).step_ratio(Iterative(1, [0.2, 0.4]).events()[1], previous=0.2)
+    >>> round(Iterative(1, [0.2, 0.4]).step_ratio(Iterative(1, [0.2, 0.4]).events()[1], previous=0.2), 6)
     0.25
 """
 
