@@ -329,3 +329,21 @@ def test_dashboard_spec_uses_logged_keys():
     metrics |= {p[k] for sec in spec["sections"] for p in sec["panels"] for k in ("x", "y") if isinstance(p.get(k), str)}
     logged = set(PAIR_KEYS) | {"trainer/global_step", "ratio (config)"}
     assert metrics <= logged, metrics - logged
+
+
+def test_wandb_workspace_structure_offline():
+    """The workspace view is built with wandb-workspaces (not saved, nothing sent): its sections,
+    panels and run grouping are those of dashboard_spec."""
+    pytest.importorskip("wandb_workspaces")
+    from lightprune.compare.wandb_log import build_workspace, dashboard_spec
+
+    view = build_workspace("lightprune-compare", "digits", entity="someone")
+    spec = dashboard_spec("lightprune-compare", "digits")
+    assert view.name == spec["name"] == "compare: digits" and view.project == "lightprune-compare"
+    assert [s.name for s in view.sections] == [s["name"] for s in spec["sections"]]
+    accuracy = view.sections[0].panels
+    assert [p.title for p in accuracy] == [p["title"] for p in spec["sections"][0]["panels"]]
+    assert [p.title for p in view.sections[1].panels] == [p["title"] for p in spec["sections"][1]["panels"]]
+    assert [g.name for g in view.runset_settings.groupby] == ["criterion"]
+    assert "Group" in str(view.runset_settings.filters) and "'digits'" in str(view.runset_settings.filters)
+    assert "JobType" in str(view.runset_settings.filters)

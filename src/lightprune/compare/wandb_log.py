@@ -230,7 +230,7 @@ def dashboard_spec(project: str, group: str) -> dict[str, Any]:
                 {"type": "BarPlot", "metrics": ["prune/params_ratio"], "title": "params removed"},
                 {"type": "BarPlot", "metrics": ["prune/macs_ratio"], "title": "MACs removed"},
                 {"type": "BarPlot", "metrics": ["img_per_s"], "title": "throughput (img/s)"},
-                {"type": "ParallelCoordinatesPlot", "columns": ["criterion (config)", "ratio (config)", "prune/macs", "test/acc_before_ft", "test/acc"]},
+                {"type": "ParallelCoordinatesPlot", "title": "criterion, ratio, MACs, accuracy", "columns": ["criterion (config)", "ratio (config)", "prune/macs", "test/acc_before_ft", "test/acc"]},
             ]},
             {"name": "Layers", "panels": [
                 {"type": "BarPlot", "metrics_regex": "prune/ratio/.*", "title": "per-layer ratio (one bar per layer and run)"},
@@ -239,21 +239,24 @@ def dashboard_spec(project: str, group: str) -> dict[str, Any]:
                 {"type": "Histogram", "key": "scores/<layer>"},
             ]},
         ],
-        "runset": {"groupby": [], "pinned_columns": ["config:criterion", "config:ratio", "summary:test/acc", "summary:prune/macs"]},
+        "runset": {"groupby": ["config:criterion"], "pinned_columns": ["config:criterion", "config:ratio", "summary:test/acc", "summary:prune/macs"]},
     }
 
 
-def save_workspace(project: str, group: str, *, entity: str | None = None) -> str:
-    """Save a W&B workspace view of one comparison group (online; needs ``pip install wandb-workspaces``).
+def build_workspace(project: str, group: str, *, entity: str) -> Any:
+    """The comparison's W&B workspace view as a ``wandb_workspaces`` object (not saved; nothing is
+    sent). Sections and panels follow :func:`dashboard_spec`; runs are filtered to the group's prune
+    runs and grouped by criterion, so every chart shows one curve per criterion across the ratios.
 
-    Returns the view's URL. Raises ImportError without ``wandb_workspaces``.
+    Needs the ``wandb`` extra (``pip install lightprune[wandb]``: wandb-workspaces).
     """
-    import wandb
-    import wandb_workspaces.reports.v2 as wr
-    import wandb_workspaces.workspaces as ws
+    try:
+        import wandb_workspaces.reports.v2 as wr
+        import wandb_workspaces.workspaces as ws
+    except ImportError as err:
+        raise ImportError("the W&B workspace needs wandb-workspaces: pip install 'lightprune[wandb]'") from err
 
-    entity = entity or wandb.Api().default_entity
-    view = ws.Workspace(
+    return ws.Workspace(
         name=f"compare: {group}",
         entity=entity,
         project=project,
@@ -270,7 +273,7 @@ def save_workspace(project: str, group: str, *, entity: str | None = None) -> st
                 wr.BarPlot(title="params removed", metrics=["prune/params_ratio"]),
                 wr.BarPlot(title="MACs removed", metrics=["prune/macs_ratio"]),
                 wr.BarPlot(title="throughput (img/s)", metrics=["img_per_s"]),
-                wr.ParallelCoordinatesPlot(columns=[
+                wr.ParallelCoordinatesPlot(title="criterion, ratio, MACs, accuracy", columns=[
                     wr.ParallelCoordinatesPlotColumn(metric=wr.Config("criterion")),
                     wr.ParallelCoordinatesPlotColumn(metric=wr.Config("ratio")),
                     wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric("prune/macs")),
@@ -284,8 +287,16 @@ def save_workspace(project: str, group: str, *, entity: str | None = None) -> st
         ],
         runset_settings=ws.RunsetSettings(
             filters=[ws.Metric("Group") == group, ws.Metric("JobType") == "prune"],
+            groupby=[ws.Config("criterion")],
             pinned_columns=["config:criterion", "config:ratio", "summary:test/acc", "summary:prune/macs"],
         ),
     )
+
+
+def save_workspace(project: str, group: str, *, entity: str | None = None) -> str:
+    """Save the :func:`build_workspace` view (online). Returns the view's URL."""
+    import wandb
+
+    view = build_workspace(project, group, entity=entity or wandb.Api().default_entity)
     view.save()
     return view.url
