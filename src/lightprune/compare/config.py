@@ -320,34 +320,19 @@ def validate(ns: Any) -> CompareConfig:
     check_choice("accelerator", get("accelerator"), ("cpu", "gpu", "cuda", "auto"))
     run_dir = _path(get("run_dir"))
     assert run_dir is not None
-    return CompareConfig(
-        recipe=recipe,
-        run_dir=run_dir,
-        checkpoint=checkpoint,
-        recipe_overrides=[str(a) for a in (get("recipe_overrides") or [])],
-        train_epochs=train_epochs,
-        criteria=criteria,
-        criterion_hparams=hparams,
-        strategy=strategy,
-        strategy_options=options,
-        ratios=ratios,
-        seed=int(get("seed")),
-        samples_per_class=samples,
-        scoring_classes=classes,
-        layers=list(layers) if layers is not None else None,
-        finetune=ft,
-        accelerator=get("accelerator"),
-        threads=threads,
-        latency_batch_size=check_positive_int("latency_batch_size", get("latency_batch_size")),
-        latency_runs=check_positive_int("latency_runs", get("latency_runs")),
-        save_weights=bool(get("save_weights")),
-        progress=bool(get("progress")),
-        wandb=bool(get("wandb")),
-        wandb_project=str(get("wandb_project")),
-        wandb_group=get("wandb_group"),
-        wandb_entity=get("wandb_entity"),
-        wandb_workspace=bool(get("wandb_workspace")),
-    )
+    values: dict[str, Any] = {
+        "recipe": recipe, "run_dir": run_dir, "checkpoint": checkpoint,
+        "recipe_overrides": [str(a) for a in (get("recipe_overrides") or [])], "train_epochs": train_epochs,
+        "criteria": criteria, "criterion_hparams": hparams, "strategy": strategy, "strategy_options": options,
+        "ratios": ratios, "seed": int(get("seed")), "samples_per_class": samples, "scoring_classes": classes,
+        "layers": list(layers) if layers is not None else None, "finetune": ft, "accelerator": get("accelerator"),
+        "threads": threads, "latency_batch_size": check_positive_int("latency_batch_size", get("latency_batch_size")),
+        "latency_runs": check_positive_int("latency_runs", get("latency_runs")), "save_weights": bool(get("save_weights")),
+        "progress": bool(get("progress")), "wandb": bool(get("wandb")), "wandb_project": str(get("wandb_project")),
+        "wandb_group": get("wandb_group"), "wandb_entity": get("wandb_entity"),
+        "wandb_workspace": bool(get("wandb_workspace")),
+    }
+    return CompareConfig(**values)
 
 
 @contextmanager

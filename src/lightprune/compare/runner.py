@@ -166,16 +166,9 @@ class Comparison:
             args.append(f"--trainer.max_epochs={cfg.train_epochs}")
         args += list(cfg.recipe_overrides)
         try:
-            return LightpruneCLI(
-                ClassificationModule,
-                ClassificationDataModule,
-                subclass_mode_model=True,
-                subclass_mode_data=True,
-                save_config_callback=None,
-                args=args,
-                run=False,
-                auto_configure_optimizers=False,
-            )
+            options = {"subclass_mode_model": True, "subclass_mode_data": True, "save_config_callback": None,
+                       "run": False, "auto_configure_optimizers": False}
+            return LightpruneCLI(ClassificationModule, ClassificationDataModule, args=args, **options)
         except SystemExit as err:
             raise ConfigError(
                 f"recipe={_show(cfg.recipe)} (with recipe_overrides={cfg.recipe_overrides!r}) is not a valid "
