@@ -1,7 +1,7 @@
 """Worker of tests/test_recovery.py, started by torchrun with 2 processes (gloo).
 
 Each rank recalibrates the BatchNorm statistics of the same network on its own shard of the data
-(shards of different sizes and batch sizes), and refits a pruned copy with ``reconstruct`` on that
+(shards of different sizes and batch sizes; one norm is a SyncBatchNorm), and refits a pruned copy with ``reconstruct`` on that
 shard; it writes ``rank<r>.pt`` with the resulting BatchNorm buffers and refit weights.
 """
 
@@ -29,7 +29,7 @@ def make_model() -> nn.Module:
         nn.AdaptiveAvgPool2d(2),
         nn.Flatten(),
         nn.Linear(20, 8),
-        nn.BatchNorm1d(8),
+        nn.SyncBatchNorm(8),  # eval-mode forward on CPU: no per-batch collective during recalibration
         nn.ReLU(),
         nn.Linear(8, 3),
     ).double()  # float64: the comparison with one process is then close to 1e-10

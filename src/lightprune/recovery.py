@@ -817,14 +817,12 @@ class Teacher:
         return self
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        device = model_device(self.model)
-        if isinstance(x, torch.Tensor) and x.device != device:
-            self.model.to(x.device)
-        if isinstance(x, torch.Tensor) and x.is_floating_point():
-            for p in self.model.parameters():
-                if p.is_floating_point() and p.dtype != x.dtype:
-                    self.model.to(x.dtype)
-                break
+        if isinstance(x, torch.Tensor):
+            if x.device != model_device(self.model):
+                self.model.to(x.device)
+            first = next(self.model.parameters(), None)
+            if x.is_floating_point() and first is not None and first.is_floating_point() and first.dtype != x.dtype:
+                self.model.to(x.dtype)
         self.model.eval()
         with torch.no_grad():
             return self.model(x)
