@@ -113,6 +113,22 @@ def test_recalibrate_equals_plain_mean_and_unbiased_variance(form):
             assert torch.equal(v, w), k
 
 
+def test_recalibrate_leaves_a_norm_the_forward_never_reaches():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.unused = nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2), nn.BatchNorm2d(2, momentum=0.5)
+
+        def forward(self, x):
+            return self.bn(self.conv(x))
+
+    net = Branchy()
+    unused = copy.deepcopy(net.unused.state_dict())
+    assert recalibrate_bn(net, [torch.randn(3, 3, 4, 4)]) == 3
+    assert int(net.bn.num_batches_tracked) == 1
+    assert all(torch.equal(v, unused[k]) for k, v in net.unused.state_dict().items())
+
+
 def test_recalibrate_max_batches_and_progress():
     net = conv_bn_net()
     xs = [torch.randn(4, 3, 5, 5, dtype=torch.float64) for _ in range(5)]

@@ -195,7 +195,7 @@ def recalibrate_bn(
     normalises with its local batch only: no collective per batch, so ranks may hold different numbers
     of batches. Nothing is written until the pass has finished; afterwards every module is in its
     previous training mode, and ``momentum`` is never touched. ``num_batches_tracked`` becomes the
-    number of batches (summed over ranks).
+    number of batches (summed over ranks). A BatchNorm the forward pass never reaches is left as it is.
 
     Under an initialised ``torch.distributed`` group with more than one process, the per-channel
     sums of ``x`` and ``x²`` and the counts are summed over ranks (one ``all_reduce``), so every rank
@@ -269,13 +269,13 @@ def recalibrate_bn(
         raise ConfigError("recalibrate_bn: batches holds no image" + (" on any rank" if _distributed() else ""))
     offset = 2
     with torch.no_grad():
-        for name, m in norms:
+        for _, m in norms:
             c = m.running_mean.numel()
             n = float(flat[offset])
             s1, s2 = flat[offset + 1 : offset + 1 + c], flat[offset + 1 + c : offset + 1 + 2 * c]
             offset += 1 + 2 * c
-            if n == 0:
-                raise ConfigError(f"recalibrate_bn: BatchNorm {name!r} received no input in the forward passes")
+            if n == 0:  # not run by the forward pass (an unused branch): left as it is
+                continue
             mean, var = _bn_compute(s1, s2, n)
             m.running_mean.copy_(mean.to(m.running_mean))
             m.running_var.copy_(var.to(m.running_var))
