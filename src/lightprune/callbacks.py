@@ -16,18 +16,21 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from .collect import find_prunable_layers
 from .criteria import Scores, create_criterion, score
+from .data import resolve_scoring_set
 from .engine import PruneSpec, run_prune
 from .errors import ConfigError, check_positive_int
 from .graph import find_groups
@@ -42,6 +45,7 @@ from .lightning_glue import (
     save_plans,
     scoring_set_for_trainer,
 )
+from .recovery import index_maps, restore_optimizer_state, snapshot_optimizer_state
 from .schedules import SCHEDULES, PruneEvent, make_schedule
 
 __all__ = ["ScoreCallback", "PruningCallback", "PruneRecord", "SCHEDULES"]
@@ -204,6 +208,8 @@ class PruneRecord:
     channels_before: dict[str, int]
     channels_after: dict[str, int]
     fallback_layers: list[str] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)
+    optimizer_state_carried: int = 0
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
@@ -257,6 +263,18 @@ class PruningCallback(Callback):
         evaluate_splits: the splits measured then, default ``["val"]`` (add ``"test"`` when asked);
             under DDP each rank evaluates its shard and the counts reduce.
         latency_batch_size: batch size of the latency measurement (rank 0), default 32.
+        recalibrate_bn: re-estimate BatchNorm statistics right after each prune, default True (see
+            docs/recovery.md); on the scoring set, or on ``recalibration_batches`` training batches.
+        recalibration_batches: None (default: the scoring set) or a number of training batches.
+        reconstruct: least-squares reconstruction of the layers that lost inputs, default False.
+        reconstruct_kwargs: its options (``ridge``, ``positions``, ...).
+        carry_optimizer_state: slice the optimizer state (momentum, Adam moments) of the kept channels
+            into the rebuilt optimizer instead of resetting it, default True.
+        teacher: keep the network right before the (first) prune as a frozen distillation teacher
+            (``callback.teacher``; handed to the module's ``set_teacher`` when it has one). None
+            (default): when the module asks for distillation (``ClassificationModule(distillation=...)``).
+            Its state is saved once (``<default_root_dir>/lightprune_teacher.pt``) so a resumed fit
+            rebuilds it; it is never part of the checkpoints.
 
     Raises:
         ConfigError: at construction for bad names/values; in ``setup`` for epochs beyond
@@ -287,6 +305,12 @@ class PruningCallback(Callback):
         evaluate_after_prune: bool = True,
         evaluate_splits: list[str] | None = None,
         latency_batch_size: int = 32,
+        recalibrate_bn: bool = True,
+        recalibration_batches: int | None = None,
+        reconstruct: bool = False,
+        reconstruct_kwargs: dict[str, Any] | None = None,
+        carry_optimizer_state: bool = True,
+        teacher: bool | None = None,
     ) -> None:
         self.criterion_name = criterion
         self.criterion_kwargs = dict(criterion_kwargs or {})
@@ -295,7 +319,16 @@ class PruningCallback(Callback):
             criterion=criterion, criterion_kwargs=self.criterion_kwargs, fallback=fallback_criterion,
             strategy=strategy, ratio=ratio, strategy_kwargs=dict(strategy_kwargs or {}),
             layers=list(layers) if layers is not None else None, bias_balancing=bool(bias_balancing),
+            recalibrate_bn=bool(recalibrate_bn), reconstruct=bool(reconstruct),
+            reconstruct_kwargs=dict(reconstruct_kwargs or {}),
         )
+        self.recalibration_batches = (
+            None if recalibration_batches is None else check_positive_int("recalibration_batches", recalibration_batches)
+        )
+        self.carry_optimizer_state = bool(carry_optimizer_state)
+        self.want_teacher = teacher
+        self.teacher = None  # lightprune.recovery.Teacher: the network right before the first prune
+        self._blank: torch.nn.Module | None = None
         self.strategy, self.ratio = strategy, float(ratio)
         self.schedule_name = schedule
         self.schedule = make_schedule(
@@ -329,6 +362,8 @@ class PruningCallback(Callback):
         if stage == "fit" and not self.schedule.needs_groups:
             self._events = self.schedule.events()
             _check_epochs("at_epoch", [e.epoch for e in self._events], trainer)
+        if stage == "fit" and self._teacher_wanted(pl_module):
+            self._blank = copy.deepcopy(get_network(pl_module, self.model_attr))  # unpruned: rebuilds a saved teacher
         if not isinstance(pl_module, PrunedCheckpointMixin):
             rank_zero_info(
                 f"lightprune: {type(pl_module).__name__} does not use PrunedCheckpointMixin: its checkpoints carry the "
@@ -345,6 +380,48 @@ class PruningCallback(Callback):
                 "trainer has no train data loader"
             )
         self._events_for(trainer, pl_module)
+        if self.history and self.teacher is None and self._teacher_wanted(pl_module):
+            self._load_teacher(trainer, pl_module)  # a resumed fit: the teacher saved at the first prune
+
+    # ---------------------------------------------------------------------------------------- teacher
+    def _teacher_wanted(self, pl_module: L.LightningModule) -> bool:
+        if self.want_teacher is not None:
+            return self.want_teacher
+        return getattr(pl_module, "distillation", None) is not None
+
+    def _teacher_path(self, trainer: L.Trainer) -> Path:
+        return Path(trainer.default_root_dir) / "lightprune_teacher.pt"
+
+    def _make_teacher(self, trainer: L.Trainer, pl_module: L.LightningModule, net: torch.nn.Module) -> None:
+        from .recovery import Teacher
+
+        self.teacher = Teacher.from_model(net)
+        if trainer.is_global_zero:
+            path = self._teacher_path(trainer)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            state = {"plans": list(applied_plans(pl_module)), "state_dict": net.state_dict()}
+            torch.save(state, path.with_suffix(".tmp"))
+            path.with_suffix(".tmp").replace(path)
+        self._hand_over(pl_module)
+
+    def _load_teacher(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from .recovery import Teacher
+        from .surgery import restore
+
+        path = self._teacher_path(trainer)
+        if self._blank is None or not path.exists():
+            rank_zero_info(f"lightprune: no saved teacher at {path}; fine-tuning goes on without distillation")
+            return
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        net = copy.deepcopy(self._blank)
+        for plan_dict in saved["plans"]:
+            restore(net, plan_dict)
+        self.teacher = Teacher.from_state(lambda: net, saved["state_dict"])
+        self._hand_over(pl_module)
+
+    def _hand_over(self, pl_module: L.LightningModule) -> None:
+        if hasattr(pl_module, "set_teacher"):
+            pl_module.set_teacher(self.teacher)
 
     @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -368,17 +445,30 @@ class PruningCallback(Callback):
         previous = self.history[-1].cumulative_ratio if self.history and self.schedule_name == "iterative" else 0.0
         ratio = self.schedule.step_ratio(event, previous)
         evaluate_on = eval_batches_for_trainer(trainer, self.evaluate_splits) if self.evaluate_after_prune else None
+        snapshots = [snapshot_optimizer_state(o, pl_module) for o in trainer.optimizers] if self.carry_optimizer_state else []
+        maps: dict[str, torch.Tensor] = {}
+
+        def before_prune(p) -> None:
+            self._check_same_plan_on_every_rank(trainer, p.to_dict())
+            if snapshots and any(s for s in snapshots):
+                maps.update(self._index_maps(pl_module, net, p, scoring.example_inputs(1, next(net.parameters()).device)))
+            if self.teacher is None and self._teacher_wanted(pl_module):
+                self._make_teacher(trainer, pl_module, net)
+
         res = run_prune(
             net, scoring, self.spec, ratio=ratio, layers=list(event.layers) if event.layers else None,
             evaluate_on=evaluate_on, num_classes=scoring.num_classes or getattr(pl_module, "num_classes", None),
             latency_inputs=self.latency_batch_size if trainer.is_global_zero else None,
-            check_plan=lambda p: self._check_same_plan_on_every_rank(trainer, p.to_dict()),
-            progress=trainer.is_global_zero,
+            check_plan=before_prune, calibration=self._calibration(trainer), progress=trainer.is_global_zero,
         )
         p, report = res.plan, res.report
         applied_plans(pl_module).append(p.to_dict())
         rewrap_ddp(trainer)
         rebuild_optimizers(trainer)
+        carried = 0
+        for opt, snap in zip(trainer.optimizers, snapshots, strict=False):
+            if snap:
+                carried += len(restore_optimizer_state(opt, pl_module, snap, maps))
         before, after = res.metrics_before or {}, res.metrics_after or {}
         lat0, lat1 = report.latency_before, report.latency_after
         record = PruneRecord(
@@ -391,7 +481,7 @@ class PruningCallback(Callback):
             val_acc_before_prune=before.get("val/acc"), val_acc_after_prune=after.get("val/acc"),
             test_acc_before_prune=before.get("test/acc"), test_acc_after_prune=after.get("test/acc"),
             channels_before=dict(report.channels_before), channels_after=dict(report.channels_after),
-            fallback_layers=list(res.fallback_layers),
+            fallback_layers=list(res.fallback_layers), recovered=list(report.recovered), optimizer_state_carried=carried,
         )
         self.history.append(record)
         self.done.append(event.index)
@@ -410,6 +500,24 @@ class PruningCallback(Callback):
                 rank_zero_info(f"lightprune: {self.criterion_name} cannot rank {res.fallback_layers}; "
                                f"using {self.spec.fallback} there")
             rank_zero_info(f"lightprune: pruned at epoch {trainer.current_epoch}\n{p}\n{report}")
+
+    def _calibration(self, trainer: L.Trainer) -> Any:
+        """None (the scoring set) or the first ``recalibration_batches`` training batches of this rank."""
+        if self.recalibration_batches is None:
+            return None
+        loader = trainer.datamodule.train_dataloader() if trainer.datamodule is not None else trainer.train_dataloader
+        return resolve_scoring_set(loader, max_batches=self.recalibration_batches, argument="recalibration data").batches
+
+    def _index_maps(self, pl_module: L.LightningModule, net: torch.nn.Module, p: Any, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Flat indices each parameter of ``pl_module`` keeps through the prune of ``p`` (identity outside ``net``)."""
+        from .surgery import prune
+
+        inner = index_maps(net, lambda m: prune(m, p, x, measure_latency=False))
+        prefix = f"{self.model_attr}." if self.model_attr else ""
+        out = {f"{prefix}{n}": idx for n, idx in inner.items()}
+        for n, param in pl_module.named_parameters():
+            out.setdefault(n, torch.arange(param.numel()))
+        return out
 
     def _check_same_plan_on_every_rank(self, trainer: L.Trainer, plan_dict: dict[str, Any]) -> None:
         """Every rank must remove the same channels: compare with rank 0's plan explicitly."""

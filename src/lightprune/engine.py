@@ -66,6 +66,10 @@ class PruneSpec:
         layer_score_criterion: criterion giving layer-level scores when the strategy needs them and
             ``criterion`` gives none (default ``"afie"``).
         bias_balancing: replace removed channels by their mean (CRITERIA.md "Bias balancing").
+        recalibrate_bn: re-estimate BatchNorm statistics right after the prune (default True) on the
+            calibration batches (default: the scoring set); see docs/recovery.md.
+        reconstruct: least-squares reconstruction of the layers that lost inputs (opt-in).
+        reconstruct_kwargs: its options (``ridge``, ``positions``, ``max_batches``, ``seed``).
     """
 
     criterion: str = "l1"
@@ -77,6 +81,9 @@ class PruneSpec:
     layers: Sequence[str] | None = None
     layer_score_criterion: str = "afie"
     bias_balancing: bool = False
+    recalibrate_bn: bool = True
+    reconstruct: bool = False
+    reconstruct_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         criterion_class(self.criterion)  # unknown names fail now, listing the known ones
@@ -89,6 +96,7 @@ class PruneSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["criterion_kwargs"], d["strategy_kwargs"] = dict(self.criterion_kwargs), dict(self.strategy_kwargs)
+        d["reconstruct_kwargs"] = dict(self.reconstruct_kwargs)
         d["layers"] = list(self.layers) if self.layers is not None else None
         return d
 
@@ -183,6 +191,7 @@ def run_prune(
     latency_runs: int = 5,
     check_plan: Callable[[Plan], None] | None = None,
     evaluate_before: bool = True,
+    calibration: Any = None,
     progress: bool = False,
     seed: int | None = None,
     samples_per_class: int = 100,
@@ -206,6 +215,8 @@ def run_prune(
         latency_runs: timed runs per measurement.
         check_plan: called with the plan before pruning (e.g. the same-plan-on-every-rank check).
         evaluate_before: evaluate ``evaluate_on`` before the prune too (False: after only).
+        calibration: batches for the recovery (BatchNorm recalibration, reconstruction); default: the
+            scoring set.
         progress: progress bars while scoring.
         seed: passed to seeded criteria.
         samples_per_class, classes: the class-balanced draw when ``data`` is a data module.
@@ -222,8 +233,12 @@ def run_prune(
     before = evaluate_splits(model, evaluate_on, n_classes) if evaluate_before else None
     lat_x = scoring.first(latency_inputs, device) if isinstance(latency_inputs, int) else latency_inputs
     lat0 = evaluation.measure_latency(model, lat_x, runs=latency_runs).to_dict() if lat_x is not None else None
+    recover = spec.recalibrate_bn or spec.reconstruct
     report = prune(model, p, example, bias_balancing=spec.bias_balancing,
-                   batches=scoring.batches if spec.bias_balancing else None, measure_latency=False)
+                   batches=scoring.batches if spec.bias_balancing else None, measure_latency=False,
+                   calibration=(calibration if calibration is not None else scoring.batches) if recover else None,
+                   recalibrate_bn=spec.recalibrate_bn, reconstruct=spec.reconstruct,
+                   reconstruct_kwargs=spec.reconstruct_kwargs)
     report.latency_before = lat0
     report.latency_after = evaluation.measure_latency(model, lat_x, runs=latency_runs).to_dict() if lat_x is not None else None
     after = evaluate_splits(model, evaluate_on, n_classes)

@@ -52,6 +52,22 @@ def _metrics(num_classes: int, prefix: str) -> MetricCollection:
     return MetricCollection(metrics, prefix=prefix)
 
 
+def _check_distillation(d: dict[str, Any] | None) -> dict[str, Any] | None:
+    if d is None:
+        return None
+    if not isinstance(d, dict):
+        raise ConfigError(f"distillation={d!r} is not allowed; give a mapping such as {{'alpha': 0.5, 'temperature': 4.0}}")
+    unknown = set(d) - {"alpha", "temperature", "teacher_ckpt"}
+    if unknown:
+        raise ConfigError(f"distillation has unknown keys {sorted(unknown)}; allowed: alpha, temperature, teacher_ckpt")
+    alpha, temp = float(d.get("alpha", 0.5)), float(d.get("temperature", 4.0))
+    if not 0 <= alpha <= 1:
+        raise ConfigError(f"distillation.alpha={alpha!r} is not allowed; it must lie in [0, 1]")
+    if not temp > 0:
+        raise ConfigError(f"distillation.temperature={temp!r} is not allowed; it must be > 0")
+    return {"alpha": alpha, "temperature": temp, "teacher_ckpt": d.get("teacher_ckpt")}
+
+
 class ClassificationModule(PrunedCheckpointMixin, L.LightningModule):
     """Trains a classifier with cross-entropy; logs top-1 (top-5 with >= 5 classes) and balanced accuracy.
 
@@ -68,6 +84,12 @@ class ClassificationModule(PrunedCheckpointMixin, L.LightningModule):
             init_args: {lr: 0.05}}``); None (default) = :func:`default_optimizer`.
         lr_scheduler: callable ``optimizer -> LRScheduler`` or None (default), stepped every epoch.
         label_smoothing: cross-entropy label smoothing, default 0.0.
+        distillation: knowledge distillation during fine-tuning, e.g. ``{"alpha": 0.5, "temperature": 4.0}``
+            (optional ``"teacher_ckpt"``: a ClassificationModule checkpoint whose network is the teacher;
+            otherwise the teacher is the network right before the prune, handed over by
+            ``PruningCallback``). The loss is :func:`lightprune.recovery.distillation_loss`:
+            ``(1-α)·CE + α·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T))``, logged as ``train/kd_loss``. Without
+            a teacher (before the prune) training uses plain cross-entropy. None (default): no distillation.
 
     Raises:
         ConfigError: ``num_classes`` < 2, an unknown model name, or a model whose output width is not
@@ -84,6 +106,7 @@ class ClassificationModule(PrunedCheckpointMixin, L.LightningModule):
         optimizer: OptimizerFactory | None = None,
         lr_scheduler: SchedulerFactory | None = None,
         label_smoothing: float = 0.0,
+        distillation: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
@@ -107,6 +130,8 @@ class ClassificationModule(PrunedCheckpointMixin, L.LightningModule):
         self.optimizer_factory = optimizer or default_optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.label_smoothing = float(label_smoothing)
+        self.distillation = _check_distillation(distillation)
+        self.teacher = None  # a lightprune.recovery.Teacher (not a submodule: not saved, not trained)
         self.train_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_metrics = _metrics(num_classes, "val/")
         self.test_metrics = _metrics(num_classes, "test/")
@@ -123,11 +148,30 @@ class ClassificationModule(PrunedCheckpointMixin, L.LightningModule):
                 f"the model returns logits of shape {tuple(logits.shape)}, but num_classes={self.num_classes}"
             )
 
+    def set_teacher(self, teacher: Any) -> None:
+        """Use ``teacher`` (a :class:`lightprune.recovery.Teacher`) for distillation from now on."""
+        self.teacher = teacher
+
+    def on_fit_start(self) -> None:
+        ckpt = (self.distillation or {}).get("teacher_ckpt")
+        if ckpt and self.teacher is None:
+            from .recovery import Teacher
+
+            other = ClassificationModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+            self.set_teacher(Teacher(other.model))
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
         logits = self(x)
         self._check_logits(logits)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        if self.distillation is not None and self.teacher is not None:
+            from .recovery import distillation_loss
+
+            loss, parts = distillation_loss(logits, self.teacher(x), y, alpha=self.distillation["alpha"],
+                                            temperature=self.distillation["temperature"])
+            self.log("train/kd_loss", parts["kd"], on_step=False, on_epoch=True)
+        else:
+            loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         self.train_acc(logits, y)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)

@@ -625,7 +625,7 @@ def reconstruct(
         >>> fit["1"].before > 0.01, fit["1"].after < 1e-6, torch.allclose(net(x), before(x), atol=1e-5)
         (True, True, True)
     """
-    from .planner import Plan
+    from .plan import Plan
 
     if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not ridge >= 0:
         raise ConfigError(f"ridge={ridge!r} is not allowed; it must be a number >= 0")

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import evaluation
+from . import evaluation, recovery
 from .collect import find_prunable_layers
 from .data import split_batch
 from .errors import ConfigError
@@ -46,6 +46,8 @@ class PruneReport:
     latency_before: dict[str, Any] | None = None
     latency_after: dict[str, Any] | None = None
     bias_balanced: list[str] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)
+    reconstruction: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items()}
@@ -133,6 +135,10 @@ def prune(
     means: Mapping[str, torch.Tensor] | None = None,
     measure_latency: bool = True,
     latency_runs: int = 10,
+    calibration: Iterable[Any] | None = None,
+    recalibrate_bn: bool = True,
+    reconstruct: bool = False,
+    reconstruct_kwargs: Mapping[str, Any] | None = None,
 ) -> PruneReport:
     """Remove exactly the channels the plan does not keep, in place, with torch-pruning.
 
@@ -152,6 +158,13 @@ def prune(
         means: ``{consumer module name: mean input (C_in,)}``.
         measure_latency: time the model before and after (:func:`measure_latency` on ``example_inputs``).
         latency_runs: timed runs per measurement, default 10.
+        calibration: batches for recovery right after the prune (the scoring set, or training batches).
+            With them, BatchNorm statistics are re-estimated (:func:`lightprune.recovery.recalibrate_bn`)
+            unless ``recalibrate_bn=False``. Without them, nothing is recovered.
+        recalibrate_bn: re-estimate BatchNorm statistics on ``calibration``, default True.
+        reconstruct: least-squares reconstruction of the layers that lost inputs
+            (:func:`lightprune.recovery.reconstruct`, before the recalibration); needs ``calibration``.
+        reconstruct_kwargs: options of the reconstruction (``ridge``, ``positions``, ``max_batches``, ...).
 
     Returns:
         :class:`PruneReport`.
@@ -234,10 +247,20 @@ def prune(
         pruning_group(dg, modules[root], removed).prune()
 
     _check_after(model, backup, plan, modules, example_inputs, out_shape)
+    recovered: list[str] = []
+    fits: dict[str, Any] = {}
+    if reconstruct:
+        if calibration is None:
+            raise ConfigError("reconstruct=True needs calibration= (batches of the scoring set or training data)")
+        fits = {n: f.to_dict() for n, f in recovery.reconstruct(model, backup, calibration, plan=plan,
+                                                                 **dict(reconstruct_kwargs or {})).items()}
+        recovered.append("reconstruct")
+    if calibration is not None and recalibrate_bn and recovery.recalibrate_bn(model, calibration):
+        recovered.append("recalibrate_bn")
     after = {layer: _width(modules[layer]) for layer in plan.keep}
     macs1, params1 = count_macs_params(model, example_inputs)
     lat1 = evaluation.measure_latency(model, example_inputs, runs=latency_runs).to_dict() if measure_latency else None
-    return PruneReport(params0, params1, macs0, macs1, before, after, lat0, lat1, balanced)
+    return PruneReport(params0, params1, macs0, macs1, before, after, lat0, lat1, balanced, recovered, fits)
 
 
 def _width(mod: nn.Module) -> int | None:
