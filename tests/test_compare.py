@@ -70,7 +70,7 @@ def test_shipped_config_parses_and_lists_every_criterion():
 
     cfg = parse_config(["--config", CONFIG])
     assert cfg.criteria == lp.list_criteria()
-    assert cfg.strategy == "uniform" and cfg.ratios == [0.5] and cfg.wandb
+    assert cfg.strategy == "uniform" and cfg.ratios == [0.3, 0.5, 0.7] and cfg.wandb
     assert isinstance(cfg.recipe, dict) and cfg.recipe["model"]["init_args"]["model"] == "cifar_vgg16"
     assert cfg.run_dir == (Path.cwd() / "runs" / "compare_digits").resolve()
     assert cfg.group == "compare_digits"

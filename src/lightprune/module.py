@@ -52,7 +52,7 @@ def _metrics(num_classes: int, prefix: str) -> MetricCollection:
     return MetricCollection(metrics, prefix=prefix)
 
 
-def _check_distillation(d: dict[str, Any] | None) -> dict[str, Any] | None:
+def check_distillation(d: dict[str, Any] | None) -> dict[str, Any] | None:
     if d is None:
         return None
     if not isinstance(d, dict):
@@ -130,7 +130,7 @@ class ClassificationModule(PrunedCheckpointMixin, L.LightningModule):
         self.optimizer_factory = optimizer or default_optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.label_smoothing = float(label_smoothing)
-        self.distillation = _check_distillation(distillation)
+        self.distillation = check_distillation(distillation)
         self.teacher = None  # a lightprune.recovery.Teacher (not a submodule: not saved, not trained)
         self.train_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_metrics = _metrics(num_classes, "val/")

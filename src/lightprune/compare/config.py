@@ -38,6 +38,10 @@ class Finetune:
         schedule: learning-rate schedule over the fine-tuning epochs: "cosine" (to 0) or "constant".
         limit_train_batches: training batches per epoch (Lightning's ``limit_train_batches``: a
             fraction of the epoch, or a count when > 1); 1.0 = the whole training split.
+        distillation: None, or ``{"alpha": .., "temperature": ..}``: fine-tune with distillation from
+            the unpruned base model (``ClassificationModule(distillation=...)``).
+        without_distillation: with ``distillation``, also fine-tune a copy without it and report its
+            accuracy (``test_acc_no_kd``) beside.
     """
 
     epochs: int = 3
@@ -46,6 +50,8 @@ class Finetune:
     weight_decay: float = 5e-4
     schedule: str = "cosine"
     limit_train_batches: float = 1.0
+    distillation: dict | None = None
+    without_distillation: bool = True
 
 
 @dataclass
@@ -67,6 +73,8 @@ class CompareConfig:
     scoring_classes: list[int] | None = None
     layers: list[str] | None = None
     finetune: Finetune = field(default_factory=Finetune)
+    recalibrate_bn: bool = True
+    reconstruct: bool = False
     accelerator: str = "cpu"
     threads: int | None = None
     latency_batch_size: int = 64
@@ -173,6 +181,11 @@ def build_parser():
         help="layers to prune (module names), the same for every criterion; null: every prunable layer "
         "(without bn_scale) or every prunable layer followed by a BatchNorm (with bn_scale)",
     )
+    p.add_argument("--recalibrate_bn", type=bool, default=True,
+                   help="re-estimate BatchNorm statistics right after each prune (on the scoring set); the accuracy "
+                   "right after the prune is also reported without it (test_acc_before_ft_no_recovery)")
+    p.add_argument("--reconstruct", type=bool, default=False,
+                   help="least-squares reconstruction of the layers that lost inputs, right after each prune")
     p.add_argument("--finetune", type=Finetune, default=Finetune(), help="fine-tuning budget (the same for every pair)")
     p.add_argument(
         "--accelerator", type=str, default="cpu",
@@ -309,6 +322,12 @@ def validate(ns: Any) -> CompareConfig:
     if not ft.lr > 0:
         raise ConfigError(f"finetune.lr={ft.lr!r} is not allowed; it must be > 0")
     check_choice("finetune.schedule", ft.schedule, SCHEDULES)
+    from ..module import check_distillation
+
+    try:
+        ft.distillation = check_distillation(ft.distillation)
+    except ConfigError as err:
+        raise ConfigError(f"finetune.{err}") from None
     if not (isinstance(ft.limit_train_batches, (int, float)) and ft.limit_train_batches > 0):
         raise ConfigError(f"finetune.limit_train_batches={ft.limit_train_batches!r} is not allowed; it must be > 0")
     train_epochs = get("train_epochs")
@@ -326,6 +345,7 @@ def validate(ns: Any) -> CompareConfig:
         "criteria": criteria, "criterion_hparams": hparams, "strategy": strategy, "strategy_options": options,
         "ratios": ratios, "seed": int(get("seed")), "samples_per_class": samples, "scoring_classes": classes,
         "layers": list(layers) if layers is not None else None, "finetune": ft, "accelerator": get("accelerator"),
+        "recalibrate_bn": bool(get("recalibrate_bn")), "reconstruct": bool(get("reconstruct")),
         "threads": threads, "latency_batch_size": check_positive_int("latency_batch_size", get("latency_batch_size")),
         "latency_runs": check_positive_int("latency_runs", get("latency_runs")), "save_weights": bool(get("save_weights")),
         "progress": bool(get("progress")), "wandb": bool(get("wandb")), "wandb_project": str(get("wandb_project")),

@@ -28,8 +28,8 @@ __all__ = ["CSV_COLUMNS", "spearman_matrices", "write_report"]
 
 CSV_COLUMNS = [
     "criterion", "ratio", "strategy", "channel_ratio",
-    "val_acc_before_ft", "test_acc_before_ft", "val_acc", "val_balanced_acc", "test_acc", "test_balanced_acc",
-    "base_test_acc", "acc_drop", "acc_drop_before_ft",
+    "val_acc_before_ft", "test_acc_before_ft", "test_acc_before_ft_no_recovery", "recovery", "val_acc", "val_balanced_acc", "test_acc", "test_balanced_acc",
+    "test_acc_no_kd", "distillation", "base_test_acc", "acc_drop", "acc_drop_before_ft",
     "params", "params_base", "params_pruned_ratio", "macs", "macs_base", "macs_pruned_ratio",
     "latency_ms", "latency_median_ms", "img_per_s", "score_s", "finetune_s", "wandb_run",
 ]

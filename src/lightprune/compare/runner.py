@@ -22,6 +22,7 @@ once when the pair finishes, so an interrupted comparison resumes where it stopp
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -352,7 +353,8 @@ class Comparison:
         from ..engine import PruneSpec
 
         return PruneSpec(criterion=criterion, criterion_kwargs=self._criterion_hparams(criterion), strategy=self.cfg.strategy,
-                         ratio=ratio, strategy_kwargs=dict(self.cfg.strategy_options), layers=self.layers)
+                         ratio=ratio, strategy_kwargs=dict(self.cfg.strategy_options), layers=self.layers,
+                         recalibrate_bn=self.cfg.recalibrate_bn, reconstruct=self.cfg.reconstruct)
 
     def _scoring(self):
         from ..data import resolve_scoring_set
@@ -407,6 +409,7 @@ class Comparison:
             "strategy_options": c.strategy_options,
             "ratio": ratio,
             "finetune": asdict(c.finetune),
+            "recovery": {"recalibrate_bn": c.recalibrate_bn, "reconstruct": c.reconstruct},
             "seed": c.seed,
         }
 
@@ -418,6 +421,7 @@ class Comparison:
 
     def run_pair(self, criterion: str, ratio: float, stage=lambda s: None) -> dict[str, Any]:
         from ..engine import run_prune
+        from ..surgery import restore
         from . import wandb_log
 
         cfg = self.cfg
@@ -425,22 +429,42 @@ class Comparison:
         scores = self.get_scores(criterion)
         stage("pruning")
         module = copy.deepcopy(self.base_module)
+        plain = copy.deepcopy(self.base_module) if cfg.finetune.distillation and cfg.finetune.without_distillation else None
         res = run_prune(module.model, self._scoring(), self._spec(criterion, ratio), scores=scores,
                         evaluate_on=self._eval_loaders(), num_classes=self.num_classes, evaluate_before=False,
                         latency_inputs=None)
         p, rep, before = res.plan, res.report, res.metrics_after or {}
+        no_recovery: dict[str, float] = {}
+        if rep.recovered:  # the same prune without recovery, for the report
+            bare = copy.deepcopy(self.base_module)
+            spec = dataclasses.replace(self._spec(criterion, ratio), recalibrate_bn=False, reconstruct=False)
+            no_recovery = run_prune(bare.model, self._scoring(), spec, scores=scores, evaluate_on=self._eval_loaders(),
+                                    num_classes=self.num_classes, evaluate_before=False, latency_inputs=None).metrics_after or {}
+            del bare
         run = wandb_log.init_pair_run(cfg, criterion, ratio, self) if cfg.wandb else None
         try:
             if run is not None:
                 wandb_log.log_pruning(run, p, rep, scores, before)
             ft_s = 0.0
+            no_kd: dict[str, float] = {}
             if cfg.finetune.epochs > 0:
+                if plain is not None:  # the same pruned (and recovered) network, fine-tuned without distillation
+                    stage("fine-tuning (no distillation)")
+                    restore(plain.model, p)
+                    plain.model.load_state_dict(module.model.state_dict())
+                    self._finetune(plain, None, distill=False)
+                    no_kd = self._evaluate(plain)
+                    del plain
                 stage("fine-tuning")
                 ft_s = self._finetune(module, run)
             stage("evaluating")
             after = self._evaluate(module) if cfg.finetune.epochs > 0 else dict(before)
             lat = self._latency(module.model)
             row = self._row(criterion, ratio, p, rep, before, after, lat, scores, ft_s)
+            row["test_acc_before_ft_no_recovery"] = no_recovery.get("test/acc", before.get("test/acc"))
+            row["recovery"] = "+".join(rep.recovered) or "none"
+            row["test_acc_no_kd"] = no_kd.get("test/acc") if no_kd else None
+            row["distillation"] = bool(cfg.finetune.distillation and cfg.finetune.epochs > 0)
             row["wandb_run"] = run.id if run is not None else ""
             result = {
                 "fingerprint": _digest(self.pair_fingerprint(criterion, ratio)),
@@ -469,11 +493,18 @@ class Comparison:
         _write_json(self.run_dir / "pairs" / f"{pair_filename(criterion, ratio)}.json", result)
         return result
 
-    def _finetune(self, module, run) -> float:
+    def _finetune(self, module, run, distill: bool = True) -> float:
         import lightning as L
+
+        from ..recovery import Teacher
 
         ft = self.cfg.finetune
         L.seed_everything(self.cfg.seed, verbose=False)
+        if distill and ft.distillation:  # the unpruned base model is the teacher
+            module.distillation = dict(ft.distillation)
+            module.set_teacher(Teacher.from_model(self.base_module.model))
+        else:
+            module.distillation, module.teacher = None, None
 
         def optimizer(params):
             return torch.optim.SGD(params, lr=ft.lr, momentum=ft.momentum, weight_decay=ft.weight_decay)
