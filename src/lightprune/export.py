@@ -147,6 +147,15 @@ class ExportReport:
 # ------------------------------------------------------------------------------------ helpers
 def _require(fmt: str, run: bool) -> None:
     """Import what ``fmt`` needs (and onnxruntime if the file is to be run); clear error otherwise."""
+    if fmt == "onnx":
+        import inspect
+
+        params = inspect.signature(torch.onnx.export).parameters
+        if not {"dynamo", "dynamic_shapes", "external_data"} <= set(params):
+            raise ExportDependencyError(
+                f"format='onnx' needs torch.onnx.export(dynamo=True, dynamic_shapes=..., external_data=...) "
+                f"(torch >= 2.6); this is torch {torch.__version__}: upgrade torch or use format='torchscript'"
+            )
     needs = list(_NEEDS.get(fmt, []))
     if fmt == "onnx" and run:
         needs += _NEEDS["onnx-run"]
