@@ -248,8 +248,8 @@ def _export_onnx(net: nn.Module, x: torch.Tensor, path: Path, n_outputs: int, dy
                 f"a newer onnxscript may be needed: {_INSTALL_HINT} (or pip install -U onnxscript)"
             ) from err
         except Exception as err:
-            hint = (" The model's forward may fix the batch size (e.g. view(1, -1)): try dynamic_batch=False."
-                    if dynamic_batch else "")
+            hint = (" The model's forward may fix the batch size (e.g. reshape(int(x.shape[0]), -1)): "
+                    "try dynamic_batch=False." if dynamic_batch else "")
             tail = log.getvalue().strip()[-1500:]
             raise ExportError(
                 f"torch.onnx.export (dynamo) could not export {type(net).__name__}: {type(err).__name__}: "
@@ -264,7 +264,7 @@ def _export_onnx(net: nn.Module, x: torch.Tensor, path: Path, n_outputs: int, dy
     if dynamic_batch and dims and not dims[0].dim_param:
         raise ExportError(
             f"{path}: the exporter fixed the batch axis to {dims[0].dim_value} although dynamic_batch=True: the "
-            "model's forward uses the batch size as a constant (e.g. int(x.shape[0]) or view(1, -1)); make it use "
+            "model's forward uses the batch size as a constant (e.g. reshape(int(x.shape[0]), -1)); make it use "
             "x.flatten(1) / x.shape[0], or pass dynamic_batch=False (the file then accepts that batch size only)"
         )
     return "torch.onnx.export(dynamo=True)", opset_used
