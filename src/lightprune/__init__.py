@@ -3,6 +3,7 @@
 from . import errors, topology
 from .criteria import Criterion, Scores, create_criterion, list_criteria, register_criterion, score
 from .errors import ConfigError, LightpruneError, UnknownNameError
+from .export import export
 from .models import create_model, list_models
 from .module import ClassificationModule
 from .planner import Plan, plan
@@ -17,6 +18,7 @@ __all__ = [
     "plan",
     "prune",
     "restore",
+    "export",
     "Criterion",
     "Scores",
     "create_criterion",

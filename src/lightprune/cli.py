@@ -61,6 +61,7 @@ class LightpruneCLI(LightningCLI):
 EXTRA_SUBCOMMANDS = {
     "compare": ("lightprune.compare", "compare pruning criteria side by side (report + W&B)"),
     "analyze": ("lightprune.analysis", "ablation curves, rescaling/randomness audits, layer analysis"),
+    "export": ("lightprune.export", "export a checkpoint's (pruned) network to ONNX / TorchScript, verified"),
 }
 
 
