@@ -573,6 +573,8 @@ class PruningCallback(Callback):
             )
         rows.append(f"{'val accuracy (no fine-tuning)':<28}{fmt(first['val_acc_before_prune']):>14}{fmt(last['val_acc_after_prune']):>14}")
         rows.append(f"{'test accuracy (no fine-tuning)':<28}{fmt(first['test_acc_before_prune']):>14}{fmt(last['test_acc_after_prune']):>14}")
+        if last["recovered"]:
+            rows.append(f"  (right after the prune, with {' + '.join(last['recovered'])}; before: the unpruned network)")
         final = (test_metrics or {}).get("test/acc")
         if final is not None:
             rows.append(f"{'test accuracy (fine-tuned)':<28}{fmt(first['test_acc_before_prune']):>14}{fmt(float(final)):>14}")
