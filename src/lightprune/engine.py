@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from . import evaluation
-from .collect import find_prunable_layers
+from .collect import find_prunable_layers, select_layers
 from .criteria import Scores, criterion_class, score
 from .data import ScoringSet, resolve_scoring_set
 from .errors import ConfigError, check_fraction
@@ -44,7 +44,7 @@ from .surgery import PruneReport, prune
 
 __all__ = [
     "PruneSpec", "PruneResult", "score_for_spec", "plan_for_spec", "run_prune", "evaluate_splits", "fallback_layers",
-    "needs_layer_scores", "LAYER_SCORE_STRATEGIES",
+    "needs_layer_scores", "LAYER_SCORE_STRATEGIES", "spec_layers",
 ]
 
 #: strategies that allocate ratios from layer-level scores (``Scores.layer_scores``)
@@ -62,7 +62,11 @@ class PruneSpec:
         strategy: planner strategy or target search (``lightprune.planner.list_strategies()``).
         ratio: fraction of channels removed (targets: of MACs / parameters), in [0, 1).
         strategy_kwargs: planner options (``round_to``, ``max_layer_ratio``, ``ratios``, ``base_strategy``, ...).
-        layers: restrict scoring and planning to these layers (None: every prunable layer).
+        layers: restrict scoring and planning to these layers: names or glob patterns (None: every
+            prunable layer).
+        exclude: names or glob patterns left out of the scope.
+        layer_types: ``"conv"`` and/or ``"linear"`` (None: both). The scope (``layers``, ``exclude``,
+            ``layer_types``) is resolved by :func:`lightprune.collect.select_layers`, the one selection.
         layer_score_criterion: criterion giving layer-level scores when the strategy needs them and
             ``criterion`` gives none (default ``"afie"``).
         bias_balancing: replace removed channels by their mean (CRITERIA.md "Bias balancing").
@@ -75,6 +79,8 @@ class PruneSpec:
     ratio: float = 0.5
     strategy_kwargs: Mapping[str, Any] = field(default_factory=dict)
     layers: Sequence[str] | None = None
+    exclude: Sequence[str] | None = None
+    layer_types: Sequence[str] | None = None
     layer_score_criterion: str = "afie"
     bias_balancing: bool = False
 
@@ -89,7 +95,9 @@ class PruneSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["criterion_kwargs"], d["strategy_kwargs"] = dict(self.criterion_kwargs), dict(self.strategy_kwargs)
-        d["layers"] = list(self.layers) if self.layers is not None else None
+        for key in ("layers", "exclude", "layer_types"):
+            v = getattr(self, key)
+            d[key] = ([v] if isinstance(v, str) else list(v)) if v is not None else None
         return d
 
 
@@ -125,21 +133,23 @@ def score_for_spec(
 
     ``seed`` is passed to criteria that declare ``seeded`` (unless ``criterion_kwargs`` sets one).
     """
-    layers = layers if layers is not None else spec.layers
+    scope: dict[str, Any] = {"layers": layers} if layers is not None else {
+        "layers": spec.layers, "exclude": spec.exclude, "layer_types": spec.layer_types}
     batches = scoring.batches if scoring is not None else None
     num_classes = scoring.num_classes if scoring is not None else None
 
-    def run(name: str, names: Sequence[str] | None, kwargs: Mapping[str, Any]) -> Scores:
+    def run(name: str, names: Sequence[str] | None | dict[str, Any], kwargs: Mapping[str, Any]) -> Scores:
         cls = criterion_class(name)
         kw = dict(kwargs)
         if cls.seeded and seed is not None:
             kw.setdefault("seed", seed)
         if cls.needs_data and batches is None:
             raise ConfigError(f"criterion {name!r} needs a scoring set: give the data (a data module or batches)")
-        return score(model, name, batches if cls.needs_data else None, layers=names, num_classes=num_classes,
-                     progress=progress, **kw)
+        where = names if isinstance(names, dict) else {"layers": names}
+        return score(model, name, batches if cls.needs_data else None, num_classes=num_classes,
+                     progress=progress, **where, **kw)
 
-    s = run(spec.criterion, layers, spec.criterion_kwargs)
+    s = run(spec.criterion, scope, spec.criterion_kwargs)
     if needs_layer_scores(spec) and not s.layer_scores:
         ls = run(spec.layer_score_criterion, list(s), {}).layer_scores
         if not ls:
@@ -253,6 +263,13 @@ def evaluate_splits(model: nn.Module, evaluate_on: Mapping[str, Any] | None, num
 
 
 def prunable_layer_names(model: nn.Module, example_inputs: torch.Tensor | None = None,
-                         layers: Sequence[str] | None = None) -> list[str]:
-    """Names of the prunable layers (execution order with example inputs)."""
-    return list(find_prunable_layers(model, example_inputs, layers))
+                         layers: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
+                         layer_types: Sequence[str] | None = None) -> list[str]:
+    """Names of the selected prunable layers (execution order with example inputs)."""
+    found = find_prunable_layers(model, example_inputs)
+    return list(select_layers(found, layers, exclude, layer_types, modules=dict(model.named_modules())))
+
+
+def spec_layers(model: nn.Module, spec: PruneSpec, example_inputs: torch.Tensor | None = None) -> list[str]:
+    """The layers ``spec``'s scope selects (:func:`lightprune.collect.select_layers`)."""
+    return prunable_layer_names(model, example_inputs, spec.layers, spec.exclude, spec.layer_types)

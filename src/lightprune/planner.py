@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .collect import find_prunable_layers
+from .collect import find_prunable_layers, select_layers
 from .criteria.base import Scores
 from .errors import ConfigError, check_choice, check_fraction, check_positive_int
 from .graph import Group, find_groups
@@ -361,6 +361,9 @@ def plan(
     example_inputs: torch.Tensor | None = None,
     base_strategy: str = "uniform",
     tolerance: float = 0.005,
+    layers: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    layer_types: str | Sequence[str] | None = None,
     **options: Any,
 ) -> Plan:
     """Plan which channels to keep in every scored layer of ``model``.
@@ -377,6 +380,9 @@ def plan(
             coupled groups and, for ``flops``, to count MACs.
         base_strategy: the strategy whose global ratio ``flops`` searches, default ``uniform``.
         tolerance: ``flops`` stops when the MACs reduction is within this of ``ratio`` (default 0.005).
+        layers, exclude, layer_types: plan only these of the scored layers (names or glob patterns,
+            names or patterns left out, ``"conv"`` / ``"linear"``;
+            :func:`lightprune.collect.select_layers`); the others keep every channel.
         **options: ``ratios`` (manual), ``round_to``, ``min_keep_fraction`` (0.01),
             ``max_layer_ratio`` (0.9, global), ``normalize`` (global).
 
@@ -391,8 +397,13 @@ def plan(
     if example_inputs is None:
         raise ConfigError("example_inputs is needed to find coupled layers: pass e.g. torch.zeros(1, 3, 32, 32)")
     per_layer, criterion, layer_scores = _flatten_scores(scores)
-    layers = find_prunable_layers(model, example_inputs, [n for n in per_layer])
-    groups = find_groups(model, example_inputs, layers)
+    found = find_prunable_layers(model, example_inputs, [n for n in per_layer])
+    if layers is not None or exclude is not None or layer_types is not None:
+        found = select_layers(found, layers, exclude, layer_types)
+        per_layer = {n: v for n, v in per_layer.items() if n in found}
+        if layer_scores:
+            layer_scores = {n: v for n, v in layer_scores.items() if n in found}
+    groups = find_groups(model, example_inputs, found)
     if strategy not in TARGETS:
         p = plan_groups(groups, per_layer, strategy=strategy, ratio=ratio, layer_scores=layer_scores, criterion=criterion, **options)
         p.meta["input_shape"] = [1, *example_inputs.shape[1:]]

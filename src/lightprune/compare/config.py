@@ -66,6 +66,8 @@ class CompareConfig:
     samples_per_class: int = 100
     scoring_classes: list[int] | None = None
     layers: list[str] | None = None
+    exclude: list[str] | None = None
+    layer_types: list[str] | None = None
     finetune: Finetune = field(default_factory=Finetune)
     accelerator: str = "cpu"
     threads: int | None = None
@@ -170,8 +172,13 @@ def build_parser():
     p.add_argument("--scoring_classes", type=list[int] | None, default=None, help="classes of the scoring set (null: all)")
     p.add_argument(
         "--layers", type=list[str] | None, default=None,
-        help="layers to prune (module names), the same for every criterion; null: every prunable layer "
+        help="layers to prune (module names or glob patterns), the same for every criterion; null: every prunable layer "
         "(without bn_scale) or every prunable layer followed by a BatchNorm (with bn_scale)",
+    )
+    p.add_argument("--exclude", type=list[str] | None, default=None, help="layers not pruned (names or glob patterns)")
+    p.add_argument(
+        "--layer_types", type=list[str] | None, default=None,
+        help="layer types pruned: conv and/or linear (null: both); the papers prune convolutions only",
     )
     p.add_argument("--finetune", type=Finetune, default=Finetune(), help="fine-tuning budget (the same for every pair)")
     p.add_argument(
@@ -335,6 +342,8 @@ def validate(ns: Any) -> CompareConfig:
         samples_per_class=samples,
         scoring_classes=classes,
         layers=list(layers) if layers is not None else None,
+        exclude=_str_list(get("exclude")),
+        layer_types=_str_list(get("layer_types")),
         finetune=ft,
         accelerator=get("accelerator"),
         threads=threads,
@@ -365,3 +374,8 @@ def parse_config(argv: list[str]) -> CompareConfig:
     with _no_skip_check_warning():
         ns = build_parser().parse_args(argv)
     return validate(ns)
+
+
+def _str_list(value: Any) -> list[str] | None:
+    """A scalar or a list of strings as a list; None stays None."""
+    return None if value is None else ([value] if isinstance(value, str) else [str(v) for v in value])

@@ -283,11 +283,12 @@ class Comparison:
             ) from None
 
     def _setup_layers(self) -> None:
-        from ..collect import find_prunable_layers
+        from ..collect import find_prunable_layers, select_layers
         from ..criteria import criterion_class
 
         model = self.base_module.model
-        found = find_prunable_layers(model, self.example, self.cfg.layers)
+        found = select_layers(find_prunable_layers(model, self.example), self.cfg.layers, self.cfg.exclude,
+                              self.cfg.layer_types, modules=dict(model.named_modules()))
         if self.cfg.layers is None:
             needs_bn = [c for c in self.cfg.criteria if criterion_class(c).needs_batchnorm]
             if needs_bn:

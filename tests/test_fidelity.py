@@ -1,0 +1,109 @@
+"""Fidelity to the papers (issue 15): layer scope, AFIE per-layer ratios of Lu et al. on VGG-16,
+the entropy quantiser of conv units, the information paper's hybrid split, dead-channel ties."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+import lightprune as lp
+from lightprune.callbacks import PruningCallback
+from lightprune.collect import find_prunable_layers, select_layers
+from lightprune.engine import PruneSpec, plan_for_spec, score_for_spec, spec_layers
+from lightprune.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------------
+# item 2: layer scope
+# ------------------------------------------------------------------------------------------------
+def test_select_layers_names_patterns_exclude_types():
+    net = lp.create_model("cifar_vgg11", 10, width_mult=0.25)
+    found = find_prunable_layers(net)
+    assert list(found)[-1] == "classifier.0"
+    assert list(select_layers(found, layers=["features.0", "classifier.*"])) == ["features.0", "classifier.0"]
+    convs = [n for n, f in found.items() if f.kind == "conv"]
+    assert list(select_layers(found, layer_types="conv")) == convs
+    assert list(select_layers(found, layer_types=["linear"])) == ["classifier.0"]
+    assert list(select_layers(found, layers="features.*", exclude=["features.0", "features.?"])) == convs[3:]
+    with pytest.raises(ConfigError, match=r"layers contains 'feat.*', which matches no prunable layer; prunable layers: \['features.0'"):
+        select_layers(found, layers=["feat.*"])
+    with pytest.raises(ConfigError, match=r"exclude contains 'nope'.*prunable layers: \['features.0'"):
+        select_layers(found, exclude="nope")
+    with pytest.raises(ConfigError, match=r"layer_types contains 'bn'; allowed: conv, linear"):
+        select_layers(found, layer_types="bn")
+    with pytest.raises(ConfigError, match="no layer left to prune"):
+        select_layers(found, layers="features.*", layer_types="linear")
+    with pytest.raises(ConfigError, match=r"'classifier.2', which is the final classifier"):
+        lp.score(net, "l1", layers=["classifier.2"])
+
+
+def test_scope_in_score_plan_spec_callback_compare():
+    net = lp.create_model("cifar_vgg11", 10, width_mult=0.25)
+    x = torch.zeros(1, 3, 32, 32)
+    s = lp.score(net, "l1", layer_types="conv", exclude="features.0")
+    assert "classifier.0" not in s and "features.0" not in s and len(s) == 7
+    full = lp.score(net, "l1")
+    p = lp.plan(net, full, ratio=0.5, example_inputs=x, layers=["features.*"], exclude=["features.4"])
+    assert set(p.ratios) == set(s) - {"features.4"} | {"features.0"}
+    spec = PruneSpec(criterion="l1", layers=["features.*", "classifier.0"], exclude=["features.0"], layer_types=["conv"])
+    assert spec_layers(net, spec, x) == list(s)
+    assert list(score_for_spec(net, spec, None)) == list(s)
+    assert spec.to_dict()["layer_types"] == ["conv"]
+    cb = PruningCallback(criterion="l1", layers=["features.*"], exclude="features.0", layer_types="conv")
+    assert cb.spec.layers == ["features.*"] and cb.spec.exclude == ["features.0"] and cb.spec.layer_types == ["conv"]
+    from lightprune.compare.config import CompareConfig
+    assert {"exclude", "layer_types"} <= set(CompareConfig.__dataclass_fields__)
+
+
+# ------------------------------------------------------------------------------------------------
+# item 2: AFIE on VGG-16 (Lu et al.) through the shipped callback options
+# ------------------------------------------------------------------------------------------------
+#: Lu et al., VGG-16 on CIFAR-10 at an overall ratio of 0.65: conv1 loses 56.19 % of its filters.
+PAPER_CONV1 = 56.19
+
+
+def _afie_closed_form(net: nn.Module, ratio: float) -> np.ndarray:
+    """lambda_l (in %) from the AFIE formula, written independently of lightprune: the kernel-averaged
+    weight's singular values, min-max, softmax, entropy, / c_l; lambda_l = lambda_min AFIE_max / AFIE_l
+    with sum lambda_l c_l = ratio sum c_l (no cap is active at 0.65)."""
+    afie, c = [], []
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            s = np.linalg.svd(m.weight.detach().double().mean(dim=(2, 3)).numpy(), compute_uv=False)
+            s = (s - s.min()) / (s.max() - s.min())
+            p = np.exp(s) / np.exp(s).sum()
+            afie.append(-(p * np.log(p)).sum() / m.out_channels)
+            c.append(m.out_channels)
+    afie_a, c_a = np.array(afie), np.array(c)
+    w = afie_a.max() / afie_a
+    return 100 * ratio * c_a.sum() / (w * c_a).sum() * w
+
+
+@pytest.mark.parametrize("path", ["callbacks/prune_afie.yaml", "configs/prune_vgg16.yaml"])
+def test_afie_vgg16_per_layer_ratios_match_the_paper(path):
+    cfg = yaml.safe_load((ROOT / path).read_text())
+    if "trainer" in cfg:
+        cfg = next(c for c in cfg["trainer"]["callbacks"] if c["class_path"].endswith("PruningCallback"))
+    a = cfg["init_args"]
+    assert a.get("layer_types") == ["conv"]
+    cb = PruningCallback(**a)
+    torch.manual_seed(0)
+    net = lp.create_model("cifar_vgg16", 10)  # random init: AFIE is stable from the start (the paper's claim)
+    scores = score_for_spec(net, cb.spec, None)
+    plan = plan_for_spec(net, scores, cb.spec, torch.zeros(1, 3, 32, 32))
+    convs = [n for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+    assert list(plan.ratios) == convs  # the hidden Linear is not planned
+    got = np.array([100 * plan.ratios[n] for n in convs])
+    ref = _afie_closed_form(net, a["ratio"])
+    assert abs(got[0] - PAPER_CONV1) < 0.5, (got[0], PAPER_CONV1)
+    assert abs(ref[0] - PAPER_CONV1) < 0.5
+    idx = [0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12]  # conv1-conv7, conv9-conv13
+    assert np.abs(got[idx] - ref[idx]).max() < 0.5, np.round(np.c_[got, ref], 2)
+    assert abs(plan.global_ratio - a["ratio"]) < 0.005
