@@ -107,3 +107,36 @@ def test_afie_vgg16_per_layer_ratios_match_the_paper(path):
     idx = [0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12]  # conv1-conv7, conv9-conv13
     assert np.abs(got[idx] - ref[idx]).max() < 0.5, np.round(np.c_[got, ref], 2)
     assert abs(plan.global_ratio - a["ratio"]) < 0.005
+
+
+# ------------------------------------------------------------------------------------------------
+# item 1: entropy ranks conv units by default
+# ------------------------------------------------------------------------------------------------
+def _digits_batches(per_class: int, size: int):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    idx = np.concatenate([np.flatnonzero(d.target == c)[:per_class] for c in range(10)])
+    x = torch.tensor(d.images[idx], dtype=torch.float32).unsqueeze(1) / 16.0
+    x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
+    return [(x, torch.tensor(d.target[idx]))]
+
+
+@pytest.mark.parametrize("model", ["cifar_vgg16", "resnet18"])
+def test_entropy_default_ranks_every_conv_layer(model):
+    """Random-init networks (seed 0), digits upsampled to 32x32, 5 images per class: with the old default
+    (1 bit at each unit's own median) conv layers are flat; with 8 equal-width bins over the layer's
+    range none is."""
+    torch.manual_seed(0)
+    if model == "cifar_vgg16":
+        net = lp.create_model("cifar_vgg16", 10, width_mult=0.25)
+    else:
+        import torchvision
+
+        net = torchvision.models.resnet18(num_classes=10)
+    net.eval()
+    batches = _digits_batches(5, 32)
+    s = lp.score(net, "entropy", batches, layer_types="conv", progress=False)
+    assert s.flat == [], s.flat
+    old = lp.score(net, "entropy", batches, layer_types="conv", quantizer="median", progress=False)
+    assert len(old.flat) >= 1
