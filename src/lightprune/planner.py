@@ -11,7 +11,13 @@ scores (AFIE) are averaged the same way.
 **Counting.** A group of C channels pruned at ratio r removes ``round(r * C)`` channels
 (half-up), keeps at least ``max(1, ceil(min_keep_fraction * C))`` channels, and, with
 ``round_to=N``, keeps a multiple of N (at least N, at most C). The kept channels are the most
-important ones; ties are broken by the lower channel index. Indices are sorted ascending.
+important ones; **ties are broken by a secondary key, the L1 norm of the filter** (``sum |W_i|``
+over the channel's weights, averaged over a group's members; :func:`plan` fills it in from the
+model, the pure :func:`plan_groups` takes it as ``tiebreak=``): among equal importances the channel
+with the smaller filter goes first, so a dead channel (zero filter, all-zero output) is removed
+before live channels it ties with (feature entropy's minimum, KL selectivity / labeled MI of
+class-independent units, AFIE's per-layer constant). Remaining ties: the lower channel index is
+kept. Indices are sorted ascending.
 
 Strategies (``strategy=``):
 
@@ -83,10 +89,12 @@ def _n_keep(channels: int, ratio: float, min_keep_fraction: float, round_to: int
     return min(keep, channels)
 
 
-def _top(importance: torch.Tensor, n_keep: int) -> torch.Tensor:
-    """Indices of the ``n_keep`` largest values, ties -> lower index, returned ascending."""
+def _top(importance: torch.Tensor, n_keep: int, secondary: torch.Tensor | None = None) -> torch.Tensor:
+    """Indices of the ``n_keep`` largest values, ties -> larger ``secondary`` (filter L1), then lower
+    index; returned ascending."""
     imp = importance.double()
-    order = sorted(range(imp.numel()), key=lambda i: (-float(imp[i]), i))
+    sec = secondary.double() if secondary is not None else torch.zeros_like(imp)
+    order = sorted(range(imp.numel()), key=lambda i: (-float(imp[i]), -float(sec[i]), i))
     return torch.tensor(sorted(order[:n_keep]), dtype=torch.long)
 
 
@@ -98,6 +106,18 @@ def _group_importance(group: Group, scores: Mapping[str, torch.Tensor]) -> torch
         if v.numel() != group.channels:
             raise ConfigError(f"scores[{m!r}] has {v.numel()} values but the layer has {group.channels} channels")
     return torch.stack(vals).mean(0)
+
+
+def filter_l1(module: nn.Module) -> torch.Tensor:
+    """The tie-break key: L1 norm of each output channel's weights, (C,) float64 (CRITERIA.md, Planner)."""
+    w = module.weight.detach().double()
+    return w.abs().reshape(w.shape[0], -1).sum(1).cpu()
+
+
+def _group_tiebreak(group: Group, tiebreak: Mapping[str, torch.Tensor] | None) -> torch.Tensor | None:
+    vals = [tiebreak[m].double() for m in group.members if tiebreak and m in tiebreak
+            and tiebreak[m].numel() == group.channels]
+    return torch.stack(vals).mean(0) if vals else None
 
 
 def _afie_ratios(groups: list[Group], layer_scores: Mapping[str, float], ratio: float, caps: list[float]) -> list[float]:
@@ -160,6 +180,7 @@ def plan_groups(
     max_layer_ratio: float = 0.9,
     normalize: str = "minmax",
     criterion: str | None = None,
+    tiebreak: Mapping[str, torch.Tensor] | None = None,
 ) -> Plan:
     """Pure planner on groups and per-layer importance (no model). ``strategy="flops"`` needs
     :func:`plan` (it measures MACs). See the module docstring for the rules."""
@@ -184,7 +205,7 @@ def plan_groups(
     keep: dict[str, torch.Tensor] = {}
     channels: dict[str, int] = {}
     for g, k, v in zip(groups, n_keep, imp, strict=True):
-        idx = _top(v, k)
+        idx = _top(v, k, _group_tiebreak(g, tiebreak))
         for m in g.members:
             keep[m] = idx.clone()
             channels[m] = g.channels
@@ -404,6 +425,7 @@ def plan(
         if layer_scores:
             layer_scores = {n: v for n, v in layer_scores.items() if n in found}
     groups = find_groups(model, example_inputs, found)
+    options.setdefault("tiebreak", {n: filter_l1(info.module) for n, info in found.items()})
     if strategy not in TARGETS:
         p = plan_groups(groups, per_layer, strategy=strategy, ratio=ratio, layer_scores=layer_scores, criterion=criterion, **options)
         p.meta["input_shape"] = [1, *example_inputs.shape[1:]]
