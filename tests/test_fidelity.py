@@ -140,3 +140,67 @@ def test_entropy_default_ranks_every_conv_layer(model):
     assert s.flat == [], s.flat
     old = lp.score(net, "entropy", batches, layer_types="conv", quantizer="median", progress=False)
     assert len(old.flat) >= 1
+
+
+# ------------------------------------------------------------------------------------------------
+# item 3: the information paper's hybrid (MI shallow, KL selectivity deep), mlp and alexnet
+# ------------------------------------------------------------------------------------------------
+def test_model_zoo_mlp_and_alexnet():
+    mlp = lp.create_model("mlp", 10, in_channels=1)
+    assert mlp(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    assert mlp(torch.zeros(2, 1, 32, 32)).shape == (2, 10)  # pooled to 8x8 first
+    assert list(find_prunable_layers(mlp, torch.zeros(1, 1, 8, 8))) == ["layers.2", "layers.4", "layers.6"]
+    sig = lp.create_model("mlp", 10, in_channels=1, activation="sigmoid", hidden=[20, 10])
+    assert [type(m).__name__ for m in sig.layers] == ["AdaptiveAvgPool2d", "Flatten", "Linear", "Sigmoid", "Linear", "Sigmoid", "Linear"]
+    alex = lp.create_model("alexnet", 10, width_mult=0.125).eval()
+    assert alex(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    found = find_prunable_layers(alex, torch.zeros(1, 3, 32, 32))
+    assert [f.kind for f in found.values()] == ["conv"] * 5 + ["linear"] * 2
+    assert [f.out_channels for f in found.values()][:5] == [8, 24, 48, 32, 32]
+    full = lp.create_model("alexnet", 10)
+    assert [m.out_channels for m in full.features if isinstance(m, nn.Conv2d)] == [64, 192, 384, 256, 256]
+    with pytest.raises(ConfigError, match="activation='tanh' is not allowed"):
+        lp.create_model("mlp", 10, activation="tanh")
+    # one prune through the engine on each
+    from lightprune.engine import run_prune
+
+    x, y = torch.randn(20, 1, 8, 8), torch.arange(20) % 10
+    res = run_prune(mlp, [(x, y)], PruneSpec(criterion="entropy", ratio=0.5), latency_inputs=None)
+    assert mlp.layers[2].out_features == 64 and res.plan.strategy == "uniform"
+    res = run_prune(alex, [(torch.randn(20, 3, 32, 32), y)], PruneSpec(criterion="l1", ratio=0.5, layer_types="conv"),
+                    latency_inputs=None)
+    assert alex.features[0].out_channels == 4 and alex.classifier[1].out_features == 512
+
+
+def test_hybrid_criteria_by_depth_information_paper():
+    from lightprune.data import resolve_scoring_set
+
+    a = yaml.safe_load((ROOT / "callbacks/prune_info_hybrid.yaml").read_text())["init_args"]
+    cb = PruningCallback(**a)
+    assert cb.spec.criteria == ["mutual_information", "kl_selectivity"] and cb.criterion_name == "mutual_information+kl_selectivity"
+    torch.manual_seed(0)
+    net = lp.create_model("mlp", 10, in_channels=1, hidden=[16, 16, 16, 16, 16, 16]).eval()
+    batches = _digits_batches(10, 8)
+    batches = [(x[:, :1], y) for x, y in batches]
+    scoring = resolve_scoring_set(batches)
+    per = score_for_spec(net, PruneSpec(criterion=a["criterion"], depth_split=a["depth_split"]), scoring)
+    names = list(find_prunable_layers(net, batches[0][0][:1]))
+    assert [per[n].criterion for n in names] == ["mutual_information"] * 2 + ["kl_selectivity"] * 4  # 1:2
+    mi = lp.score(net, "mutual_information", batches, progress=False)
+    kl = lp.score(net, "kl_selectivity", batches, progress=False)
+    for n in names[:2]:
+        assert torch.equal(per[n][n], mi[n])
+    for n in names[2:]:
+        assert torch.equal(per[n][n], kl[n])
+    from lightprune.engine import fallback_layers
+
+    assert fallback_layers(per) == []
+    p = plan_for_spec(net, per, cb.spec, batches[0][0][:1])
+    assert p.criterion == "kl_selectivity+mutual_information"
+    # the same through the "+" spelling, with per-criterion hyperparameters
+    spec = PruneSpec(criterion="mutual_information+kl_selectivity", criterion_kwargs={"kl_selectivity": {"quantizer": "width", "bins": 4}})
+    assert spec.split_points() == [0.5] and spec.kwargs_for("kl_selectivity") == {"quantizer": "width", "bins": 4}
+    with pytest.raises(ConfigError, match="depth_split=\\[0.5, 0.2\\] is not allowed"):
+        PruneSpec(criterion=["l1", "fpgm"], depth_split=[0.5, 0.2])
+    with pytest.raises(ConfigError, match="depth_split is only used with several criteria"):
+        PruneSpec(criterion="l1", depth_split=[0.5])

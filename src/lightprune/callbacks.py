@@ -237,7 +237,11 @@ class PruningCallback(Callback):
       part j is pruned at ``ratio`` at epoch ``at_epoch + j * finetune_epochs``.
 
     Args:
-        criterion: registered criterion name, default ``"l1"``.
+        criterion: registered criterion name, default ``"l1"``; or several (a list) for per-layer
+            criteria by depth (``PruneSpec.criterion``; Liu, Amjad & Geiger:
+            ``[mutual_information, kl_selectivity]`` with ``depth_split: [0.3333]``).
+        depth_split: split points of several criteria (fractions of the layers, execution order);
+            default equal parts.
         strategy: planner strategy (``uniform``, ``afie``, ``global``, ``manual``) or target
             (``flops``, ``params``), default ``uniform``.
         ratio: final fraction of channels removed (targets: of MACs / parameters), in [0, 1); default 0.5.
@@ -273,7 +277,7 @@ class PruningCallback(Callback):
 
     def __init__(
         self,
-        criterion: str = "l1",
+        criterion: str | list[str] = "l1",
         strategy: str = "uniform",
         ratio: float = 0.5,
         at_epoch: int = 1,
@@ -297,16 +301,20 @@ class PruningCallback(Callback):
         evaluate_after_prune: bool = True,
         evaluate_splits: list[str] | None = None,
         latency_batch_size: int = 32,
+        depth_split: list[float] | None = None,
     ) -> None:
-        self.criterion_name = criterion
         self.criterion_kwargs = dict(criterion_kwargs or {})
-        create_criterion(criterion, **self.criterion_kwargs)  # hyperparameters checked now
         self.spec = PruneSpec(
-            criterion=criterion, criterion_kwargs=self.criterion_kwargs, fallback=fallback_criterion,
+            criterion=criterion if isinstance(criterion, str) else list(criterion),
+            criterion_kwargs=self.criterion_kwargs, fallback=fallback_criterion,
+            depth_split=list(depth_split) if depth_split is not None else None,
             strategy=strategy, ratio=ratio, strategy_kwargs=dict(strategy_kwargs or {}),
             layers=_listed(layers), exclude=_listed(exclude), layer_types=_listed(layer_types),
             bias_balancing=bool(bias_balancing),
         )
+        for name in self.spec.criteria:
+            create_criterion(name, **self.spec.kwargs_for(name))  # hyperparameters checked now
+        self.criterion_name = self.spec.criterion_label
         self.strategy, self.ratio = strategy, float(ratio)
         self.schedule_name = schedule
         self.schedule = make_schedule(

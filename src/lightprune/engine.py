@@ -39,7 +39,7 @@ from .data import ScoringSet, resolve_scoring_set
 from .errors import ConfigError, check_fraction
 from .evaluation import model_device
 from .plan import Plan
-from .planner import list_strategies, plan
+from .planner import list_strategies, plan, scores_by_depth
 from .surgery import PruneReport, prune
 
 __all__ = [
@@ -56,8 +56,14 @@ class PruneSpec:
     """What one prune does.
 
     Attributes:
-        criterion: registered criterion name (``lightprune.list_criteria()``).
-        criterion_kwargs: its hyperparameters.
+        criterion: registered criterion name (``lightprune.list_criteria()``), or several for
+            **per-layer criteria by depth** (a list, or names joined by ``"+"``): the first
+            ``depth_split[0]`` fraction of the scoped layers (execution order) is ranked by the first
+            criterion, the next part by the second, ... (:func:`lightprune.planner.scores_by_depth`).
+            Liu, Amjad & Geiger: ``["mutual_information", "kl_selectivity"]``, ``depth_split=[1/3]``.
+        criterion_kwargs: its hyperparameters; with several criteria ``{name: {hyperparameters}}``.
+        depth_split: the split points (fractions in (0, 1), increasing), one fewer than criteria;
+            default: equal parts.
         fallback: criterion for the layers ``criterion`` cannot rank (flat scores), or None.
         strategy: planner strategy or target search (``lightprune.planner.list_strategies()``).
         ratio: fraction of channels removed (targets: of MACs / parameters), in [0, 1).
@@ -72,8 +78,9 @@ class PruneSpec:
         bias_balancing: replace removed channels by their mean (CRITERIA.md "Bias balancing").
     """
 
-    criterion: str = "l1"
+    criterion: str | Sequence[str] = "l1"
     criterion_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    depth_split: Sequence[float] | None = None
     fallback: str | None = None
     strategy: str = "uniform"
     ratio: float = 0.5
@@ -85,15 +92,59 @@ class PruneSpec:
     bias_balancing: bool = False
 
     def __post_init__(self) -> None:
-        criterion_class(self.criterion)  # unknown names fail now, listing the known ones
+        names = self.criteria
+        for name in names:
+            criterion_class(name)  # unknown names fail now, listing the known ones
+        if len(names) > 1:
+            unknown = [k for k in self.criterion_kwargs if k not in names]
+            if unknown:
+                raise ConfigError(
+                    f"criterion_kwargs with several criteria is {{criterion: {{hyperparameters}}}}; {unknown} "
+                    f"are not among {names}"
+                )
+            if self.depth_split is not None:
+                split = [float(f) for f in self.depth_split]
+                if len(split) != len(names) - 1 or any(not 0 < f < 1 for f in split) or split != sorted(split):
+                    raise ConfigError(
+                        f"depth_split={list(self.depth_split)!r} is not allowed: give {len(names) - 1} increasing "
+                        f"fraction(s) in (0, 1) for criteria {names}"
+                    )
+        elif self.depth_split is not None:
+            raise ConfigError("depth_split is only used with several criteria (per-layer criteria by depth)")
         if self.fallback is not None:
             criterion_class(self.fallback)
         if self.strategy not in list_strategies():
             raise ConfigError(f"strategy={self.strategy!r} is not allowed; choose one of: {', '.join(list_strategies())}")
         check_fraction("ratio", self.ratio)
 
+    @property
+    def criteria(self) -> list[str]:
+        """The criterion names (one, or several by depth)."""
+        c = self.criterion
+        return [p.strip() for p in c.split("+")] if isinstance(c, str) else [str(p) for p in c]
+
+    @property
+    def criterion_label(self) -> str:
+        """``"mutual_information+kl_selectivity"`` for several criteria, else the name."""
+        return "+".join(self.criteria)
+
+    def kwargs_for(self, name: str) -> dict[str, Any]:
+        """Hyperparameters of criterion ``name``."""
+        if len(self.criteria) > 1:
+            return dict(self.criterion_kwargs.get(name) or {})
+        return dict(self.criterion_kwargs)
+
+    def split_points(self) -> list[float]:
+        """``depth_split``, or equal parts."""
+        n = len(self.criteria)
+        return [float(f) for f in self.depth_split] if self.depth_split is not None else [i / n for i in range(1, n)]
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        if not isinstance(self.criterion, str):
+            d["criterion"] = list(self.criterion)
+        if self.depth_split is not None:
+            d["depth_split"] = [float(f) for f in self.depth_split]
         d["criterion_kwargs"], d["strategy_kwargs"] = dict(self.criterion_kwargs), dict(self.strategy_kwargs)
         for key in ("layers", "exclude", "layer_types"):
             v = getattr(self, key)
@@ -149,27 +200,37 @@ def score_for_spec(
         return score(model, name, batches if cls.needs_data else None, num_classes=num_classes,
                      progress=progress, **where, **kw)
 
-    s = run(spec.criterion, scope, spec.criterion_kwargs)
-    if needs_layer_scores(spec) and not s.layer_scores:
-        ls = run(spec.layer_score_criterion, list(s), {}).layer_scores
-        if not ls:
-            raise ConfigError(f"layer_score_criterion={spec.layer_score_criterion!r} gives no layer scores")
-        s = Scores(dict(s.items()), s.criterion, layer_scores=ls, meta=s.meta, cannot_rank=s.flat)
-    flat = s.flat
-    if spec.fallback is None or not flat:
+    def with_layer_scores(s: Scores) -> Scores:
+        if needs_layer_scores(spec) and not s.layer_scores:
+            ls = run(spec.layer_score_criterion, list(s), {}).layer_scores
+            if not ls:
+                raise ConfigError(f"layer_score_criterion={spec.layer_score_criterion!r} gives no layer scores")
+            s = Scores(dict(s.items()), s.criterion, layer_scores=ls, meta=s.meta, cannot_rank=s.flat)
         return s
+
+    raw = [with_layer_scores(run(c, scope, spec.kwargs_for(c))) for c in spec.criteria]
+    if len(raw) == 1:
+        s = raw[0]
+        per: dict[str, Scores] | None = None
+        flat = s.flat
+    else:
+        per = scores_by_depth(raw, spec.split_points())
+        flat = [n for n, sc in per.items() if n in sc.flat]
+        s = raw[0]
+    if spec.fallback is None or not flat:
+        return s if per is None else per
     fb = run(spec.fallback, flat, {})
-    if s.layer_scores:
-        fb = Scores(dict(fb.items()), fb.criterion, layer_scores=s.layer_scores, meta=fb.meta)
-    return {n: (fb if n in flat else s) for n in s}
+    fb = Scores(dict(fb.items()), fb.criterion, layer_scores=s.layer_scores if s.layer_scores else None,
+                meta={**fb.meta, "fallback": True})
+    base = per if per is not None else {n: s for n in s}
+    return {n: (fb if n in flat else sc) for n, sc in base.items()}
 
 
 def fallback_layers(scores: Scores | Mapping[str, Scores]) -> list[str]:
     """Layers whose scores came from the fallback criterion in a :func:`score_for_spec` result."""
     if isinstance(scores, Scores):
         return []
-    first = next(iter(scores.values()))
-    return [n for n, s in scores.items() if s.criterion != first.criterion] if scores else []
+    return [n for n, s in scores.items() if s.meta.get("fallback")]
 
 
 def plan_for_spec(model: nn.Module, scores: Scores | Mapping[str, Scores], spec: PruneSpec, example_inputs: torch.Tensor,
