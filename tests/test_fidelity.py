@@ -204,3 +204,35 @@ def test_hybrid_criteria_by_depth_information_paper():
         PruneSpec(criterion=["l1", "fpgm"], depth_split=[0.5, 0.2])
     with pytest.raises(ConfigError, match="depth_split is only used with several criteria"):
         PruneSpec(criterion="l1", depth_split=[0.5])
+
+
+def test_compare_accepts_the_hybrid(tmp_path):
+    from lightprune.compare import Comparison, parse_config
+    from lightprune.engine import merge_per_layer
+
+    cfg = parse_config([
+        "--config", str(ROOT / "configs" / "compare_criteria.yaml"), "--run_dir", str(tmp_path),
+        "--criteria", '["l1", "mutual_information+kl_selectivity"]', "--depth_split", "[0.3333]",
+        "--criterion_hparams", '{"mutual_information+kl_selectivity": {"kl_selectivity": {"quantizer": "width", "bins": 4}}}',
+        "--layer_types", "[conv]", "--exclude", '["features.0"]', "--wandb", "false",
+    ])
+    assert cfg.criteria == ["l1", "mutual_information+kl_selectivity"] and cfg.depth_split == [0.3333]
+    assert cfg.layer_types == ["conv"] and cfg.exclude == ["features.0"]
+    cmp = Comparison(cfg, echo=lambda *a: None)
+    cmp.layers = ["a", "b", "c"]
+    spec = cmp._spec("mutual_information+kl_selectivity", 0.5)
+    assert spec.criteria == ["mutual_information", "kl_selectivity"] and spec.split_points() == [0.3333]
+    assert spec.kwargs_for("kl_selectivity") == {"quantizer": "width", "bins": 4}
+    assert cmp._spec("l1", 0.5).depth_split is None
+    with pytest.raises(ConfigError, match="criteria contains 'mutual_information\\+nope'"):
+        parse_config(["--config", str(ROOT / "configs" / "compare_criteria.yaml"), "--run_dir", str(tmp_path),
+                      "--criteria", '["mutual_information+nope"]'])
+    # the per-layer result is stored as one Scores (compare caches and correlates one per criterion)
+    net = lp.create_model("mlp", 10, in_channels=1, hidden=[8, 8, 8])
+    batches = [(torch.randn(20, 1, 8, 8), torch.arange(20) % 10)]
+    from lightprune.data import resolve_scoring_set
+
+    per = score_for_spec(net, PruneSpec(criterion=["entropy", "l1"], depth_split=[1 / 3]), resolve_scoring_set(batches))
+    one = merge_per_layer(per, "entropy+l1")
+    assert one.meta["criterion_by_layer"] == {"layers.2": "entropy", "layers.4": "l1", "layers.6": "l1"}
+    assert torch.equal(one["layers.4"], per["layers.4"]["layers.4"])

@@ -44,7 +44,7 @@ from .surgery import PruneReport, prune
 
 __all__ = [
     "PruneSpec", "PruneResult", "score_for_spec", "plan_for_spec", "run_prune", "evaluate_splits", "fallback_layers",
-    "needs_layer_scores", "LAYER_SCORE_STRATEGIES", "spec_layers",
+    "needs_layer_scores", "LAYER_SCORE_STRATEGIES", "spec_layers", "merge_per_layer",
 ]
 
 #: strategies that allocate ratios from layer-level scores (``Scores.layer_scores``)
@@ -224,6 +224,18 @@ def score_for_spec(
                 meta={**fb.meta, "fallback": True})
     base = per if per is not None else {n: s for n in s}
     return {n: (fb if n in flat else sc) for n, sc in base.items()}
+
+
+def merge_per_layer(scores: Scores | Mapping[str, Scores], criterion: str | None = None) -> Scores:
+    """One :class:`Scores` from a ``{layer: Scores}`` result (per-layer criteria, fallback): the
+    layer's tensor from its own Scores; ``meta["criterion_by_layer"]`` says which criterion ranked it."""
+    if isinstance(scores, Scores):
+        return scores
+    by_layer = {n: s.criterion for n, s in scores.items()}
+    ls = {n: s.layer_scores[n] for n, s in scores.items() if s.layer_scores and n in s.layer_scores}
+    label = criterion or "+".join(dict.fromkeys(by_layer.values()))
+    return Scores({n: s[n] for n, s in scores.items()}, label, layer_scores=ls or None,
+                  meta={"criterion_by_layer": by_layer}, cannot_rank=[n for n, s in scores.items() if n in s.flat])
 
 
 def fallback_layers(scores: Scores | Mapping[str, Scores]) -> list[str]:

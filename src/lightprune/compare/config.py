@@ -68,6 +68,7 @@ class CompareConfig:
     layers: list[str] | None = None
     exclude: list[str] | None = None
     layer_types: list[str] | None = None
+    depth_split: list[float] | None = None
     finetune: Finetune = field(default_factory=Finetune)
     accelerator: str = "cpu"
     threads: int | None = None
@@ -175,6 +176,11 @@ def build_parser():
         help="layers to prune (module names or glob patterns), the same for every criterion; null: every prunable layer "
         "(without bn_scale) or every prunable layer followed by a BatchNorm (with bn_scale)",
     )
+    p.add_argument(
+        "--depth_split", type=list[float] | None, default=None,
+        help="split points of per-layer criteria 'a+b' (fractions of the layers in execution order; null: equal "
+        "parts); the information paper: mutual_information+kl_selectivity with [0.3333]",
+    )
     p.add_argument("--exclude", type=list[str] | None, default=None, help="layers not pruned (names or glob patterns)")
     p.add_argument(
         "--layer_types", type=list[str] | None, default=None,
@@ -239,8 +245,14 @@ def _criteria(names: list[str]) -> list[str]:
         return known
     out: list[str] = []
     for name in names:
-        if name not in known:
-            raise ConfigError(f"criteria contains {name!r}, which is not a registered criterion; known criteria: {', '.join(known)}")
+        parts = [p.strip() for p in str(name).split("+")]  # "a+b": per-layer criteria by depth (depth_split)
+        for part in parts:
+            if part not in known:
+                raise ConfigError(
+                    f"criteria contains {name!r}, which is not a registered criterion (or 'a+b' of registered ones, "
+                    f"per-layer by depth); known criteria: {', '.join(known)}"
+                )
+        name = "+".join(parts)
         if name in out:
             raise ConfigError(f"criteria contains {name!r} twice")
         out.append(name)
@@ -277,7 +289,15 @@ def validate(ns: Any) -> CompareConfig:
             raise ConfigError(f"criterion_hparams names {name!r}, which is not among the compared criteria: {', '.join(criteria)}")
         if not isinstance(hp, dict):
             raise ConfigError(f"criterion_hparams[{name!r}]={hp!r} is not allowed; give a mapping of hyperparameters")
-        create_criterion(name, **hp)  # raises ConfigError on bad hyperparameters
+        if "+" in name:  # per-layer criteria: {part: {hyperparameters}}
+            for part, sub in hp.items():
+                if part not in name.split("+") or not isinstance(sub, dict):
+                    raise ConfigError(
+                        f"criterion_hparams[{name!r}] must map each of {name.split('+')} to its hyperparameters; got {part!r}: {sub!r}"
+                    )
+                create_criterion(part, **sub)
+        else:
+            create_criterion(name, **hp)  # raises ConfigError on bad hyperparameters
     strategy = get("strategy")
     if strategy == "manual":
         raise ConfigError(
@@ -344,6 +364,7 @@ def validate(ns: Any) -> CompareConfig:
         layers=list(layers) if layers is not None else None,
         exclude=_str_list(get("exclude")),
         layer_types=_str_list(get("layer_types")),
+        depth_split=[float(f) for f in get("depth_split")] if get("depth_split") is not None else None,
         finetune=ft,
         accelerator=get("accelerator"),
         threads=threads,
