@@ -249,8 +249,8 @@ def _criteria(names: list[str]) -> list[str]:
         for part in parts:
             if part not in known:
                 raise ConfigError(
-                    f"criteria contains {name!r}, which is not a registered criterion (or 'a+b' of registered ones, "
-                    f"per-layer by depth); known criteria: {', '.join(known)}"
+                    f"criteria contains {name!r}, which is not a registered criterion; known criteria: {', '.join(known)} "
+                    "(several joined by '+': per-layer criteria by depth)"
                 )
         name = "+".join(parts)
         if name in out:
