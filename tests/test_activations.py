@@ -124,7 +124,10 @@ CONV_EXPECTED = {
     "apoz": [1 - 11 / 20, 1 - 14 / 20],
     # ch0: a = (7/8, 5/12);  ch1: a = (1/8, 3/4)
     "class_selectivity": [(7 / 8 - 5 / 12) / (7 / 8 + 5 / 12 + 1e-12), (3 / 4 - 1 / 8) / (3 / 4 + 1 / 8 + 1e-12)],
-    "entropy": [_HT, _HT],
+    # entropy's conv default: 8 equal-width bins over the layer's range [0, 5/4], edges j 5/32:
+    # ch0 t = (3/4, 1, 0, 1/4, 1) -> levels 4 6 0 1 6;  ch1 t = (1/4, 0, 1, 5/4, 0) -> levels 1 0 6 7 0
+    # (with quantizer="median" both would be H(2/5, 3/5), see test_median_and_quantile_edges_and_ties)
+    "entropy": [H(2 / 5, 1 / 5, 1 / 5, 1 / 5), H(2 / 5, 1 / 5, 1 / 5, 1 / 5)],
     "mutual_information": _MI,
     # ch0: y=0: (1/2, 1/2) vs (3/5, 2/5) = 1/2 log(25/24) = 0.0204 beats y=1: (2/3, 1/3) = 0.0095
     # ch1: y=0: (1, 0) vs (3/5, 2/5) = log(5/3) beats y=1: (1/3, 2/3) = 0.1446
@@ -164,6 +167,13 @@ def test_median_and_quantile_edges_and_ties():
     m = InformationMetric(2, quantizer="median")
     m.update(torch.tensor([[1.0, 7.0], [2.0, 7.0], [3.0, 7.0], [4.0, 7.0]]))
     torch.testing.assert_close(m.compute().reshape(-1), torch.tensor([LOG2, 0.0], dtype=torch.float64), rtol=0, atol=1e-12)
+    # equal-width bins over the layer's range [0, 6] (both units): edges 2 and 4; 2.0 and 4.0 go down.
+    # unit 0: 0 1 2 | 3 4 | 5 6 -> 3/7 2/7 2/7; unit 1: 1 1 1 1 1 1 6 -> levels 0 x6, 2 x1
+    m = InformationMetric(2, quantizer="width", bins=3)
+    m.update(torch.tensor([[0.0, 1.0], [1.0, 1.0], [2.0, 1.0], [3.0, 1.0], [4.0, 1.0], [5.0, 1.0], [6.0, 6.0]]))
+    torch.testing.assert_close(
+        m.compute().reshape(-1), torch.tensor([H(3 / 7, 2 / 7, 2 / 7), H(6 / 7, 1 / 7)], dtype=torch.float64), rtol=0, atol=1e-12
+    )
     # explicit threshold: a value equal to it goes to the lower bin
     m = InformationMetric(1, quantizer="threshold", threshold=1.0)
     m.update(torch.tensor([[1.0], [1.0], [1.0], [1.5]]))
@@ -244,9 +254,13 @@ def ref_quantile(values, q):
     return a + w * (b - a) if w < 0.5 else b - (b - a) * (1 - w)
 
 
-def ref_levels(values, threshold, bins):
+def ref_levels(values, threshold, bins, width_range=None):
     if threshold is not None:
         return [1 if v > threshold else 0 for v in values]
+    if width_range is not None:  # equal-width bins over the layer's range (lo, hi)
+        lo, hi = width_range
+        edges = [lo + j / bins * (hi - lo) for j in range(1, bins)]
+        return [sum(1 for e in edges if v > e) for v in values]
     edges = [ref_quantile(values, j / bins) for j in range(1, bins)]
     return [sum(1 for e in edges if v > e) for v in values]
 
@@ -285,17 +299,19 @@ def ref_information(levels, y, k, measure):
     return best
 
 
-def reference(name, acts, y, k, threshold=None, bins=2):
-    """acts: per image, per channel, a nested list (conv map) or a float (Linear)."""
+def reference(name, acts, y, k, threshold=None, bins=2, width=False):
+    """acts: per image, per channel, a nested list (conv map) or a float (Linear); ``width``: equal-width
+    bins over the layer's range (all units)."""
     if name == "apoz":
         return ref_apoz(acts)
     t = [[ref_unit_output(unit) for unit in image] for image in acts]
     if name == "class_selectivity":
         return ref_class_selectivity(t, y, k)
     out = []
+    rng = (min(min(r) for r in t), max(max(r) for r in t)) if width else None
     for c in range(len(t[0])):
         column = [t[i][c] for i in range(len(t))]
-        out.append(ref_information(ref_levels(column, threshold, bins), y, k, name))
+        out.append(ref_information(ref_levels(column, threshold, bins, rng), y, k, name))
     return out
 
 
@@ -312,11 +328,12 @@ def random_net(last_activation: nn.Module) -> nn.Sequential:
 RANDOM_CASES = [
     ("apoz", {}, "relu"),
     ("class_selectivity", {}, "relu"),
-    *[(name, {}, "relu") for name in INFO],  # conv: median; Linear: 1 bit at 0
+    *[(name, {}, "relu") for name in INFO],  # conv: median (entropy: 8 equal-width bins); Linear: 1 bit at 0
     *[(name, {}, "sigmoid") for name in INFO],  # Linear: 1 bit at 0.5
     *[(name, {"quantizer": "median"}, "relu") for name in INFO],
     *[(name, {"quantizer": "threshold", "threshold": 0.05}, "relu") for name in INFO],
     *[(name, {"quantizer": "quantile", "bins": 3}, "relu") for name in INFO],
+    *[(name, {"quantizer": "width", "bins": 3}, "relu") for name in INFO],
 ]
 
 
@@ -334,15 +351,18 @@ def test_streaming_equals_plain_loop_reference(name, hp, act, num_classes):
     results = [score(net, name, x, y, batch_size=bs, num_classes=num_classes, **hp) for bs in (1, 3, n)]
     seen = []
     for layer, a in acts.items():
+        width = False
         if hp.get("quantizer") == "threshold":
             threshold, bins = hp["threshold"], 2
-        elif hp.get("quantizer") == "quantile":
-            threshold, bins = None, hp["bins"]
+        elif hp.get("quantizer") in ("quantile", "width"):
+            threshold, bins, width = None, hp["bins"], hp["quantizer"] == "width"
+        elif hp.get("quantizer") is None and name == "entropy" and layer != "5":  # entropy's conv default
+            threshold, bins, width = None, 8, True
         elif hp.get("quantizer") is None and layer == "5":  # the default for a Linear neuron
             threshold, bins = (0.0 if act == "relu" else 0.5), 2
         else:  # the median
             threshold, bins = None, 2
-        expected = torch.tensor(reference(name, a.tolist(), y_list, num_classes, threshold, bins), dtype=torch.float64)
+        expected = torch.tensor(reference(name, a.tolist(), y_list, num_classes, threshold, bins, width), dtype=torch.float64)
         for bs, s in zip((1, 3, n), results, strict=True):
             torch.testing.assert_close(
                 s[layer], expected, rtol=0, atol=1e-6, msg=lambda m, lay=layer, b=bs: f"layer {lay}, batch {b}: {m}"
@@ -425,7 +445,7 @@ def test_dead_channel_ranks_least_important(name):
         ({"quantizer": "quantile", "bins": 2.5}, r"bins=2.5 is not allowed; it must be an integer >= 2"),
         ({"quantizer": "quantile", "bins": True}, r"bins=True is not allowed"),
         ({"quantizer": "quantile"}, r"quantizer='quantile' needs bins="),
-        ({"quantizer": "median", "bins": 3}, r"bins=3 is only used with quantizer='quantile'; got quantizer='median'"),
+        ({"quantizer": "median", "bins": 3}, r"bins=3 is only used with quantizer='quantile' or 'width'; got quantizer='median'"),
         ({"threshold": 0.2}, r"threshold=0.2 is only used with quantizer='threshold'; got quantizer='auto'"),
         ({"quantizer": "threshold", "threshold": "0"}, r"threshold='0' is not allowed; it must be a finite number"),
         ({"quantizer": "threshold", "threshold": float("nan")}, r"threshold=nan is not allowed"),

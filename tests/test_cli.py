@@ -155,6 +155,7 @@ def test_prune_resnet50_config_on_a_tiny_image_folder(tmp_path):
 SNIPPET_RUNS = {
     "prune_afie.yaml": (1, ["--trainer.callbacks.init_args.at_epoch=0"]),
     "prune_feature_entropy.yaml": (1, ["--trainer.callbacks.init_args.at_epoch=0"]),
+    "prune_info_hybrid.yaml": (1, ["--trainer.callbacks.init_args.at_epoch=0"]),
     "prune_iterative.yaml": (3, ["--trainer.callbacks.init_args.at_epoch=0"]),
     "prune_l1.yaml": (1, ["--trainer.callbacks.init_args.at_epoch=0"]),
     "prune_progressive.yaml": (4, ["--trainer.callbacks.init_args.at_epoch=0"]),

@@ -56,7 +56,7 @@ def test_width_mult():
 
 
 def test_unknown_model_lists_names():
-    with pytest.raises(UnknownNameError, match="Unknown model 'vgg99'. Known models: cifar_resnet18, .*resnet50, .*vgg16_bn"):
+    with pytest.raises(UnknownNameError, match="Unknown model 'vgg99'. Known models: alexnet, cifar_resnet18, .*mlp, .*resnet50, .*vgg16_bn"):
         lp.create_model("vgg99", 10)
 
 

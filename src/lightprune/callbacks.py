@@ -31,7 +31,7 @@ from typing_extensions import override
 from .collect import find_prunable_layers
 from .criteria import Scores, create_criterion, score
 from .data import resolve_scoring_set
-from .engine import PruneSpec, run_prune
+from .engine import PruneSpec, run_prune, spec_layers
 from .errors import ConfigError, check_positive_int
 from .graph import find_groups
 from .lightning_glue import (
@@ -51,6 +51,11 @@ from .schedules import SCHEDULES, PruneEvent, make_schedule
 __all__ = ["ScoreCallback", "PruningCallback", "PruneRecord", "SCHEDULES"]
 
 EVAL_SPLITS = ("val", "test")
+
+
+def _listed(value: str | list[str] | None) -> list[str] | None:
+    """A YAML scalar or list as a list (``layer_types: conv`` or ``[conv]``); None stays None."""
+    return None if value is None else ([value] if isinstance(value, str) else list(value))
 
 
 def _log(trainer: L.Trainer, metrics: dict[str, float]) -> None:
@@ -238,7 +243,11 @@ class PruningCallback(Callback):
       part j is pruned at ``ratio`` at epoch ``at_epoch + j * finetune_epochs``.
 
     Args:
-        criterion: registered criterion name, default ``"l1"``.
+        criterion: registered criterion name, default ``"l1"``; or several (a list) for per-layer
+            criteria by depth (``PruneSpec.criterion``; Liu, Amjad & Geiger:
+            ``[mutual_information, kl_selectivity]`` with ``depth_split: [0.3333]``).
+        depth_split: split points of several criteria (fractions of the layers, execution order);
+            default equal parts.
         strategy: planner strategy (``uniform``, ``afie``, ``global``, ``manual``) or target
             (``flops``, ``params``), default ``uniform``.
         ratio: final fraction of channels removed (targets: of MACs / parameters), in [0, 1); default 0.5.
@@ -254,7 +263,10 @@ class PruningCallback(Callback):
         strategy_kwargs: options of the planner (``round_to``, ``max_layer_ratio``, ``ratios``, ...).
         fallback_criterion: for the layers ``criterion`` cannot rank (``Scores.flat``: every channel
             the same score, e.g. feature entropy on maps smaller than 3x3), this criterion's scores; default None.
-        layers: prune only these layers (default: every prunable layer).
+        layers: prune only these layers: names or glob patterns (default: every prunable layer).
+        exclude: names or glob patterns not pruned.
+        layer_types: ``"conv"`` and/or ``"linear"`` (default both; the papers prune convolutions only:
+            ``layer_types: [conv]``). Scope: :func:`lightprune.collect.select_layers`.
         samples_per_class, classes, batch_size: the scoring set (default 100 per class, all classes, 100).
         model_attr: attribute holding the network; default None: ``model`` when present, else the
             LightningModule's single child network, else the module itself.
@@ -283,7 +295,7 @@ class PruningCallback(Callback):
 
     def __init__(
         self,
-        criterion: str = "l1",
+        criterion: str | list[str] = "l1",
         strategy: str = "uniform",
         ratio: float = 0.5,
         at_epoch: int = 1,
@@ -298,6 +310,8 @@ class PruningCallback(Callback):
         strategy_kwargs: dict[str, Any] | None = None,
         fallback_criterion: str | None = None,
         layers: list[str] | None = None,
+        exclude: list[str] | None = None,
+        layer_types: list[str] | None = None,
         samples_per_class: int = 100,
         classes: list[int] | None = None,
         batch_size: int = 100,
@@ -311,17 +325,22 @@ class PruningCallback(Callback):
         reconstruct_kwargs: dict[str, Any] | None = None,
         carry_optimizer_state: bool = True,
         teacher: bool | None = None,
+        depth_split: list[float] | None = None,
     ) -> None:
-        self.criterion_name = criterion
         self.criterion_kwargs = dict(criterion_kwargs or {})
-        create_criterion(criterion, **self.criterion_kwargs)  # hyperparameters checked now
         self.spec = PruneSpec(
-            criterion=criterion, criterion_kwargs=self.criterion_kwargs, fallback=fallback_criterion,
+            criterion=criterion if isinstance(criterion, str) else list(criterion),
+            criterion_kwargs=self.criterion_kwargs, fallback=fallback_criterion,
+            depth_split=list(depth_split) if depth_split is not None else None,
             strategy=strategy, ratio=ratio, strategy_kwargs=dict(strategy_kwargs or {}),
-            layers=list(layers) if layers is not None else None, bias_balancing=bool(bias_balancing),
+            layers=_listed(layers), exclude=_listed(exclude), layer_types=_listed(layer_types),
+            bias_balancing=bool(bias_balancing),
             recalibrate_bn=bool(recalibrate_bn), reconstruct=bool(reconstruct),
             reconstruct_kwargs=dict(reconstruct_kwargs or {}),
         )
+        for name in self.spec.criteria:
+            create_criterion(name, **self.spec.kwargs_for(name))  # hyperparameters checked now
+        self.criterion_name = self.spec.criterion_label
         self.recalibration_batches = (
             None if recalibration_batches is None else check_positive_int("recalibration_batches", recalibration_batches)
         )
@@ -433,7 +452,7 @@ class PruningCallback(Callback):
         if self._events is None:  # progressive: needs example inputs to find the coupled groups
             net = get_network(pl_module, self.model_attr)
             x = scoring_set_for_trainer(trainer, 1, self.classes, 1).example_inputs(1, next(net.parameters()).device)
-            layers = find_prunable_layers(net, x, self.spec.layers)
+            layers = find_prunable_layers(net, x, spec_layers(net, self.spec, x))
             self._events = self.schedule.events([g.members for g in find_groups(net, x, layers)])
             _check_epochs("at_epoch", [e.epoch for e in self._events], trainer)
         return self._events

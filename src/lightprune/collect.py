@@ -33,7 +33,8 @@ capture then stops at the BatchNorm (or the layer).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import fnmatch
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -43,7 +44,7 @@ from torch import nn
 from .errors import ConfigError
 from .evaluation import inference
 
-__all__ = ["PrunableLayer", "find_prunable_layers", "capture_activations", "ACTIVATIONS"]
+__all__ = ["PrunableLayer", "find_prunable_layers", "select_layers", "capture_activations", "ACTIVATIONS", "LAYER_TYPES"]
 
 ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.ReLU,
@@ -209,6 +210,98 @@ def _locate_capture(info: PrunableLayer, calls: list[_Call]) -> None:
         chain.append(type(current.module).__name__)
         info.activation = current.module
     info.capture, info.capture_call, info.chain = current.name, current.index, tuple(chain)
+
+
+#: values of ``layer_types=`` in :func:`select_layers` (:attr:`PrunableLayer.kind`)
+LAYER_TYPES = ("conv", "linear")
+
+
+def _as_list(value: str | Sequence[str] | None, what: str) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    out = list(value)
+    for v in out:
+        if not isinstance(v, str):
+            raise ConfigError(f"{what} must be names or glob patterns (strings); got {v!r}")
+    return out
+
+
+def select_layers(
+    found: Mapping[str, PrunableLayer],
+    layers: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    layer_types: str | Sequence[str] | None = None,
+    *,
+    modules: Mapping[str, nn.Module] | None = None,
+) -> dict[str, PrunableLayer]:
+    """The layer scope, written once: the layers of ``found`` (in its order) that are selected.
+
+    Every front end (``lp.score``, ``lp.plan``, the engine's ``PruneSpec``, ``PruningCallback``,
+    ``compare``) selects its layers here.
+
+    Args:
+        found: the prunable layers (:func:`find_prunable_layers`).
+        layers: names or ``fnmatch`` glob patterns (``"features.*"``, ``"layer[12].*.conv?"``); a layer
+            is kept when it matches any of them. None: every layer.
+        exclude: names or glob patterns removed afterwards.
+        layer_types: ``"conv"`` and/or ``"linear"`` (:attr:`PrunableLayer.kind`); None: both.
+        modules: ``dict(model.named_modules())``, only to explain a name that matches nothing.
+
+    Raises:
+        ConfigError: an entry of ``layers`` or ``exclude`` that matches no prunable layer (the
+            message lists them), an unknown layer type, or an empty selection.
+
+    Example::
+
+        >>> import lightprune as lp
+        >>> from lightprune.collect import find_prunable_layers, select_layers
+        >>> found = find_prunable_layers(lp.create_model("cifar_vgg11", 10, width_mult=0.25))
+        >>> list(select_layers(found, layers="features.*", exclude=["features.0"]))[:2]
+        ['features.4', 'features.8']
+        >>> list(select_layers(found, layer_types="linear"))
+        ['classifier.0']
+    """
+    names = list(found)
+    wanted = _as_list(layers, "layers")
+    dropped = _as_list(exclude, "exclude")
+    types = _as_list(layer_types, "layer_types")
+
+    def match(what: str, patterns: list[str]) -> set[str]:
+        hit: set[str] = set()
+        for pat in patterns:
+            m = {n for n in names if n == pat or fnmatch.fnmatchcase(n, pat)}
+            if not m:
+                why = "which matches no prunable layer"
+                if modules is not None and pat in modules:
+                    last = [n for n, mod in modules.items() if isinstance(mod, nn.Linear)]
+                    mod = modules[pat]
+                    if isinstance(mod, nn.Linear) and last and pat == last[-1]:
+                        why = "which is the final classifier, not a prunable layer"
+                    else:
+                        why = f"which is a {type(mod).__name__}, not a prunable layer"
+                elif modules is not None and not any(ch in pat for ch in "*?["):
+                    why = "which is not a module of the model"
+                raise ConfigError(f"{what} contains {pat!r}, {why}; prunable layers: {names}")
+            hit |= m
+        return hit
+
+    keep = match("layers", wanted) if wanted is not None else set(names)
+    if dropped:
+        keep -= match("exclude", dropped)
+    if types is not None:
+        for t in types:
+            if t not in LAYER_TYPES:
+                raise ConfigError(f"layer_types contains {t!r}; allowed: {', '.join(LAYER_TYPES)}")
+        keep = {n for n in keep if found[n].kind in types}
+    out = {n: found[n] for n in names if n in keep}
+    if not out and names:
+        raise ConfigError(
+            f"no layer left to prune after layers={layers!r}, exclude={exclude!r}, layer_types={layer_types!r}; "
+            f"prunable layers: {names}"
+        )
+    return out
 
 
 @contextmanager

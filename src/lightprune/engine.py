@@ -33,18 +33,18 @@ import torch
 from torch import nn
 
 from . import evaluation
-from .collect import find_prunable_layers
+from .collect import find_prunable_layers, select_layers
 from .criteria import Scores, criterion_class, score
 from .data import ScoringSet, resolve_scoring_set
 from .errors import ConfigError, check_fraction
 from .evaluation import model_device
 from .plan import Plan
-from .planner import list_strategies, plan
+from .planner import list_strategies, plan, scores_by_depth
 from .surgery import PruneReport, prune
 
 __all__ = [
     "PruneSpec", "PruneResult", "score_for_spec", "plan_for_spec", "run_prune", "evaluate_splits", "fallback_layers",
-    "needs_layer_scores", "LAYER_SCORE_STRATEGIES",
+    "needs_layer_scores", "LAYER_SCORE_STRATEGIES", "spec_layers", "merge_per_layer",
 ]
 
 #: strategies that allocate ratios from layer-level scores (``Scores.layer_scores``)
@@ -56,13 +56,23 @@ class PruneSpec:
     """What one prune does.
 
     Attributes:
-        criterion: registered criterion name (``lightprune.list_criteria()``).
-        criterion_kwargs: its hyperparameters.
+        criterion: registered criterion name (``lightprune.list_criteria()``), or several for
+            **per-layer criteria by depth** (a list, or names joined by ``"+"``): the first
+            ``depth_split[0]`` fraction of the scoped layers (execution order) is ranked by the first
+            criterion, the next part by the second, ... (:func:`lightprune.planner.scores_by_depth`).
+            Liu, Amjad & Geiger: ``["mutual_information", "kl_selectivity"]``, ``depth_split=[1/3]``.
+        criterion_kwargs: its hyperparameters; with several criteria ``{name: {hyperparameters}}``.
+        depth_split: the split points (fractions in (0, 1), increasing), one fewer than criteria;
+            default: equal parts.
         fallback: criterion for the layers ``criterion`` cannot rank (flat scores), or None.
         strategy: planner strategy or target search (``lightprune.planner.list_strategies()``).
         ratio: fraction of channels removed (targets: of MACs / parameters), in [0, 1).
         strategy_kwargs: planner options (``round_to``, ``max_layer_ratio``, ``ratios``, ``base_strategy``, ...).
-        layers: restrict scoring and planning to these layers (None: every prunable layer).
+        layers: restrict scoring and planning to these layers: names or glob patterns (None: every
+            prunable layer).
+        exclude: names or glob patterns left out of the scope.
+        layer_types: ``"conv"`` and/or ``"linear"`` (None: both). The scope (``layers``, ``exclude``,
+            ``layer_types``) is resolved by :func:`lightprune.collect.select_layers`, the one selection.
         layer_score_criterion: criterion giving layer-level scores when the strategy needs them and
             ``criterion`` gives none (default ``"afie"``).
         bias_balancing: replace removed channels by their mean (CRITERIA.md "Bias balancing").
@@ -72,13 +82,16 @@ class PruneSpec:
         reconstruct_kwargs: its options (``ridge``, ``positions``, ``max_batches``, ``seed``).
     """
 
-    criterion: str = "l1"
+    criterion: str | Sequence[str] = "l1"
     criterion_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    depth_split: Sequence[float] | None = None
     fallback: str | None = None
     strategy: str = "uniform"
     ratio: float = 0.5
     strategy_kwargs: Mapping[str, Any] = field(default_factory=dict)
     layers: Sequence[str] | None = None
+    exclude: Sequence[str] | None = None
+    layer_types: Sequence[str] | None = None
     layer_score_criterion: str = "afie"
     bias_balancing: bool = False
     recalibrate_bn: bool = True
@@ -86,18 +99,64 @@ class PruneSpec:
     reconstruct_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        criterion_class(self.criterion)  # unknown names fail now, listing the known ones
+        names = self.criteria
+        for name in names:
+            criterion_class(name)  # unknown names fail now, listing the known ones
+        if len(names) > 1:
+            unknown = [k for k in self.criterion_kwargs if k not in names]
+            if unknown:
+                raise ConfigError(
+                    f"criterion_kwargs with several criteria is {{criterion: {{hyperparameters}}}}; {unknown} "
+                    f"are not among {names}"
+                )
+            if self.depth_split is not None:
+                split = [float(f) for f in self.depth_split]
+                if len(split) != len(names) - 1 or any(not 0 < f < 1 for f in split) or split != sorted(split):
+                    raise ConfigError(
+                        f"depth_split={list(self.depth_split)!r} is not allowed: give {len(names) - 1} increasing "
+                        f"fraction(s) in (0, 1) for criteria {names}"
+                    )
+        elif self.depth_split is not None:
+            raise ConfigError("depth_split is only used with several criteria (per-layer criteria by depth)")
         if self.fallback is not None:
             criterion_class(self.fallback)
         if self.strategy not in list_strategies():
             raise ConfigError(f"strategy={self.strategy!r} is not allowed; choose one of: {', '.join(list_strategies())}")
         check_fraction("ratio", self.ratio)
 
+    @property
+    def criteria(self) -> list[str]:
+        """The criterion names (one, or several by depth)."""
+        c = self.criterion
+        return [p.strip() for p in c.split("+")] if isinstance(c, str) else [str(p) for p in c]
+
+    @property
+    def criterion_label(self) -> str:
+        """``"mutual_information+kl_selectivity"`` for several criteria, else the name."""
+        return "+".join(self.criteria)
+
+    def kwargs_for(self, name: str) -> dict[str, Any]:
+        """Hyperparameters of criterion ``name``."""
+        if len(self.criteria) > 1:
+            return dict(self.criterion_kwargs.get(name) or {})
+        return dict(self.criterion_kwargs)
+
+    def split_points(self) -> list[float]:
+        """``depth_split``, or equal parts."""
+        n = len(self.criteria)
+        return [float(f) for f in self.depth_split] if self.depth_split is not None else [i / n for i in range(1, n)]
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        if not isinstance(self.criterion, str):
+            d["criterion"] = list(self.criterion)
+        if self.depth_split is not None:
+            d["depth_split"] = [float(f) for f in self.depth_split]
         d["criterion_kwargs"], d["strategy_kwargs"] = dict(self.criterion_kwargs), dict(self.strategy_kwargs)
         d["reconstruct_kwargs"] = dict(self.reconstruct_kwargs)
-        d["layers"] = list(self.layers) if self.layers is not None else None
+        for key in ("layers", "exclude", "layer_types"):
+            v = getattr(self, key)
+            d[key] = ([v] if isinstance(v, str) else list(v)) if v is not None else None
         return d
 
 
@@ -133,41 +192,65 @@ def score_for_spec(
 
     ``seed`` is passed to criteria that declare ``seeded`` (unless ``criterion_kwargs`` sets one).
     """
-    layers = layers if layers is not None else spec.layers
+    scope: dict[str, Any] = {"layers": layers} if layers is not None else {
+        "layers": spec.layers, "exclude": spec.exclude, "layer_types": spec.layer_types}
     batches = scoring.batches if scoring is not None else None
     num_classes = scoring.num_classes if scoring is not None else None
 
-    def run(name: str, names: Sequence[str] | None, kwargs: Mapping[str, Any]) -> Scores:
+    def run(name: str, names: Sequence[str] | None | dict[str, Any], kwargs: Mapping[str, Any]) -> Scores:
         cls = criterion_class(name)
         kw = dict(kwargs)
         if cls.seeded and seed is not None:
             kw.setdefault("seed", seed)
         if cls.needs_data and batches is None:
             raise ConfigError(f"criterion {name!r} needs a scoring set: give the data (a data module or batches)")
-        return score(model, name, batches if cls.needs_data else None, layers=names, num_classes=num_classes,
-                     progress=progress, **kw)
+        where = names if isinstance(names, dict) else {"layers": names}
+        return score(model, name, batches if cls.needs_data else None, num_classes=num_classes,
+                     progress=progress, **where, **kw)
 
-    s = run(spec.criterion, layers, spec.criterion_kwargs)
-    if needs_layer_scores(spec) and not s.layer_scores:
-        ls = run(spec.layer_score_criterion, list(s), {}).layer_scores
-        if not ls:
-            raise ConfigError(f"layer_score_criterion={spec.layer_score_criterion!r} gives no layer scores")
-        s = Scores(dict(s.items()), s.criterion, layer_scores=ls, meta=s.meta, cannot_rank=s.flat)
-    flat = s.flat
-    if spec.fallback is None or not flat:
+    def with_layer_scores(s: Scores) -> Scores:
+        if needs_layer_scores(spec) and not s.layer_scores:
+            ls = run(spec.layer_score_criterion, list(s), {}).layer_scores
+            if not ls:
+                raise ConfigError(f"layer_score_criterion={spec.layer_score_criterion!r} gives no layer scores")
+            s = Scores(dict(s.items()), s.criterion, layer_scores=ls, meta=s.meta, cannot_rank=s.flat)
         return s
+
+    raw = [with_layer_scores(run(c, scope, spec.kwargs_for(c))) for c in spec.criteria]
+    if len(raw) == 1:
+        s = raw[0]
+        per: dict[str, Scores] | None = None
+        flat = s.flat
+    else:
+        per = scores_by_depth(raw, spec.split_points())
+        flat = [n for n, sc in per.items() if n in sc.flat]
+        s = raw[0]
+    if spec.fallback is None or not flat:
+        return s if per is None else per
     fb = run(spec.fallback, flat, {})
-    if s.layer_scores:
-        fb = Scores(dict(fb.items()), fb.criterion, layer_scores=s.layer_scores, meta=fb.meta)
-    return {n: (fb if n in flat else s) for n in s}
+    fb = Scores(dict(fb.items()), fb.criterion, layer_scores=s.layer_scores if s.layer_scores else None,
+                meta={**fb.meta, "fallback": True})
+    base = per if per is not None else {n: s for n in s}
+    return {n: (fb if n in flat else sc) for n, sc in base.items()}
+
+
+def merge_per_layer(scores: Scores | Mapping[str, Scores], criterion: str | None = None) -> Scores:
+    """One :class:`Scores` from a ``{layer: Scores}`` result (per-layer criteria, fallback): the
+    layer's tensor from its own Scores; ``meta["criterion_by_layer"]`` says which criterion ranked it."""
+    if isinstance(scores, Scores):
+        return scores
+    by_layer = {n: s.criterion for n, s in scores.items()}
+    ls = {n: s.layer_scores[n] for n, s in scores.items() if s.layer_scores and n in s.layer_scores}
+    label = criterion or "+".join(dict.fromkeys(by_layer.values()))
+    return Scores({n: s[n] for n, s in scores.items()}, label, layer_scores=ls or None,
+                  meta={"criterion_by_layer": by_layer}, cannot_rank=[n for n, s in scores.items() if n in s.flat])
 
 
 def fallback_layers(scores: Scores | Mapping[str, Scores]) -> list[str]:
     """Layers whose scores came from the fallback criterion in a :func:`score_for_spec` result."""
     if isinstance(scores, Scores):
         return []
-    first = next(iter(scores.values()))
-    return [n for n, s in scores.items() if s.criterion != first.criterion] if scores else []
+    return [n for n, s in scores.items() if s.meta.get("fallback")]
 
 
 def plan_for_spec(model: nn.Module, scores: Scores | Mapping[str, Scores], spec: PruneSpec, example_inputs: torch.Tensor,
@@ -268,6 +351,13 @@ def evaluate_splits(model: nn.Module, evaluate_on: Mapping[str, Any] | None, num
 
 
 def prunable_layer_names(model: nn.Module, example_inputs: torch.Tensor | None = None,
-                         layers: Sequence[str] | None = None) -> list[str]:
-    """Names of the prunable layers (execution order with example inputs)."""
-    return list(find_prunable_layers(model, example_inputs, layers))
+                         layers: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
+                         layer_types: Sequence[str] | None = None) -> list[str]:
+    """Names of the selected prunable layers (execution order with example inputs)."""
+    found = find_prunable_layers(model, example_inputs)
+    return list(select_layers(found, layers, exclude, layer_types, modules=dict(model.named_modules())))
+
+
+def spec_layers(model: nn.Module, spec: PruneSpec, example_inputs: torch.Tensor | None = None) -> list[str]:
+    """The layers ``spec``'s scope selects (:func:`lightprune.collect.select_layers`)."""
+    return prunable_layer_names(model, example_inputs, spec.layers, spec.exclude, spec.layer_types)

@@ -20,7 +20,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from .errors import ConfigError, InputSizeError, UnknownNameError, check_choice
 
-__all__ = ["create_model", "list_models", "model_info", "ModelInfo", "CifarVGG"]
+__all__ = ["create_model", "list_models", "model_info", "ModelInfo", "CifarVGG", "MLP", "CifarAlexNet"]
 
 # VGG layouts: numbers are conv widths, "M" a 2x2 max-pool.
 VGG_CFGS: dict[str, list[int | str]] = {
@@ -86,6 +86,83 @@ class CifarVGG(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.avgpool(self.features(x))
         return self.classifier(torch.flatten(x, 1))
+
+
+class MLP(nn.Module):
+    """Fully connected network on flattened images (the information-measures paper's setting, Liu,
+    Amjad & Geiger: fully connected networks on flattened digit images, ReLU or sigmoid units).
+
+    The image is average-pooled to ``input_size`` x ``input_size`` (8: the native size of the digits
+    data set; a no-op there) and flattened; then ``hidden`` Linear layers, each followed by the
+    activation, and the classifier. Our choice where the paper's exact widths were not available to
+    us: ``hidden=(128, 64, 32)``.
+
+    Args:
+        num_classes: outputs (>= 2).
+        in_channels: image channels.
+        hidden: hidden widths (each multiplied by ``width_mult``, at least 4).
+        activation: ``"relu"`` (default) or ``"sigmoid"`` (the paper studies both).
+        input_size: side the image is pooled to before flattening, default 8.
+        width_mult: multiplies the hidden widths, default 1.0.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, hidden: tuple[int, ...] | list[int] = (128, 64, 32),
+                 activation: str = "relu", input_size: int = 8, width_mult: float = 1.0) -> None:
+        super().__init__()
+        check_choice("activation", activation, ("relu", "sigmoid"))
+        if not width_mult > 0:
+            raise ConfigError(f"width_mult={width_mult!r} is not allowed; it must be > 0")
+        layers: list[nn.Module] = [nn.AdaptiveAvgPool2d(input_size), nn.Flatten()]
+        c_in = in_channels * input_size * input_size
+        for h in hidden:
+            w = max(4, int(round(h * width_mult)))
+            layers += [nn.Linear(c_in, w), nn.ReLU(inplace=True) if activation == "relu" else nn.Sigmoid()]
+            c_in = w
+        layers.append(nn.Linear(c_in, num_classes))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class CifarAlexNet(nn.Module):
+    """AlexNet for small inputs (32x32; the AFIE paper, Lu et al., prunes AlexNet on MNIST): torchvision's
+    five convs (64, 192, 384, 256, 256) with 3x3 kernels, the first with stride 2, three 2x2 max-pools,
+    no BatchNorm (as the original), then a 2x2 adaptive average pool and the 4096-4096-classes head
+    with dropout.
+
+    Args:
+        num_classes: outputs (>= 2).
+        in_channels: image channels (1 or 3).
+        width_mult: multiplies every conv and hidden width (at least 4), default 1.0.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0) -> None:
+        super().__init__()
+        if not width_mult > 0:
+            raise ConfigError(f"width_mult={width_mult!r} is not allowed; it must be > 0")
+
+        def w(c: int) -> int:
+            return max(4, int(round(c * width_mult)))
+
+        c = [w(64), w(192), w(384), w(256), w(256)]
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, c[0], 3, stride=2, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(c[0], c[1], 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(c[1], c[2], 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c[2], c[3], 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c[3], c[4], 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d(2)
+        h = w(4096)
+        self.classifier = nn.Sequential(
+            nn.Dropout(0.5), nn.Linear(c[4] * 4, h), nn.ReLU(inplace=True),
+            nn.Dropout(0.5), nn.Linear(h, h), nn.ReLU(inplace=True),
+            nn.Linear(h, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
 def _replace_first_conv(model: nn.Module, in_channels: int) -> nn.Module:
@@ -168,6 +245,8 @@ _register("cifar_vgg16", _cifar_vgg("vgg16"), 32, 32, "vgg")
 _register("cifar_resnet18", _cifar_resnet(BasicBlock, [2, 2, 2, 2]), 32, 8, "resnet")
 _register("cifar_resnet34", _cifar_resnet(BasicBlock, [3, 4, 6, 3]), 32, 8, "resnet")
 _register("cifar_resnet50", _cifar_resnet(Bottleneck, [3, 4, 6, 3]), 32, 8, "resnet")
+_register("alexnet", lambda num_classes, in_channels, **kw: CifarAlexNet(num_classes, in_channels, **kw), 32, 16, "alexnet")
+_register("mlp", lambda num_classes, in_channels, **kw: MLP(num_classes, in_channels, **kw), 8, 1, "mlp")
 
 
 def list_models() -> list[str]:

@@ -11,7 +11,13 @@ scores (AFIE) are averaged the same way.
 **Counting.** A group of C channels pruned at ratio r removes ``round(r * C)`` channels
 (half-up), keeps at least ``max(1, ceil(min_keep_fraction * C))`` channels, and, with
 ``round_to=N``, keeps a multiple of N (at least N, at most C). The kept channels are the most
-important ones; ties are broken by the lower channel index. Indices are sorted ascending.
+important ones; **ties are broken by a secondary key, the L1 norm of the filter** (``sum |W_i|``
+over the channel's weights, averaged over a group's members; :func:`plan` fills it in from the
+model, the pure :func:`plan_groups` takes it as ``tiebreak=``): among equal importances the channel
+with the smaller filter goes first, so a dead channel (zero filter, all-zero output) is removed
+before live channels it ties with (feature entropy's minimum, KL selectivity / labeled MI of
+class-independent units, AFIE's per-layer constant). Remaining ties: the lower channel index is
+kept. Indices are sorted ascending.
 
 Strategies (``strategy=``):
 
@@ -46,7 +52,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .collect import find_prunable_layers
+from .collect import find_prunable_layers, select_layers
 from .criteria.base import Scores
 from .errors import ConfigError, check_choice, check_fraction, check_positive_int
 from .graph import Group, find_groups
@@ -83,10 +89,12 @@ def _n_keep(channels: int, ratio: float, min_keep_fraction: float, round_to: int
     return min(keep, channels)
 
 
-def _top(importance: torch.Tensor, n_keep: int) -> torch.Tensor:
-    """Indices of the ``n_keep`` largest values, ties -> lower index, returned ascending."""
+def _top(importance: torch.Tensor, n_keep: int, secondary: torch.Tensor | None = None) -> torch.Tensor:
+    """Indices of the ``n_keep`` largest values, ties -> larger ``secondary`` (filter L1), then lower
+    index; returned ascending."""
     imp = importance.double()
-    order = sorted(range(imp.numel()), key=lambda i: (-float(imp[i]), i))
+    sec = secondary.double() if secondary is not None else torch.zeros_like(imp)
+    order = sorted(range(imp.numel()), key=lambda i: (-float(imp[i]), -float(sec[i]), i))
     return torch.tensor(sorted(order[:n_keep]), dtype=torch.long)
 
 
@@ -98,6 +106,18 @@ def _group_importance(group: Group, scores: Mapping[str, torch.Tensor]) -> torch
         if v.numel() != group.channels:
             raise ConfigError(f"scores[{m!r}] has {v.numel()} values but the layer has {group.channels} channels")
     return torch.stack(vals).mean(0)
+
+
+def filter_l1(module: nn.Module) -> torch.Tensor:
+    """The tie-break key: L1 norm of each output channel's weights, (C,) float64 (CRITERIA.md, Planner)."""
+    w = module.weight.detach().double()
+    return w.abs().reshape(w.shape[0], -1).sum(1).cpu()
+
+
+def _group_tiebreak(group: Group, tiebreak: Mapping[str, torch.Tensor] | None) -> torch.Tensor | None:
+    vals = [tiebreak[m].double() for m in group.members if tiebreak and m in tiebreak
+            and tiebreak[m].numel() == group.channels]
+    return torch.stack(vals).mean(0) if vals else None
 
 
 def _afie_ratios(groups: list[Group], layer_scores: Mapping[str, float], ratio: float, caps: list[float]) -> list[float]:
@@ -160,6 +180,7 @@ def plan_groups(
     max_layer_ratio: float = 0.9,
     normalize: str = "minmax",
     criterion: str | None = None,
+    tiebreak: Mapping[str, torch.Tensor] | None = None,
 ) -> Plan:
     """Pure planner on groups and per-layer importance (no model). ``strategy="flops"`` needs
     :func:`plan` (it measures MACs). See the module docstring for the rules."""
@@ -184,7 +205,7 @@ def plan_groups(
     keep: dict[str, torch.Tensor] = {}
     channels: dict[str, int] = {}
     for g, k, v in zip(groups, n_keep, imp, strict=True):
-        idx = _top(v, k)
+        idx = _top(v, k, _group_tiebreak(g, tiebreak))
         for m in g.members:
             keep[m] = idx.clone()
             channels[m] = g.channels
@@ -361,6 +382,9 @@ def plan(
     example_inputs: torch.Tensor | None = None,
     base_strategy: str = "uniform",
     tolerance: float = 0.005,
+    layers: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    layer_types: str | Sequence[str] | None = None,
     **options: Any,
 ) -> Plan:
     """Plan which channels to keep in every scored layer of ``model``.
@@ -377,6 +401,9 @@ def plan(
             coupled groups and, for ``flops``, to count MACs.
         base_strategy: the strategy whose global ratio ``flops`` searches, default ``uniform``.
         tolerance: ``flops`` stops when the MACs reduction is within this of ``ratio`` (default 0.005).
+        layers, exclude, layer_types: plan only these of the scored layers (names or glob patterns,
+            names or patterns left out, ``"conv"`` / ``"linear"``;
+            :func:`lightprune.collect.select_layers`); the others keep every channel.
         **options: ``ratios`` (manual), ``round_to``, ``min_keep_fraction`` (0.01),
             ``max_layer_ratio`` (0.9, global), ``normalize`` (global).
 
@@ -391,8 +418,14 @@ def plan(
     if example_inputs is None:
         raise ConfigError("example_inputs is needed to find coupled layers: pass e.g. torch.zeros(1, 3, 32, 32)")
     per_layer, criterion, layer_scores = _flatten_scores(scores)
-    layers = find_prunable_layers(model, example_inputs, [n for n in per_layer])
-    groups = find_groups(model, example_inputs, layers)
+    found = find_prunable_layers(model, example_inputs, [n for n in per_layer])
+    if layers is not None or exclude is not None or layer_types is not None:
+        found = select_layers(found, layers, exclude, layer_types)
+        per_layer = {n: v for n, v in per_layer.items() if n in found}
+        if layer_scores:
+            layer_scores = {n: v for n, v in layer_scores.items() if n in found}
+    groups = find_groups(model, example_inputs, found)
+    options.setdefault("tiebreak", {n: filter_l1(info.module) for n, info in found.items()})
     if strategy not in TARGETS:
         p = plan_groups(groups, per_layer, strategy=strategy, ratio=ratio, layer_scores=layer_scores, criterion=criterion, **options)
         p.meta["input_shape"] = [1, *example_inputs.shape[1:]]

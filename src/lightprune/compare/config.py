@@ -72,6 +72,9 @@ class CompareConfig:
     samples_per_class: int = 100
     scoring_classes: list[int] | None = None
     layers: list[str] | None = None
+    exclude: list[str] | None = None
+    layer_types: list[str] | None = None
+    depth_split: list[float] | None = None
     finetune: Finetune = field(default_factory=Finetune)
     recalibrate_bn: bool = True
     reconstruct: bool = False
@@ -178,7 +181,7 @@ def build_parser():
     p.add_argument("--scoring_classes", type=list[int] | None, default=None, help="classes of the scoring set (null: all)")
     p.add_argument(
         "--layers", type=list[str] | None, default=None,
-        help="layers to prune (module names), the same for every criterion; null: every prunable layer "
+        help="layers to prune (module names or glob patterns), the same for every criterion; null: every prunable layer "
         "(without bn_scale) or every prunable layer followed by a BatchNorm (with bn_scale)",
     )
     p.add_argument("--recalibrate_bn", type=bool, default=True,
@@ -186,6 +189,16 @@ def build_parser():
                    "right after the prune is also reported without it (test_acc_before_ft_no_recovery)")
     p.add_argument("--reconstruct", type=bool, default=False,
                    help="least-squares reconstruction of the layers that lost inputs, right after each prune")
+    p.add_argument(
+        "--depth_split", type=list[float] | None, default=None,
+        help="split points of per-layer criteria 'a+b' (fractions of the layers in execution order; null: equal "
+        "parts); the information paper: mutual_information+kl_selectivity with [0.3333]",
+    )
+    p.add_argument("--exclude", type=list[str] | None, default=None, help="layers not pruned (names or glob patterns)")
+    p.add_argument(
+        "--layer_types", type=list[str] | None, default=None,
+        help="layer types pruned: conv and/or linear (null: both); the papers prune convolutions only",
+    )
     p.add_argument("--finetune", type=Finetune, default=Finetune(), help="fine-tuning budget (the same for every pair)")
     p.add_argument(
         "--accelerator", type=str, default="cpu",
@@ -245,8 +258,14 @@ def _criteria(names: list[str]) -> list[str]:
         return known
     out: list[str] = []
     for name in names:
-        if name not in known:
-            raise ConfigError(f"criteria contains {name!r}, which is not a registered criterion; known criteria: {', '.join(known)}")
+        parts = [p.strip() for p in str(name).split("+")]  # "a+b": per-layer criteria by depth (depth_split)
+        for part in parts:
+            if part not in known:
+                raise ConfigError(
+                    f"criteria contains {name!r}, which is not a registered criterion; known criteria: {', '.join(known)} "
+                    "(several joined by '+': per-layer criteria by depth)"
+                )
+        name = "+".join(parts)
         if name in out:
             raise ConfigError(f"criteria contains {name!r} twice")
         out.append(name)
@@ -283,7 +302,15 @@ def validate(ns: Any) -> CompareConfig:
             raise ConfigError(f"criterion_hparams names {name!r}, which is not among the compared criteria: {', '.join(criteria)}")
         if not isinstance(hp, dict):
             raise ConfigError(f"criterion_hparams[{name!r}]={hp!r} is not allowed; give a mapping of hyperparameters")
-        create_criterion(name, **hp)  # raises ConfigError on bad hyperparameters
+        if "+" in name:  # per-layer criteria: {part: {hyperparameters}}
+            for part, sub in hp.items():
+                if part not in name.split("+") or not isinstance(sub, dict):
+                    raise ConfigError(
+                        f"criterion_hparams[{name!r}] must map each of {name.split('+')} to its hyperparameters; got {part!r}: {sub!r}"
+                    )
+                create_criterion(part, **sub)
+        else:
+            create_criterion(name, **hp)  # raises ConfigError on bad hyperparameters
     strategy = get("strategy")
     if strategy == "manual":
         raise ConfigError(
@@ -344,7 +371,10 @@ def validate(ns: Any) -> CompareConfig:
         "recipe_overrides": [str(a) for a in (get("recipe_overrides") or [])], "train_epochs": train_epochs,
         "criteria": criteria, "criterion_hparams": hparams, "strategy": strategy, "strategy_options": options,
         "ratios": ratios, "seed": int(get("seed")), "samples_per_class": samples, "scoring_classes": classes,
-        "layers": list(layers) if layers is not None else None, "finetune": ft, "accelerator": get("accelerator"),
+        "layers": list(layers) if layers is not None else None, "exclude": _str_list(get("exclude")),
+        "layer_types": _str_list(get("layer_types")),
+        "depth_split": [float(f) for f in get("depth_split")] if get("depth_split") is not None else None,
+        "finetune": ft, "accelerator": get("accelerator"),
         "recalibrate_bn": bool(get("recalibrate_bn")), "reconstruct": bool(get("reconstruct")),
         "threads": threads, "latency_batch_size": check_positive_int("latency_batch_size", get("latency_batch_size")),
         "latency_runs": check_positive_int("latency_runs", get("latency_runs")), "save_weights": bool(get("save_weights")),
@@ -370,3 +400,8 @@ def parse_config(argv: list[str]) -> CompareConfig:
     with _no_skip_check_warning():
         ns = build_parser().parse_args(argv)
     return validate(ns)
+
+
+def _str_list(value: Any) -> list[str] | None:
+    """A scalar or a list of strings as a list; None stays None."""
+    return None if value is None else ([value] if isinstance(value, str) else [str(v) for v in value])

@@ -277,13 +277,14 @@ class Comparison:
             ) from None
 
     def _setup_layers(self) -> None:
-        from ..collect import find_prunable_layers
+        from ..collect import find_prunable_layers, select_layers
         from ..criteria import criterion_class
 
         model = self.base_module.model
-        found = find_prunable_layers(model, self.example, self.cfg.layers)
+        found = select_layers(find_prunable_layers(model, self.example), self.cfg.layers, self.cfg.exclude,
+                              self.cfg.layer_types, modules=dict(model.named_modules()))
         if self.cfg.layers is None:
-            needs_bn = [c for c in self.cfg.criteria if criterion_class(c).needs_batchnorm]
+            needs_bn = [c for c in self.cfg.criteria if any(criterion_class(p).needs_batchnorm for p in c.split("+"))]
             if needs_bn:
                 dropped = [n for n, info in found.items() if info.norm is None]
                 found = {n: info for n, info in found.items() if info.norm is not None}
@@ -336,6 +337,7 @@ class Comparison:
             "scoring_classes": c.scoring_classes,
             "seed": c.seed,
             "layers": self.layers,
+            "depth_split": c.depth_split if "+" in criterion else None,
             "layer_scores": needs_layer_scores(self._spec(criterion, 0.0)),
             "checkpoint": self.ckpt_digest,
             "data": _digest(self._data_signature()),
@@ -345,6 +347,14 @@ class Comparison:
         from ..criteria import criterion_class
 
         hp = dict(self.cfg.criterion_hparams.get(criterion, {}))
+        if "+" in criterion:  # per-layer criteria by depth: {part: {hyperparameters}}
+            out = {}
+            for part in criterion.split("+"):
+                sub = dict(hp.get(part) or {})
+                if criterion_class(part).seeded:
+                    sub.setdefault("seed", self.cfg.seed)
+                out[part] = sub
+            return out
         if criterion_class(criterion).seeded:
             hp.setdefault("seed", self.cfg.seed)
         return hp
@@ -354,7 +364,8 @@ class Comparison:
 
         return PruneSpec(criterion=criterion, criterion_kwargs=self._criterion_hparams(criterion), strategy=self.cfg.strategy,
                          ratio=ratio, strategy_kwargs=dict(self.cfg.strategy_options), layers=self.layers,
-                         recalibrate_bn=self.cfg.recalibrate_bn, reconstruct=self.cfg.reconstruct)
+                         recalibrate_bn=self.cfg.recalibrate_bn, reconstruct=self.cfg.reconstruct,
+                         depth_split=self.cfg.depth_split if "+" in criterion else None)
 
     def _scoring(self):
         from ..data import resolve_scoring_set
@@ -367,7 +378,7 @@ class Comparison:
         import lightning as L
 
         from ..criteria import Scores
-        from ..engine import score_for_spec
+        from ..engine import merge_per_layer, score_for_spec
 
         if criterion in self.scores:
             return self.scores[criterion]
@@ -383,6 +394,8 @@ class Comparison:
         L.seed_everything(self.cfg.seed, verbose=False)
         t0 = time.perf_counter()
         s = score_for_spec(self.base_module.model, self._spec(criterion, 0.5), self._scoring(), progress=self.cfg.progress)
+        if not isinstance(s, Scores):  # per-layer criteria: one Scores, the criterion by layer in meta
+            s = merge_per_layer(s, criterion)
         elapsed = time.perf_counter() - t0
         notes = []
         if s.flat:

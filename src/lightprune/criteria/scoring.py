@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..collect import find_prunable_layers
+from ..collect import find_prunable_layers, select_layers
 from ..data import resolve_scoring_set
 from ..errors import ConfigError
 from ..evaluation import model_device
@@ -34,7 +34,9 @@ def score(
     criterion: str | Criterion,
     dataloader: Any = None,
     *,
-    layers: Sequence[str] | None = None,
+    layers: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    layer_types: str | Sequence[str] | None = None,
     num_classes: int | None = None,
     samples_per_class: int = 100,
     classes: Sequence[int] | None = None,
@@ -52,8 +54,11 @@ def score(
             ``samples_per_class`` images of each class in ``classes`` is drawn), or any iterable of
             ``(inputs, labels)`` or dict batches (used as given; see
             :func:`lightprune.data.resolve_scoring_set`). Weight-only criteria ignore it.
-        layers: module names to score; default: every prunable layer (see
-            :func:`lightprune.collect.find_prunable_layers`).
+        layers: module names or glob patterns to score; default: every prunable layer (see
+            :func:`lightprune.collect.find_prunable_layers`). The scope is
+            :func:`lightprune.collect.select_layers` (``layers``, then ``exclude``, then ``layer_types``).
+        exclude: names or glob patterns left out.
+        layer_types: ``"conv"`` and/or ``"linear"``; default both.
         num_classes: number of classes (label-based criteria); default: the data module's, or
             ``max(label) + 1`` seen in the scoring set.
         samples_per_class: images per class drawn from a data module, default 100.
@@ -92,7 +97,8 @@ def score(
         example = next(iter(batches))[0][:2].to(model_device(model)) if _nonempty(batches) else None
         if example is None:
             raise ConfigError("dataloader is empty: the scoring set holds no image")
-    found = find_prunable_layers(model, example, layers)
+    found = select_layers(find_prunable_layers(model, example), layers, exclude, layer_types,
+                          modules=dict(model.named_modules()))
     if not found:
         raise ConfigError("the model has no prunable layer (Conv2d with groups=1 or hidden Linear)")
     if criterion.needs_labels and num_classes is None:
