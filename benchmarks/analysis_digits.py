@@ -46,8 +46,9 @@ from lightprune.analysis import (
     randomness_audit,
     rescaling_audit,
 )
-from lightprune.analysis._common import evaluate, markdown_table
+from lightprune.analysis._common import markdown_table
 from lightprune.data import DigitsDataModule
+from lightprune.evaluation import evaluate
 
 BEGIN, END = "<!-- analysis:begin -->", "<!-- analysis:end -->"
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,8 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     dm = DigitsDataModule(image_size=32, channels=3, batch_size=128)
     dm.setup("fit")
     dm.setup("test")
-    acc_qs = evaluate(qs, dm.test_dataloader(), 10)["acc"]
-    acc_hom = evaluate(hom, dm.test_dataloader(), 10)["acc"]
+    acc_qs = evaluate(qs.model, dm.test_dataloader(), num_classes=10)["acc"]
+    acc_hom = evaluate(hom.model, dm.test_dataloader(), num_classes=10)["acc"]
     print(f"test accuracy: vgg16 {acc_qs:.4f}, homogeneous {acc_hom:.4f}", flush=True)
 
     # ---- ablation ---------------------------------------------------------------------------

@@ -342,6 +342,151 @@ def test_ablate_channels_context_manager_is_temporary():
     assert torch.allclose(dead[0], dead[1])
 
 
+def test_ablation_of_layers_sharing_a_capture_module_resnet18():
+    """A ResNet BasicBlock's ReLU serves conv1 (call 0) and the block output (call 1): listing conv1
+    with nothing to remove must not shift conv2's replacement to the wrong call."""
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        with ablate_channels(net, {"layer1.0.conv1": [], "layer1.0.conv2": range(64)}, x):
+            both = net(x)
+        with ablate_channels(net, {"layer1.0.conv2": range(64)}, x):
+            alone = net(x)
+        plain = net(x)
+    assert torch.allclose(both, alone, atol=1e-6, rtol=0)
+    assert not torch.allclose(alone, plain, atol=1e-3)  # the ablation did something
+
+
+class _Block(nn.Module):
+    """A BasicBlock in miniature: one ReLU module called twice (conv1 at call 0, the block output at call 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv1, self.conv2 = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+
+    def forward(self, x):
+        h = self.stem(x)
+        out = self.conv2(self.relu(self.conv1(h)))
+        out += h  # in place, as torchvision's BasicBlock: the ReLU receives conv2's output tensor itself
+        return self.head(self.relu(out))
+
+
+def test_masked_eval_routes_layers_sharing_a_capture_module():
+    torch.manual_seed(0)
+    net = _Block().eval()
+    x, y = torch.randn(12, 1, 6, 6), torch.arange(12) % 3
+    layers = find_prunable_layers(net, x[:2], ["conv1", "conv2"])
+    assert (layers["conv1"].capture, layers["conv1"].capture_call) == ("relu", 0)
+    assert (layers["conv2"].capture, layers["conv2"].capture_call) == ("relu", 1)
+    masks = {"conv1": torch.tensor([[1.0, 0, 1, 1], [1, 1, 1, 1]]), "conv2": torch.tensor([[1.0, 1, 1, 1], [0, 0, 1, 0]])}
+    res = MaskedEval(net, layers, masks, num_classes=3).run([(x, y)])
+    for k, remove in enumerate(({"conv1": [1], "conv2": []}, {"conv1": [], "conv2": [0, 1, 3]})):
+        with torch.no_grad(), ablate_channels(net, remove, x[:2]):
+            logits = net(x).double()
+        assert res["loss_sum"][k].item() == pytest.approx(F.cross_entropy(logits, y, reduction="sum").item(), rel=1e-6)
+
+
+class _PoolNet(nn.Module):
+    """Max pooling between the layers and padding-free consumers: bias balancing and mean ablation must agree."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv0 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv1 = nn.Conv2d(6, 8, 3, bias=False)  # no bias: surgery folds into its BatchNorm
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 2)
+        self.fc = nn.Linear(8, 6)
+        self.out = nn.Linear(6, 3)
+        self.r0, self.r1, self.r2, self.r3 = nn.ReLU(), nn.ReLU(), nn.ReLU(), nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x):  # 12x12 -> 6x6 -> 4x4 -> 2x2 -> 1x1
+        h = self.pool(self.r0(self.conv0(x)))
+        h = self.pool(self.r1(self.bn1(self.conv1(h))))
+        h = torch.flatten(self.r2(self.conv2(h)), 1)
+        return self.out(self.r3(self.fc(h)))
+
+
+def test_prune_with_bias_balancing_equals_mean_ablation():
+    from lightprune.plan import Plan
+    from lightprune.surgery import removed_channel_fill
+
+    torch.manual_seed(0)
+    net = _PoolNet()
+    with torch.no_grad():
+        net.bn1.running_mean.uniform_(-0.5, 0.5)
+        net.bn1.running_var.uniform_(0.5, 2.0)
+        for m in (net.conv0, net.conv2, net.fc):
+            m.bias.uniform_(-0.3, 0.3)  # channels with clearly non-zero means
+    net.eval()
+    x = torch.randn(24, 3, 12, 12)
+    batches = [(x[:12], torch.zeros(12)), (x[12:], torch.zeros(12))]
+    remove = {"conv0": [1, 4], "conv1": [0, 3, 5], "conv2": [2, 7], "fc": [0, 5]}
+    fill = removed_channel_fill(net, list(remove), batches, x[:2])
+    # the fill is what the consumer receives (after max pooling), not the mean of the map before it
+    pre_pool = []
+    h = net.r0.register_forward_hook(lambda m, a, out: pre_pool.append(out.double().mean(dim=(0, 2, 3))))
+    with torch.no_grad():
+        pooled = F.max_pool2d(net.r0(net.conv0(x)), 2).double().mean(dim=(0, 2, 3))
+        net(x)
+    h.remove()
+    assert torch.allclose(fill["conv0"], pooled) and not torch.allclose(fill["conv0"], pre_pool[0], atol=1e-3)
+    test = torch.randn(8, 3, 12, 12)
+    with torch.no_grad(), ablate_channels(net, remove, x[:2], mode="mean", means=fill):
+        ablated = net(test)
+    pruned = copy.deepcopy(net)
+    widths = {"conv0": 6, "conv1": 8, "conv2": 8, "fc": 6}
+    keep = {n: torch.tensor([c for c in range(w) if c not in remove[n]]) for n, w in widths.items()}
+    report = lp.prune(pruned, Plan(keep, widths, [[n] for n in widths]), x[:2], bias_balancing=True, batches=batches,
+                      measure_latency=False)
+    assert set(report.bias_balanced) == {"conv1", "conv2", "fc", "out"}
+    assert pruned.conv1.in_channels == 4 and pruned.out.in_features == 4
+    with torch.no_grad():
+        assert torch.allclose(pruned(test), ablated, atol=1e-5, rtol=0)
+        with ablate_channels(net, remove, x[:2]):  # zero mode differs: the balancing matters here
+            assert not torch.allclose(net(test), ablated, atol=1e-3)
+
+
+def test_removed_channel_fill_takes_the_consumer_that_reads_the_layer():
+    """In a residual group the consumers that read another member's output are left out."""
+    from lightprune.surgery import removed_channel_fill
+
+    torch.manual_seed(0)
+    net = _Residual().eval()
+    x = torch.randn(10, 1, 6, 6)
+    fill = removed_channel_fill(net, None, [x], x[:2])
+    with torch.no_grad():
+        h = net.stem(x)
+        joined = net.relu(net.conv(h)) + h
+    # stem.0's first consumer is conv (it reads h); conv's output reaches only the head's Linear, after the sum
+    assert torch.allclose(fill["stem.0"], h.double().mean(dim=(0, 2, 3)))
+    assert torch.allclose(fill["conv"], joined.double().mean(dim=(0, 2, 3)))
+
+
+def test_analyses_take_dict_batches():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+    ).eval()
+    x, y = torch.randn(30, 1, 6, 6), torch.arange(30) % 3
+    tuples = [(x[:15], y[:15]), (x[15:], y[15:])]
+    dicts = [{"image": a, "label": b} for a, b in tuples]
+    kw = dict(layers="2", criteria=["l1", "apoz"], random_orders=1, mode="mean", progress=False)
+    a = cumulative_ablation(net, tuples, tuples, **kw)
+    b = cumulative_ablation(net, dicts, dicts, **kw)
+    assert a.curves == b.curves and a.meta["num_classes"] == 3
+    from lightprune.analysis import feature_entropy_stats
+
+    assert feature_entropy_stats(net, dicts) == feature_entropy_stats(net, tuples)
+
+
 # --------------------------------------------------------------------------------------------
 # on the digits-trained networks
 # --------------------------------------------------------------------------------------------
@@ -447,6 +592,7 @@ def test_ablation_mean_mode_matches_bias_balanced_bn(bn_net, dm):
     removed = [r["removed"] for r in res.curves]
     assert removed == [0, 8, 16, 24, 32]
     # reference: the post-ReLU channel means by a plain hook, then BatchNorm weight 0 and bias = mean
+    # (features.8's consumer, features.11, reads that ReLU output directly: its input mean is the map's)
     relu = net.get_submodule("features.10")
     acts = []
     h = relu.register_forward_hook(

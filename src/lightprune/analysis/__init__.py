@@ -17,7 +17,7 @@ Definitions and how to read the outputs: docs/analysis.md.
 
 from __future__ import annotations
 
-from ._common import channel_means, evaluate, reinitialize
+from ._common import reinitialize
 from .ablation import ORDERS, SCOPES, AblationResult, ablate_channels, ablation_order, cumulative_ablation
 from .audit import (
     BN_MODES,
@@ -49,8 +49,6 @@ __all__ = [
     "feature_entropy_stats",
     "LayerAnalysisResult",
     "FeatureEntropyMonitor",
-    "channel_means",
-    "evaluate",
     "reinitialize",
 ]
 

@@ -2,11 +2,13 @@
 
 Definitions (docs/analysis.md has the long form):
 
-- **Removing a channel** never touches a weight: a forward hook on the layer's post-activation
-  output (where :func:`lightprune.collect.find_prunable_layers` captures it) multiplies the
-  output by a 0/1 channel mask and, with ``mode="mean"`` (bias balancing), puts the channel's mean
-  over the scoring set (images and positions) in place of a removed channel:
-  ``out * mask + (1 - mask) * mean``. ``mode="zero"`` puts 0.
+- **Removing a channel** never touches a weight: the one hook router
+  (:func:`lightprune.collect.capture_activations`, with replacement) multiplies the layer's
+  post-activation output by a 0/1 channel mask and, with ``mode="mean"`` (bias balancing), puts
+  the bias-balancing value of a removed channel in its place: ``out * mask + (1 - mask) * fill``,
+  ``fill`` = the mean of what the layer's consumer receives on that channel over the scoring set
+  (:func:`lightprune.surgery.removed_channel_fill`, the value ``lp.prune(bias_balancing=True)``
+  folds into the consumer's bias). ``mode="zero"`` puts 0.
 - **Orders**: ``ascending`` removes the least important channel first (the pruning order: a good
   criterion keeps the accuracy up longest), ``descending`` the most important first (a good
   criterion makes it fall fastest); ties are broken by channel index. ``random``: seeded random
@@ -42,25 +44,28 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..criteria import create_criterion
+from ..collect import capture_activations
+from ..criteria import Criterion, criterion_class
+from ..data import ClassificationDataModule, resolve_scoring_set
 from ..errors import ConfigError, check_choice, check_positive_int
+from ..evaluation import model_device
 from ..planner import normalise_importance
+from ..surgery import removed_channel_fill
 from ._common import (
     ABLATION_MODES,
     CriterionLike,
     MaskedEval,
     batch_view,
-    channel_means,
+    class_count,
     compute_scores,
     criterion_label,
-    first_inputs,
+    evaluation_set,
     markdown_table,
     metrics_from_confusion,
-    model_device,
     pyplot,
     resolve_criteria,
     resolve_layers,
-    scoring_batches,
+    save_figure,
     unwrap,
     write_table,
 )
@@ -79,6 +84,11 @@ ORDERS = ("ascending", "descending")
 SCOPES = ("layer", "network")
 NORMALIZERS = ("minmax", "max", "mean", "rank", "none")
 RANDOM = "random"
+#: columns of the summary table (markdown)
+SUMMARY_COLUMNS = [
+    "unit", "criterion", "order", "channels", "acc_0", "acc_25", "acc_50", "acc_75", "acc_end", "area",
+    "removed_at_90", "per_class_gain",
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,14 +133,19 @@ def ablate_channels(
     means: Mapping[str, torch.Tensor] | None = None,
 ):
     """While active, the listed channels' post-activation outputs are 0 (``mode="zero"``) or
-    their ``means`` (``mode="mean"``); weights are not modified.
+    ``means`` (``mode="mean"``); weights are not modified. The replacement goes through the one hook
+    router (:func:`lightprune.collect.capture_activations`), so layers that share a capture module
+    (a ResNet block's ReLU) are each replaced at their own call.
 
     Args:
         model: the network (a ClassificationModule is unwrapped to its ``.model``).
         remove: ``{layer name: channel indices}``.
         example_inputs: a small batch, to locate the capture points.
         mode: ``"zero"`` or ``"mean"``.
-        means: ``{layer: (C,) channel means}`` for ``mode="mean"`` (see :func:`channel_means`).
+        means: ``{layer: (C,) fill values}`` for ``mode="mean"``: the bias-balancing values of
+            :func:`lightprune.surgery.removed_channel_fill` (the mean of what each layer's consumer
+            receives), so that the ablation equals ``lp.prune(..., bias_balancing=True)`` where the
+            two can agree (docs/analysis.md).
 
     Example::
 
@@ -147,7 +162,10 @@ def ablate_channels(
     check_choice("mode", mode, ABLATION_MODES)
     layers = resolve_layers(net, example_inputs, list(remove))
     if mode == "mean" and (means is None or any(n not in means for n in remove)):
-        raise ConfigError("mode='mean' needs means= with an entry for every layer in remove")
+        raise ConfigError(
+            "mode='mean' needs means= with an entry for every layer in remove "
+            "(lightprune.surgery.removed_channel_fill gives them)"
+        )
     masks: dict[str, torch.Tensor] = {}
     fills: dict[str, torch.Tensor] = {}
     for n, idx in remove.items():
@@ -157,28 +175,15 @@ def ablate_channels(
             raise ConfigError(f"remove[{n!r}] holds channels outside [0, {c_out})")
         masks[n] = torch.ones(c_out)
         masks[n][idx_t] = 0
-        fills[n] = torch.as_tensor(means[n]).reshape(-1).float() if mode == "mean" else torch.zeros(c_out)
-    modules = dict(net.named_modules())
-    counts: dict[str, int] = {}
-    handles = [net.register_forward_pre_hook(lambda mod, args: counts.clear())]
-    for n, layer in layers.items():
+        fills[n] = torch.as_tensor(means[n]).reshape(-1) if mode == "mean" else torch.zeros(c_out)
 
-        def hook(mod, args, out, _n=n, _layer=layer):
-            idx = counts.get(_layer.capture, 0)
-            counts[_layer.capture] = idx + 1
-            if idx != _layer.capture_call:
-                return None
-            shape = (1, -1, *([1] * (out.ndim - 2)))
-            mask = masks[_n].reshape(shape).to(out.device, out.dtype)
-            fill = fills[_n].reshape(shape).to(out.device, out.dtype)
-            return out * mask + (1.0 - mask) * fill
+    def replace(name: str, out: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1, *([1] * (out.ndim - 2)))
+        mask = masks[name].reshape(shape).to(out.device, out.dtype)
+        return out * mask + (1.0 - mask) * fills[name].reshape(shape).to(out.device, out.dtype)
 
-        handles.append(modules[layer.capture].register_forward_hook(hook))
-    try:
+    with capture_activations(net, layers, replace):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,21 +229,7 @@ class AblationResult:
         return {k: [r[k] for r in rows] for k in rows[0] if k not in ("unit", "criterion", "order")}
 
     def summary_markdown(self, digits: int = 3) -> str:
-        cols = [
-            "unit",
-            "criterion",
-            "order",
-            "channels",
-            "acc_0",
-            "acc_25",
-            "acc_50",
-            "acc_75",
-            "acc_end",
-            "area",
-            "removed_at_90",
-            "per_class_gain",
-        ]
-        return markdown_table(self.summary, cols, digits)
+        return markdown_table(self.summary, SUMMARY_COLUMNS, digits)
 
     def save(self, out_dir: str | Path, *, plot: bool = True) -> dict[str, Path]:
         """Write ``ablation_curves.csv``, ``ablation_summary.{csv,md}``, ``class_gain.{csv,md}``
@@ -253,25 +244,11 @@ class AblationResult:
             "before the accuracy first falls below 90 % of the unablated one, per_class_gain = mean over "
             "classes of the best one-vs-rest balanced-accuracy gain along the curve."
         )
-        cols = [
-            "unit",
-            "criterion",
-            "order",
-            "channels",
-            "acc_0",
-            "acc_25",
-            "acc_50",
-            "acc_75",
-            "acc_end",
-            "area",
-            "removed_at_90",
-            "per_class_gain",
-        ]
         p = write_table(
             self.summary,
             out,
             "ablation_summary",
-            columns=cols,
+            columns=SUMMARY_COLUMNS,
             title="Cumulative ablation",
             note=note,
             digits=3,
@@ -334,41 +311,12 @@ class AblationResult:
         axes[0].set_ylim(-0.02, 1.02)
         axes[0].legend(fontsize=7, loc="best")
         fig.suptitle(f"cumulative ablation ({self.meta.get('mode', 'zero')}): {unit}")
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
+        return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------
 # the analysis
 # --------------------------------------------------------------------------------------------
-def _test_batches(test_data: Any) -> Iterable[Any]:
-    from ..data import ClassificationDataModule
-
-    if isinstance(test_data, ClassificationDataModule):
-        test_data.setup("test")
-        return test_data.test_dataloader()
-    if test_data is None:
-        raise ConfigError("test_data is required: a data module (its test split) or (inputs, labels) batches")
-    return test_data
-
-
-def _num_classes(test_data: Any, batches: Iterable[Any], given: int | None) -> int:
-    from ..data import ClassificationDataModule
-
-    if given is not None:
-        return check_positive_int("num_classes", given, minimum=2)
-    if isinstance(test_data, ClassificationDataModule):
-        return int(test_data.num_classes)
-    top = max(int(torch.as_tensor(b[1]).max()) for b in batches)
-    if top < 1:
-        raise ConfigError("num_classes could not be inferred from the test labels; pass num_classes=")
-    return top + 1
-
-
 def _counts(total: int, step: int, max_fraction: float) -> list[int]:
     last = int(math.floor(max_fraction * total + 1e-9))
     out = list(range(0, last + 1, step))
@@ -421,15 +369,17 @@ def cumulative_ablation(
 
     Args:
         model: the trained network (a ClassificationModule is unwrapped to ``.model``).
-        test_data: a data module (its test split) or ``(inputs, labels)`` batches; streamed.
-        scoring: the scoring set: a data module (``samples_per_class`` training images of each
-            class in ``classes``) or batches; default: ``test_data`` when it is a data module.
+        test_data: a data module (its test split), a DataLoader or ``(inputs, labels)`` / dict
+            batches; streamed.
+        scoring: the scoring set (:func:`lightprune.data.resolve_scoring_set`): a data module
+            (``samples_per_class`` training images of each class in ``classes``), a DataLoader or
+            batches; default: ``test_data`` when it is a data module.
             Needed by data criteria, ``mode="mean"`` and ``class_specific``.
         layers: layer name(s); default: every prunable layer.
         criteria: registered names, :class:`~lightprune.Criterion` instances or precomputed
             :class:`~lightprune.Scores`.
-        mode: ``"zero"`` (default) or ``"mean"`` (bias balancing: removed channels output their
-            mean over the scoring set).
+        mode: ``"zero"`` (default) or ``"mean"`` (bias balancing: a removed channel outputs the mean
+            of what its consumer receives over the scoring set, :func:`~lightprune.surgery.removed_channel_fill`).
         scope: ``"layer"`` (each layer alone) or ``"network"`` (all ``layers`` ranked together).
         orders: subset of ``("ascending", "descending")``.
         random_orders: number of random permutations (0: none), default 1.
@@ -474,20 +424,22 @@ def cumulative_ablation(
     if not orders and random_orders == 0:
         raise ConfigError("orders=[] and random_orders=0: nothing to ablate")
 
-    test_batches = _test_batches(test_data)
-    from ..data import ClassificationDataModule
-
+    tests = evaluation_set(test_data)
+    test_batches = tests.batches
     if scoring is None and isinstance(test_data, ClassificationDataModule):
         scoring = test_data
     needs_scoring = mode == "mean" or class_specific or any(_needs_data(c) for c in crits)
-    score_batches = scoring_batches(scoring, samples_per_class, classes) if scoring is not None else None
+    score_batches = (
+        resolve_scoring_set(scoring, samples_per_class=samples_per_class, classes=classes, argument="scoring").batches
+        if scoring is not None
+        else None
+    )
     if needs_scoring and score_batches is None:
         raise ConfigError(
             "scoring= is required: data criteria, mode='mean' and class_specific need a scoring set"
         )
-    n_classes = _num_classes(test_data, test_batches, num_classes)
-    device = model_device(net)
-    example = first_inputs(test_batches, device)
+    n_classes = class_count(tests, num_classes)
+    example = tests.example_inputs(2, model_device(net))
     found = resolve_layers(net, example, layers)
     names = list(found)
 
@@ -496,7 +448,7 @@ def cumulative_ablation(
         scores[criterion_label(c)] = compute_scores(
             net, c, score_batches, names, num_classes=n_classes, progress=progress
         )
-    means = channel_means(net, found, score_batches, progress=progress) if mode == "mean" else None
+    means = removed_channel_fill(net, found, score_batches, example) if mode == "mean" else None
 
     units: list[tuple[str, list[str]]] = (
         [(n, [n]) for n in names] if scope == "layer" else [("network", names)]
@@ -505,6 +457,7 @@ def cumulative_ablation(
         _class_scores(net, crits, score_batches, names, n_classes, progress) if class_specific else {}
     )
     gen = torch.Generator().manual_seed(seed)
+    masked = {"mode": mode, "fill": means, "num_classes": n_classes, "max_images": max_images, "progress": progress}
     result = AblationResult([], [], [], {})
     steps_used: dict[str, int] = {}
     for unit, members in units:
@@ -527,21 +480,8 @@ def cumulative_ablation(
             plans += [(crit, f"class_{c}", 0, flat(sc, "ascending")) for c, sc in per.items()]
         steps_used[unit] = step or (1 if scope == "layer" else max(1, math.ceil(total / 50)))
         counts = _counts(total, steps_used[unit], max_fraction)
-        met, plan_idx = _evaluate_plans(
-            net,
-            {n: found[n] for n in members},
-            sizes,
-            offsets,
-            plans,
-            counts,
-            test_batches,
-            mode=mode,
-            means=means,
-            num_classes=n_classes,
-            max_images=max_images,
-            progress=progress,
-            unit=unit,
-        )
+        layer_set = {n: found[n] for n in members}
+        met, plan_idx = _evaluate_plans(net, layer_set, sizes, offsets, plans, counts, test_batches, masked, unit)
         _collect(result, unit, plans, plan_idx, counts, total, met, n_classes)
 
     meta = {
@@ -568,17 +508,12 @@ def _evaluate_plans(
     plans: Sequence[tuple[str, str, int, list[int]]],
     counts: Sequence[int],
     test_batches: Iterable[Any],
-    *,
-    mode: str,
-    means: Mapping[str, torch.Tensor] | None,
-    num_classes: int,
-    max_images: int,
-    progress: bool,
+    masked: Mapping[str, Any],
     unit: str,
 ) -> tuple[dict[str, torch.Tensor], list[list[int]]]:
     """Metrics of every (plan, count) configuration; identical masks (step 0, full removal, ...)
-    are evaluated once. Returns the metrics of the unique configurations and, per plan, the
-    configuration index of each count."""
+    are evaluated once (``masked``: the :class:`MaskedEval` settings, and ``progress``). Returns the
+    metrics of the unique configurations and, per plan, the configuration index of each count."""
     total = sum(sizes.values())
     keys: dict[bytes, int] = {}
     unique: list[torch.Tensor] = []
@@ -597,8 +532,11 @@ def _evaluate_plans(
         plan_idx.append(ids)
     stacked = torch.stack(unique)  # (K, total)
     masks = {n: stacked[:, offsets[n] : offsets[n] + sizes[n]] for n in sizes}
-    ev = MaskedEval(net, layers, masks, mode=mode, fill=means, num_classes=num_classes, max_images=max_images)
-    res = ev.run(test_batches, progress=progress, desc=f"ablation {unit} ({stacked.shape[0]} configurations)")
+    settings = dict(masked)
+    progress = settings.pop("progress")
+    res = MaskedEval(net, layers, masks, **settings).run(
+        test_batches, progress=progress, desc=f"ablation {unit} ({stacked.shape[0]} configurations)"
+    )
     return metrics_from_confusion(res["confusion"], res["loss_sum"], res["count"]), plan_idx
 
 
@@ -700,5 +638,5 @@ def _class_scores(
 
 def _needs_data(c: CriterionLike) -> bool:
     if isinstance(c, str):
-        return create_criterion(c).needs_data
-    return bool(getattr(c, "needs_data", False))
+        return criterion_class(c).needs_data
+    return isinstance(c, Criterion) and c.needs_data

@@ -30,7 +30,9 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,23 +40,24 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import evaluation
 from ..criteria import Scores
+from ..data import resolve_scoring_set
 from ..errors import ConfigError, check_choice, check_positive_int
+from ..evaluation import inference, model_device
 from ._common import (
     CriterionLike,
     batch_view,
+    class_count,
     compute_scores,
     criterion_label,
-    evaluate,
-    first_inputs,
+    evaluation_set,
     markdown_table,
-    model_device,
-    progress_bar,
     pyplot,
     reinitialize,
     resolve_criteria,
     resolve_layers,
-    scoring_batches,
+    save_figure,
     unwrap,
     write_table,
 )
@@ -157,38 +160,25 @@ class AuditResult:
             fig.suptitle(
                 f"randomness audit: {self.meta['layer']} ({self.meta['repeats']} re-initialisations)"
             )
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
+        return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
 def _input_layers(net: nn.Module, example: torch.Tensor) -> list[str]:
-    """Names of the modules with parameters that receive the model input itself."""
+    """Names of the Conv2d / Linear modules that receive the model input itself."""
     hits: list[str] = []
-    handles = []
-    for name, m in net.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
 
-            def pre(mod, args, _n=name):
-                if args and args[0] is example:
-                    hits.append(_n)
+    def pre(name: str, mod: nn.Module, args: tuple) -> None:
+        if args and args[0] is example:
+            hits.append(name)
 
-            handles.append(m.register_forward_pre_hook(pre))
-    was = net.training
-    net.eval()
-    try:
-        with torch.no_grad():
-            net(example)
-    finally:
-        net.train(was)
-        for h in handles:
-            h.remove()
+    with ExitStack() as hooks, inference(net):
+        for n, m in net.named_modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                hooks.callback(m.register_forward_pre_hook(partial(pre, n)).remove)
+        net(example)
     return hits
 
 
@@ -257,7 +247,7 @@ def _same_ranking(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def _accuracy(net: nn.Module, test_batches: Any, num_classes: int, scale: float | None) -> float:
     data = batch_view(test_batches, scale=scale) if scale is not None else test_batches
-    return evaluate(net, data, num_classes)["acc"]
+    return evaluation.evaluate(net, data, num_classes=num_classes)["acc"]
 
 
 def _check_scale(scale: object) -> float:
@@ -267,37 +257,26 @@ def _check_scale(scale: object) -> float:
 
 
 def _prepare(model, scoring, test_data, layer, layers, criteria, samples_per_class, classes, num_classes):
-    from ..data import ClassificationDataModule
-
     net = unwrap(model)
     crits = resolve_criteria(criteria)
     if scoring is None:
         raise ConfigError(
-            "scoring= is required: a data module or (inputs, labels) batches of the scoring set"
+            "scoring= is required: a data module, a DataLoader or (inputs, labels) batches of the scoring set"
         )
-    if isinstance(scoring, ClassificationDataModule):
-        num_classes = num_classes or scoring.num_classes
-    batches = scoring_batches(scoring, samples_per_class, classes)
-    example = first_inputs(batches, model_device(net))
+    scoring_set = resolve_scoring_set(scoring, samples_per_class=samples_per_class, classes=classes, argument="scoring")
+    batches = scoring_set.batches
+    example = scoring_set.example_inputs(2, model_device(net))
     if not isinstance(layer, str):
         raise ConfigError(f"layer={layer!r} is not allowed; give the name of one prunable layer")
-    found = resolve_layers(net, example, layers) if layers is not None else resolve_layers(net, example, None)
+    found = resolve_layers(net, example, layers)
     if layer not in found:
         found_all = resolve_layers(net, example, None)
         if layer not in found_all:
             resolve_layers(net, example, [layer])  # raises with the list of prunable layers
         found = {**found, layer: found_all[layer]}
-    test_batches = None
-    if test_data is not None:
-        if isinstance(test_data, ClassificationDataModule):
-            test_data.setup("test")
-            test_batches = test_data.test_dataloader()
-        else:
-            test_batches = test_data
-    if num_classes is None:
-        top = max(int(torch.as_tensor(b[1]).max()) for b in batches)
-        num_classes = top + 1
-    return net, crits, batches, example, found, test_batches, num_classes
+    test_batches = evaluation_set(test_data).batches if test_data is not None else None
+    n_classes = class_count(scoring_set, num_classes)
+    return net, crits, batches, example, found, test_batches, n_classes
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,7 +336,7 @@ def rescaling_audit(
     data = {c: (batch_view(batches, scale=scale) if c in ("input", "both") else batches) for c in CONDITIONS}
     scores: dict[str, dict[str, Any]] = {}
     jobs = [(criterion_label(c), c, cond) for c in crits for cond in CONDITIONS]
-    for label, c, cond in progress_bar(jobs, progress, "rescaling audit"):
+    for label, c, cond in evaluation.progress(jobs, enabled=progress, desc="rescaling audit"):
         crit = copy.deepcopy(c) if not isinstance(c, str) else c
         # maps < 3x3 are expected among all layers: feature entropy cannot rank them (no warning)
         with warnings.catch_warnings():
@@ -478,7 +457,7 @@ def randomness_audit(
     rows: list[dict[str, Any]] = []
     means: dict[str, dict[str, Any]] = {}
     jobs = [(criterion_label(c), c, key) for c in crits for key in nets]
-    for label, c, key in progress_bar(jobs, progress, "randomness audit"):
+    for label, c, key in evaluation.progress(jobs, enabled=progress, desc="randomness audit"):
         crit = copy.deepcopy(c) if not isinstance(c, str) else c
         v = compute_scores(nets[key], crit, batches, [layer], num_classes=n_classes, progress=False)[
             layer
