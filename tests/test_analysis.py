@@ -30,6 +30,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
 import lightprune as lp
@@ -309,18 +310,36 @@ def test_errors_name_argument_value_and_allowed(dm):
         FeatureEntropyMonitor(p=2)
 
 
-def test_cli_help_and_errors_in_process(capsys, tmp_path):
+def test_cli_help_print_config_yaml_and_errors_in_process(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: lightprune analyze" in out and all(s in out for s in ("ablation", "rescale", "randomness", "layers"))
     for sub in ("ablation", "rescale", "randomness", "layers"):
         with pytest.raises(SystemExit) as exc:
             main([sub, "--help"])
         assert exc.value.code == 0
         out = capsys.readouterr().out
-        assert f"lightprune analyze {sub}" in out and "--ckpt" in out and "--out" in out
+        assert f"lightprune analyze [options] {sub}" in out and "--ckpt" in out and "--print_config" in out
+    # --print_config: a complete YAML config of the subcommand, the command-line values in it
     with pytest.raises(SystemExit) as exc:
-        main(["ablation", "--ckpt", str(tmp_path / "missing.ckpt")])
+        main(["ablation", "--ckpt", "m.ckpt", "--criteria", "[l1, apoz]", "--print_config"])
+    assert exc.value.code == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["ckpt"] == "m.ckpt" and cfg["criteria"] == ["l1", "apoz"] and cfg["mode"] == "zero"
+    # that config, as a YAML file, runs (here up to the missing checkpoint); the command line overrides it
+    cfg["ckpt"] = str(tmp_path / "missing.ckpt")
+    (tmp_path / "ablation.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SystemExit) as exc:
+        main(["ablation", "--config", str(tmp_path / "ablation.yaml"), "--progress", "false"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "error: ckpt=" in err and "missing.ckpt" in err and "no such file" in err
+    assert "lightprune analyze ablation: error: ckpt=" in err and "missing.ckpt" in err and "no such file" in err
+    with pytest.raises(SystemExit) as exc:
+        main(["rescale", "--ckpt", str(tmp_path / "missing.ckpt")])
+    assert exc.value.code == 2
+    assert "error: layer=None" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["frobnicate"])
     assert exc.value.code == 2
@@ -507,14 +526,13 @@ def test_cli_ablation_curves(bn_net, dm, tmp_path):
         "ablation",
         "--ckpt",
         bn_net.ckpt,
-        "--layer",
+        "--layers",
         "features.0",
         "--criteria",
-        "l1",
-        "apoz",
-        "--random-orders",
+        "[l1, apoz]",
+        "--random_orders",
         "2",
-        "--samples-per-class",
+        "--samples_per_class",
         "5",
         "--out",
         out,
@@ -664,17 +682,13 @@ def test_cli_rescale_exact_on_homogeneous_network(homogeneous_net, tmp_path):
         "--layer",
         layer,
         "--criteria",
-        "l1",
-        "feature_entropy",
-        "apoz",
+        "[l1, feature_entropy, apoz]",
         "--layers",
-        "features.0",
-        layer,
-        "features.6",
-        "features.8",
-        "--samples-per-class",
+        f"[features.0, {layer}, features.6, features.8]",
+        "--samples_per_class",
         "5",
-        "--no-test",
+        "--test",
+        "false",
         "--out",
         out,
     )
@@ -761,11 +775,10 @@ def test_cli_randomness(bn_net, tmp_path):
         "--layer",
         layer,
         "--criteria",
-        "l1",
-        "feature_entropy",
+        "[l1, feature_entropy]",
         "--repeats",
         "3",
-        "--samples-per-class",
+        "--samples_per_class",
         "5",
         "--out",
         out,
@@ -802,7 +815,7 @@ def test_cli_randomness(bn_net, tmp_path):
 @pytest.mark.slow
 def test_cli_layers(bn_net, dm, tmp_path):
     out = tmp_path / "layers"
-    res = run_cli("layers", "--ckpt", bn_net.ckpt, "--samples-per-class", "5", "--out", out)
+    res = run_cli("layers", "--ckpt", bn_net.ckpt, "--samples_per_class", "5", "--out", out)
     assert res.returncode == 0, res.stderr[-3000:]
     assert_png(out / "layer_analysis.png")
     rows = read_csv(out / "layer_analysis.csv")
