@@ -42,6 +42,7 @@ from lightprune.analysis import (
     main,
     randomness_audit,
     rescaling_audit,
+    scaled_copy,
 )
 from lightprune.analysis._common import MaskedEval, metrics_from_confusion
 from lightprune.collect import capture_activations, find_prunable_layers
@@ -194,9 +195,21 @@ def assert_png(path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 def test_ablation_order_is_stable_and_oriented():
     imp = torch.tensor([0.5, 0.1, 0.5, 0.9, 0.1])
+    assert ablation_order(imp, "least_important_first").tolist() == [1, 4, 0, 2, 3]
+    assert ablation_order(imp, "most_important_first").tolist() == [3, 0, 2, 1, 4]
+    # the old names are aliases: ascending / descending order of importance
     assert ablation_order(imp, "ascending").tolist() == [1, 4, 0, 2, 3]
     assert ablation_order(imp, "descending").tolist() == [3, 0, 2, 1, 4]
-    with pytest.raises(ConfigError, match=r"order='up' is not allowed; choose one of: ascending, descending"):
+    # feature entropy's importance is minus the entropy: the paper's "ascending order of feature
+    # entropy" (lowest entropy first) is our most_important_first
+    entropy = torch.tensor([0.3, 1.2, 0.1, 0.8])
+    by_entropy = torch.argsort(entropy, stable=True).tolist()
+    assert ablation_order(-entropy, "most_important_first").tolist() == by_entropy == [2, 0, 3, 1]
+    with pytest.raises(
+        ConfigError,
+        match=r"order='up' is not allowed; choose one of: least_important_first, most_important_first "
+        r"\(aliases: ascending = least_important_first, descending = most_important_first\)",
+    ):
         ablation_order(imp, "up")
 
 
@@ -284,7 +297,7 @@ def test_errors_name_argument_value_and_allowed(dm):
     with pytest.raises(ConfigError, match=r"scope='all' is not allowed; choose one of: layer, network"):
         cumulative_ablation(net, tiny, tiny, scope="all", num_classes=10)
     with pytest.raises(
-        ConfigError, match=r"orders='sideways' is not allowed; choose one of: ascending, descending"
+        ConfigError, match=r"orders='sideways' is not allowed; choose one of: least_important_first, most_important"
     ):
         cumulative_ablation(net, tiny, tiny, orders=["sideways"], num_classes=10)
     with pytest.raises(ConfigError, match=r"max_fraction=1.5 is not allowed"):
@@ -298,12 +311,16 @@ def test_errors_name_argument_value_and_allowed(dm):
         cumulative_ablation(net, tiny, tiny, layers="features.1", num_classes=10)
     with pytest.raises(ConfigError, match=r"scoring= is required"):
         cumulative_ablation(net, tiny, None, criteria=["apoz"], num_classes=10)
-    with pytest.raises(ConfigError, match=r"bn='x' is not allowed; choose one of: fold, keep"):
+    with pytest.raises(ConfigError, match=r"bn='x' is not allowed; choose one of: auto, fold, keep"):
         rescaling_audit(net, tiny, layer="features.0", bn="x")
     with pytest.raises(ConfigError, match=r"scale=-1 is not allowed"):
         rescaling_audit(net, tiny, layer="features.0", scale=-1)
     with pytest.raises(ConfigError, match=r"repeats=0 is not allowed"):
         randomness_audit(net, tiny, layer="features.0", repeats=0)
+    with pytest.raises(ConfigError, match=r"reinit='all' is not allowed; choose one of: model, layer"):
+        randomness_audit(net, tiny, layer="features.0", reinit="all")
+    with pytest.raises(ConfigError, match=r"random_rescale=\(1.5, 0.5\) is not allowed; give \(lo, hi\) with 0 < lo <= hi"):
+        cumulative_ablation(net, tiny, tiny, random_rescale=(1.5, 0.5), num_classes=10)
     with pytest.raises(ConfigError, match=r"every_n_epochs=0 is not allowed"):
         FeatureEntropyMonitor(every_n_epochs=0)
     with pytest.raises(ConfigError, match=r"p=2 is not allowed"):
@@ -506,6 +523,97 @@ def test_analyses_take_dict_batches():
     assert feature_entropy_stats(net, dicts) == feature_entropy_stats(net, tuples)
 
 
+def _tiny_net(batch_norm: bool = False) -> nn.Sequential:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Conv2d(1, 4, 3, padding=1)]
+    layers += [nn.BatchNorm2d(4)] if batch_norm else []
+    layers += [nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3)]
+    return nn.Sequential(*layers).eval()
+
+
+def test_randomness_audit_draws_whole_random_networks():
+    """reinit='model': random network i = every layer drawn in order from Generator(seed + i), the
+    library's init (Kaiming normal fan-out convs, N(0, 0.01) Linear); built here by hand."""
+    net = _tiny_net()
+    x, y = torch.randn(12, 1, 6, 6), torch.arange(12) % 3
+    data = [(x, y)]
+    res = randomness_audit(net, data, layer="2", criteria=["l1", "apoz"], repeats=2, seed=5, progress=False)
+    by = {(r["criterion"], r["network"]): r["mean"] for r in res.rows}
+    assert set(by) == {(c, n) for c in ("l1", "apoz") for n in ("trained", "random_5", "random_6")}
+    for i in (5, 6):
+        g = torch.Generator().manual_seed(i)
+        ref = copy.deepcopy(net)
+        with torch.no_grad():
+            for conv in (ref[0], ref[2]):
+                fan_out = conv.out_channels * 9
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * math.sqrt(2.0 / fan_out))
+                conv.bias.zero_()
+            ref[6].weight.copy_(torch.randn(ref[6].weight.shape, generator=g) * 0.01)
+            ref[6].bias.zero_()
+        assert by[("l1", f"random_{i}")] == pytest.approx(float(ref[2].weight.detach().abs().sum(dim=(1, 2, 3)).double().mean()))
+        # APoZ of layer 2 depends on layer 0: equal only if layer 0 is random too
+        apoz = lp.score(ref, "apoz", data, layers=["2"], progress=False)["2"]
+        assert by[("apoz", f"random_{i}")] == pytest.approx(float(apoz.double().mean()), abs=1e-12)
+    assert res.meta["reinit"] == "model" and res.meta["repeats"] == 2
+    # reinit="layer": the trained layer 0 stays, so APoZ of layer 2 differs from the whole random network's
+    single = randomness_audit(net, data, layer="2", criteria=["l1", "apoz"], repeats=1, seed=5, reinit="layer",
+                              progress=False)
+    one = {(r["criterion"], r["network"]): r["mean"] for r in single.rows}
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(net[2].weight.shape, generator=g) * math.sqrt(2.0 / (6 * 9))
+    assert one[("l1", "random_5")] == pytest.approx(float(w.abs().sum(dim=(1, 2, 3)).double().mean()))
+    assert one[("apoz", "random_5")] != pytest.approx(by[("apoz", "random_5")], abs=1e-6)
+
+
+def test_rescaling_audit_folds_batchnorm_only_where_there_is_one():
+    data = [(torch.randn(12, 1, 6, 6), torch.arange(12) % 3)]
+    plain = rescaling_audit(_tiny_net(), data, layer="0", criteria=["l1"], progress=False)
+    assert plain.meta["bn"] == "none" and plain.meta["bn_requested"] == "auto" and "bn=none" in plain.note
+    bn_net = _tiny_net(batch_norm=True)
+    with torch.no_grad():
+        bn_net[1].running_mean.fill_(0.3)
+        bn_net[1].running_var.fill_(2.0)
+    folded = rescaling_audit(bn_net, data, layer="0", criteria=["l1"], progress=False)
+    assert folded.meta["bn"] == "fold"
+    kept = rescaling_audit(bn_net, data, layer="0", criteria=["l1"], bn="keep", progress=False)
+    assert kept.meta["bn"] == "keep"
+    fold_copy = scaled_copy(bn_net, "0", 0.5, bn="fold", example_inputs=data[0][0][:2])
+    assert torch.allclose(fold_copy[1].running_mean, torch.full((4,), 0.15))
+    assert torch.allclose(fold_copy[1].running_var, torch.full((4,), 0.5))
+
+
+def test_ablation_with_random_per_image_rescaling():
+    """random_rescale=(0.5, 1.5): image i of batch b times 0.5 + u_i, u = rand(B, Generator(seed + b)),
+    for the scoring and the test images; curves checked against a plain loop."""
+    net = _tiny_net()
+    x, y = torch.randn(20, 1, 6, 6), torch.arange(20) % 3
+    test = [(x[:12], y[:12]), (x[12:], y[12:])]
+    scoring = [(x[5:15], y[5:15])]
+    res = cumulative_ablation(net, test, scoring, layers="2", criteria=["apoz"], orders=["least_important_first"],
+                              random_orders=0, random_rescale=(0.5, 1.5), seed=3, progress=False)
+
+    def rescaled(batches):
+        out = []
+        for b, (xb, yb) in enumerate(batches):
+            u = torch.rand(len(xb), generator=torch.Generator().manual_seed(3 + b), dtype=torch.float64)
+            out.append(((xb * (0.5 + u).float().view(-1, 1, 1, 1)), yb))
+        return out
+
+    apoz = lp.score(net, "apoz", rescaled(scoring), layers=["2"], progress=False)["2"]
+    order = ablation_order(apoz, "least_important_first")
+    curve = res.curve("apoz", "least_important_first", "2")
+    for k in (0, 2, 5):
+        with torch.no_grad(), ablate_channels(net, {"2": order[:k]}, x[:2]):
+            logits = torch.cat([net(xb) for xb, _ in rescaled(test)])
+        acc = float((logits.argmax(1) == y[:20]).double().mean())
+        loss = float(F.cross_entropy(logits.double(), y, reduction="mean"))
+        assert curve["acc"][k] == pytest.approx(acc, abs=1e-12) and curve["loss"][k] == pytest.approx(loss, rel=1e-6)
+    assert res.meta["random_rescale"] == [0.5, 1.5]
+    plain = cumulative_ablation(net, test, scoring, layers="2", criteria=["apoz"], orders=["ascending"],
+                                random_orders=0, progress=False)
+    assert plain.curve("apoz", "ascending", "2")["loss"][0] != pytest.approx(curve["loss"][0], rel=1e-6)
+
+
 # --------------------------------------------------------------------------------------------
 # on the digits-trained networks
 # --------------------------------------------------------------------------------------------
@@ -541,7 +649,7 @@ def test_cli_ablation_curves(bn_net, dm, tmp_path):
     # tqdm progress bars on stderr for the long loops (scoring, the ablation passes); which frame is
     # drawn last depends on timing (bars are cleared on close), so check that a bar with a rate was shown
     assert "ablation features.0" in res.stderr and re.search(r"\d+%\|.*it/s", res.stderr), res.stderr[-2000:]
-    assert "| features.0 | l1 | ascending |" in res.stdout
+    assert "| features.0 | l1 | least_important_first |" in res.stdout
     assert_png(out / "ablation_features.0.png")
     rows = read_csv(out / "ablation_curves.csv")
     net = bn_net.module.model
@@ -551,10 +659,10 @@ def test_cli_ablation_curves(bn_net, dm, tmp_path):
     for r in rows:
         curves.setdefault((r["criterion"], r["order"], r["repeat"]), []).append(r)
     assert set(curves) == {
-        ("l1", "ascending", "0"),
-        ("l1", "descending", "0"),
-        ("apoz", "ascending", "0"),
-        ("apoz", "descending", "0"),
+        ("l1", "least_important_first", "0"),
+        ("l1", "most_important_first", "0"),
+        ("apoz", "least_important_first", "0"),
+        ("apoz", "most_important_first", "0"),
         ("random", "random", "0"),
         ("random", "random", "1"),
     }
@@ -574,19 +682,19 @@ def test_cli_ablation_curves(bn_net, dm, tmp_path):
         )
         # every channel removed == the layer zeroed by another mechanism (BatchNorm weight = bias = 0)
         assert float(rr[-1]["acc"]) == pytest.approx(dead["acc"], abs=1e-12)
-    # a partial step of the l1 ascending curve against the same channels zeroed through BatchNorm
-    first3 = ablation_order(l1, "ascending")[:3].tolist()
+    # a partial step of the l1 least-important-first curve against the same channels zeroed through BatchNorm
+    first3 = ablation_order(l1, "least_important_first")[:3].tolist()
     ref = plain_eval(zero_channels_via_bn(net, "features.0", first3), dm)
-    assert float(curves[("l1", "ascending", "0")][3]["acc"]) == pytest.approx(ref["acc"], abs=1e-12)
+    assert float(curves[("l1", "least_important_first", "0")][3]["acc"]) == pytest.approx(ref["acc"], abs=1e-12)
     # per-class gain = mean over classes of max over steps of class_bacc_c minus its unablated value
     summary = {(r["criterion"], r["order"]): r for r in read_csv(out / "ablation_summary.csv")}
-    rr = curves[("apoz", "descending", "0")]
+    rr = curves[("apoz", "most_important_first", "0")]
     gain = (
         sum(max(float(r[f"class_bacc_{c}"]) for r in rr) - float(rr[0][f"class_bacc_{c}"]) for c in range(10))
         / 10
     )
-    assert float(summary[("apoz", "descending")]["per_class_gain"]) == pytest.approx(gain, abs=1e-12)
-    assert float(summary[("l1", "ascending")]["acc_0"]) == pytest.approx(base["acc"], abs=1e-12)
+    assert float(summary[("apoz", "most_important_first")]["per_class_gain"]) == pytest.approx(gain, abs=1e-12)
+    assert float(summary[("l1", "least_important_first")]["acc_0"]) == pytest.approx(base["acc"], abs=1e-12)
     assert (out / "ablation_summary.md").read_text().count("| features.0 |") == 5
 
 
@@ -694,6 +802,7 @@ def test_cli_rescale_exact_on_homogeneous_network(homogeneous_net, tmp_path):
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Rescaling audit" in res.stdout
+    assert "bn=none" in res.stdout  # bn=auto (default): a BatchNorm-free network has nothing to fold
     assert_png(out / "rescaling_audit.png")
     rows = read_csv(out / "rescaling_audit.csv")
     assert {r["condition"] for r in rows} == {"original", "input", "filters", "both"}
@@ -778,12 +887,15 @@ def test_cli_randomness(bn_net, tmp_path):
         "[l1, feature_entropy]",
         "--repeats",
         "3",
+        "--reinit",
+        "layer",
         "--samples_per_class",
         "5",
         "--out",
         out,
     )
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "Randomness audit (features.4, layer re-initialised)" in res.stdout
     assert_png(out / "randomness_audit.png")
     rows = read_csv(out / "randomness_audit.csv")
     assert {r["network"] for r in rows} == {"trained", "random_0", "random_1", "random_2"}
@@ -887,9 +999,9 @@ def test_class_specific_gain(bn_net, dm):
     assert set(gains) == {"l1", "apoz"}
     # a weight criterion ranks every class the same way: class-specific gain = the shared curve's gain
     assert gains["l1"]["class_specific_gain"] == pytest.approx(
-        gains["l1"]["shared_ascending_gain"], abs=1e-12
+        gains["l1"]["shared_gain"], abs=1e-12
     )
-    # reference for class 0: APoZ on class-0 scoring images only, ascending, ablated with the public hook
+    # reference for class 0: APoZ on class-0 scoring images only, least important first, ablated with the public hook
     x0, y0 = [], []
     for xb, yb in dm.scoring_dataloader(5):
         x0.append(xb[yb == 0])

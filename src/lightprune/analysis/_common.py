@@ -67,20 +67,33 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 class _BatchView:
-    """A re-iterable view of ``(inputs, labels)`` batches: optionally scaled inputs and/or one class.
+    """A re-iterable view of ``(inputs, labels)`` batches: optionally rescaled inputs and/or one class.
 
     ``lp.score`` iterates its data more than once (example inputs, class count, scoring), so the
-    view re-applies the transformation on every pass instead of caching anything.
+    view re-applies the transformation on every pass instead of caching anything; the random factors
+    depend only on the seed and the batch index, so every pass sees the same images.
     """
 
     def __init__(
-        self, source: Iterable[Any], *, scale: float | None = None, only_class: int | None = None
+        self,
+        source: Iterable[Any],
+        *,
+        scale: float | None = None,
+        only_class: int | None = None,
+        random_scale: tuple[float, float] | None = None,
+        seed: int = 0,
     ) -> None:
         self.source, self.scale, self.only_class = source, scale, only_class
+        self.random_scale, self.seed = random_scale, seed
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for batch in self.source:
+        for b, batch in enumerate(self.source):
             x, y = split_batch(batch)
+            if self.random_scale is not None:
+                lo, hi = self.random_scale
+                u = torch.rand(x.shape[0], generator=torch.Generator().manual_seed(self.seed + b), dtype=torch.float64)
+                factors = (lo + (hi - lo) * u).to(x.dtype).to(x.device)
+                x = x * factors.reshape(-1, *([1] * (x.ndim - 1)))
             if self.only_class is not None:
                 keep = y == self.only_class
                 if not bool(keep.any()):
@@ -97,11 +110,34 @@ class _SizedBatchView(_BatchView):
 
 
 def batch_view(
-    source: Iterable[Any], *, scale: float | None = None, only_class: int | None = None
+    source: Iterable[Any],
+    *,
+    scale: float | None = None,
+    only_class: int | None = None,
+    random_scale: tuple[float, float] | None = None,
+    seed: int = 0,
 ) -> _BatchView:
-    """A re-iterable view of ``source`` with inputs times ``scale`` and/or only the images of ``only_class``."""
+    """A re-iterable view of ``source`` (tuple or dict batches) with transformed inputs.
+
+    Args:
+        source: the batches.
+        scale: every input times this factor.
+        only_class: keep only the images of this class (batches without it are skipped).
+        random_scale: ``(lo, hi)``: image ``i`` of batch ``b`` times ``lo + (hi - lo) * u[i]``,
+            ``u = torch.rand(len(batch), generator=torch.Generator().manual_seed(seed + b),
+            dtype=torch.float64)`` (per-image random rescaling, the same on every pass).
+        seed: seed of ``random_scale``.
+
+    Example::
+
+        >>> x = torch.ones(3, 1, 2, 2)
+        >>> view = batch_view([(x, torch.zeros(3))], random_scale=(0.5, 1.5), seed=7)
+        >>> u = torch.rand(3, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+        >>> bool(torch.allclose(next(iter(view))[0][:, 0, 0, 0], (0.5 + u).float()))
+        True
+    """
     cls = _SizedBatchView if hasattr(source, "__len__") else _BatchView
-    return cls(source, scale=scale, only_class=only_class)
+    return cls(source, scale=scale, only_class=only_class, random_scale=random_scale, seed=seed)
 
 
 def evaluation_set(test_data: Any) -> ScoringSet:
@@ -191,7 +227,10 @@ def reinitialize(module: nn.Module, generator: torch.Generator | None = None) ->
     """Re-draw the parameters of ``module`` and its children in place (the library's model init).
 
     Conv2d: Kaiming normal (fan_out, ReLU), bias 0; Linear: N(0, 0.01), bias 0 (both as
-    :class:`~lightprune.models.CifarVGG`); BatchNorm: weight 1, bias 0, running statistics reset.
+    :class:`~lightprune.models.CifarVGG`); BatchNorm: weight 1, bias 0, running statistics reset;
+    any other module with parameters of its own and a ``reset_parameters()`` (LayerNorm, PReLU, ...):
+    reset under a torch seed drawn from ``generator``. Modules are visited in ``module.modules()``
+    order, each drawing from ``generator`` in turn.
     """
     with torch.no_grad():
         for m in module.modules():
@@ -207,6 +246,10 @@ def reinitialize(module: nn.Module, generator: torch.Generator | None = None) ->
                     m.bias.zero_()
             elif isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.reset_parameters()
+            elif next(m.parameters(recurse=False), None) is not None and hasattr(m, "reset_parameters"):
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+                    m.reset_parameters()
     return module
 
 

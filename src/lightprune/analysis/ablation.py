@@ -9,10 +9,14 @@ Definitions (docs/analysis.md has the long form):
   ``fill`` = the mean of what the layer's consumer receives on that channel over the scoring set
   (:func:`lightprune.surgery.removed_channel_fill`, the value ``lp.prune(bias_balancing=True)``
   folds into the consumer's bias). ``mode="zero"`` puts 0.
-- **Orders**: ``ascending`` removes the least important channel first (the pruning order: a good
-  criterion keeps the accuracy up longest), ``descending`` the most important first (a good
-  criterion makes it fall fastest); ties are broken by channel index. ``random``: seeded random
-  permutations, averaged over ``random_orders`` draws.
+- **Orders**, named by what is removed first: ``least_important_first`` (the pruning order: a good
+  criterion keeps the accuracy up longest) and ``most_important_first`` (a good criterion makes it
+  fall fastest); "important" is the criterion's importance (higher = keep). The old names
+  ``ascending`` / ``descending`` (of importance) are accepted as aliases. Ties are broken by channel
+  index. ``random``: seeded random permutations, averaged over ``random_orders`` draws.
+- **Random rescaling** (``random_rescale=(lo, hi)``, the feature-entropy paper's appendix A.7):
+  every image the analysis sees (scoring and test) is multiplied by its own factor drawn uniformly
+  from ``[lo, hi]`` (:func:`~lightprune.analysis._common.batch_view`, seeded by ``seed``).
 - **Layer-wise** (``scope="layer"``): the channels of one layer are ranked and removed, the rest
   of the network unchanged; every given layer gets its own curves.
 - **Whole-network** (``scope="network"``): the channels of all given layers (default: every
@@ -25,7 +29,7 @@ Definitions (docs/analysis.md has the long form):
 - **Per-class gain** (Zhao & Zhang 2022, Table 11): for a curve, ``gain_c = max over steps of
   class_bacc_c - class_bacc_c(unablated)`` (>= 0, the unablated network is step 0), averaged
   over classes. With ``class_specific=True`` each class also gets its own ranking (the criterion
-  computed on the scoring images of that class only, ascending order), and ``gain_c`` is read on
+  computed on the scoring images of that class only, least important first), and ``gain_c`` is read on
   that class's curve: the best one-vs-rest balanced accuracy for class ``c`` reachable by
   ablating channels chosen for ``c``.
 """
@@ -72,6 +76,8 @@ from ._common import (
 
 __all__ = [
     "ORDERS",
+    "ORDER_ALIASES",
+    "canonical_order",
     "SCOPES",
     "NORMALIZERS",
     "AblationResult",
@@ -80,7 +86,9 @@ __all__ = [
     "ablation_order",
 ]
 
-ORDERS = ("ascending", "descending")
+ORDERS = ("least_important_first", "most_important_first")
+#: old names, accepted everywhere an order is: ascending / descending order of importance
+ORDER_ALIASES = {"ascending": "least_important_first", "descending": "most_important_first"}
 SCOPES = ("layer", "network")
 NORMALIZERS = ("minmax", "max", "mean", "rank", "none")
 RANDOM = "random"
@@ -94,14 +102,39 @@ SUMMARY_COLUMNS = [
 # --------------------------------------------------------------------------------------------
 # orders
 # --------------------------------------------------------------------------------------------
+def canonical_order(order: str, argument: str = "order") -> str:
+    """``order`` under its canonical name (``ascending`` -> ``least_important_first``,
+    ``descending`` -> ``most_important_first``).
+
+    Raises:
+        ConfigError: not an order (the message lists the names and the aliases).
+    """
+    if isinstance(order, str) and order in ORDER_ALIASES:
+        return ORDER_ALIASES[order]
+    if order not in ORDERS:
+        aliases = ", ".join(f"{a} = {c}" for a, c in ORDER_ALIASES.items())
+        raise ConfigError(
+            f"{argument}={order!r} is not allowed; choose one of: {', '.join(ORDERS)} (aliases: {aliases})"
+        )
+    return order
+
+
 def ablation_order(importance: torch.Tensor, order: str) -> torch.Tensor:
-    """Channel indices in removal order: ``ascending`` = least important first, ``descending`` =
-    most important first; ties by channel index (stable)."""
-    check_choice("order", order, ORDERS)
+    """Channel indices in removal order: ``least_important_first`` (alias ``ascending``: ascending
+    importance) or ``most_important_first`` (alias ``descending``); ties by channel index (stable).
+
+    Example::
+
+        >>> ablation_order(torch.tensor([0.5, 0.1, 0.9]), "least_important_first").tolist()
+        [1, 0, 2]
+        >>> ablation_order(torch.tensor([0.5, 0.1, 0.9]), "descending").tolist()
+        [2, 0, 1]
+    """
+    order = canonical_order(order)
     v = importance.double().cpu()
     if bool(torch.isnan(v).any()):
         raise ConfigError("importance contains NaN; cannot order the channels")
-    key = v if order == "ascending" else -v
+    key = v if order == "least_important_first" else -v
     return torch.sort(key, stable=True).indices
 
 
@@ -115,7 +148,7 @@ def _global_order(
         if bool(torch.isnan(v).any()):
             raise ConfigError(f"importance of layer {n!r} contains NaN; cannot order the channels")
         for c, val in enumerate(v.tolist()):
-            keys.append((val if order == "ascending" else -val, li, c))
+            keys.append((val if order == "least_important_first" else -val, li, c))
     keys.sort()
     return [(names[li], c) for _, li, c in keys]
 
@@ -212,8 +245,10 @@ class AblationResult:
     def curve(
         self, criterion: str, order: str, unit: str | None = None, repeat: int = 0
     ) -> dict[str, list[float]]:
-        """Columns (``removed``, ``acc``, ``loss``, ...) of one curve; ``unit`` defaults to the first."""
+        """Columns (``removed``, ``acc``, ``loss``, ...) of one curve; ``unit`` defaults to the first;
+        ``order`` may be an alias (``ascending``)."""
         unit = unit or self.curves[0]["unit"]
+        order = ORDER_ALIASES.get(order, order)
         rows = [
             r
             for r in self.curves
@@ -255,7 +290,7 @@ class AblationResult:
         )
         paths["summary_csv"], paths["summary_md"] = p["csv"], p["md"]
         if self.class_gain:
-            gcols = ["unit", "criterion", "class_specific_gain", "shared_ascending_gain"]
+            gcols = ["unit", "criterion", "class_specific_gain", "shared_gain"]
             p = write_table(
                 self.class_gain,
                 out,
@@ -273,7 +308,7 @@ class AblationResult:
 
     def plot(self, path: str | Path, unit: str | None = None) -> Path:
         """Test accuracy and loss against channels removed: one colour per criterion, solid =
-        ascending (least important first), dashed = descending, grey = random (mean, band = min..max)."""
+        least important first, dashed = most important first, grey = random (mean, band = min..max)."""
         plt = pyplot()
         unit = unit or self.curves[0]["unit"]
         rows = [r for r in self.curves if r["unit"] == unit]
@@ -285,7 +320,7 @@ class AblationResult:
             (axes[1], "loss", "test loss (cross-entropy)"),
         ):
             for i, crit in enumerate(crits):
-                for order, style in (("ascending", "-"), ("descending", "--")):
+                for order, style in zip(ORDERS, ("-", "--"), strict=True):
                     rr = [r for r in rows if r["criterion"] == crit and r["order"] == order]
                     if rr:
                         ax.plot(
@@ -362,6 +397,7 @@ def cumulative_ablation(
     num_classes: int | None = None,
     class_specific: bool = False,
     seed: int = 0,
+    random_rescale: tuple[float, float] | None = None,
     max_images: int = 2048,
     progress: bool = True,
 ) -> AblationResult:
@@ -381,7 +417,8 @@ def cumulative_ablation(
         mode: ``"zero"`` (default) or ``"mean"`` (bias balancing: a removed channel outputs the mean
             of what its consumer receives over the scoring set, :func:`~lightprune.surgery.removed_channel_fill`).
         scope: ``"layer"`` (each layer alone) or ``"network"`` (all ``layers`` ranked together).
-        orders: subset of ``("ascending", "descending")``.
+        orders: subset of :data:`ORDERS` (``least_important_first``, ``most_important_first``; the
+            aliases ``ascending``, ``descending`` are accepted; results use the canonical names).
         random_orders: number of random permutations (0: none), default 1.
         step: channels removed per step; default 1 (layer) or ``ceil(total / 50)`` (network).
         max_fraction: stop after removing this fraction of the channels, in (0, 1], default 1.
@@ -391,7 +428,13 @@ def cumulative_ablation(
         num_classes: default: the data module's, or inferred from the test labels.
         class_specific: also rank per class (see the module docstring) and report the
             class-specific per-class gain (costs one scoring pass per class and criterion).
-        seed: seed of the random orders.
+        seed: seed of the random orders and of ``random_rescale``.
+        random_rescale: ``(lo, hi)``, e.g. ``(0.5, 1.5)`` (the feature-entropy paper, A.7): every
+            scoring and test image multiplied by its own factor drawn uniformly from ``[lo, hi]``
+            (image ``i`` of batch ``b``: ``lo + (hi - lo) * torch.rand(B, generator=
+            torch.Generator().manual_seed(seed + b), dtype=torch.float64)[i]``, the same on every
+            pass); the criteria, the ``mode="mean"`` fill and the curves all see the rescaled
+            images. None (default): the images as they are.
         max_images: images per forward pass (configurations of one batch are stacked up to it).
         progress: tqdm progress bars on stderr.
 
@@ -408,8 +451,7 @@ def cumulative_ablation(
     check_choice("normalize", normalize, NORMALIZERS)
     if isinstance(orders, str):
         orders = [orders]
-    for o in orders:
-        check_choice("orders", o, ORDERS)
+    orders = list(dict.fromkeys(canonical_order(o, "orders") for o in orders))
     random_orders = check_positive_int("random_orders", random_orders, minimum=0)
     if step is not None:
         check_positive_int("step", step)
@@ -420,6 +462,7 @@ def cumulative_ablation(
     ):
         raise ConfigError(f"max_fraction={max_fraction!r} is not allowed; it must lie in (0, 1]")
     check_positive_int("max_images", max_images)
+    random_rescale = _check_rescale(random_rescale)
     crits = resolve_criteria(criteria)
     if not orders and random_orders == 0:
         raise ConfigError("orders=[] and random_orders=0: nothing to ablate")
@@ -438,6 +481,10 @@ def cumulative_ablation(
         raise ConfigError(
             "scoring= is required: data criteria, mode='mean' and class_specific need a scoring set"
         )
+    if random_rescale is not None:
+        test_batches = batch_view(test_batches, random_scale=random_rescale, seed=seed)
+        if score_batches is not None:
+            score_batches = batch_view(score_batches, random_scale=random_rescale, seed=seed)
     n_classes = class_count(tests, num_classes)
     example = tests.example_inputs(2, model_device(net))
     found = resolve_layers(net, example, layers)
@@ -477,7 +524,7 @@ def cumulative_ablation(
             (RANDOM, RANDOM, r, torch.randperm(total, generator=gen).tolist()) for r in range(random_orders)
         ]
         for crit, per in per_class_scores.items():
-            plans += [(crit, f"class_{c}", 0, flat(sc, "ascending")) for c, sc in per.items()]
+            plans += [(crit, f"class_{c}", 0, flat(sc, "least_important_first")) for c, sc in per.items()]
         steps_used[unit] = step or (1 if scope == "layer" else max(1, math.ceil(total / 50)))
         counts = _counts(total, steps_used[unit], max_fraction)
         layer_set = {n: found[n] for n in members}
@@ -495,6 +542,7 @@ def cumulative_ablation(
         "num_classes": n_classes,
         "layers": names,
         "seed": seed,
+        "random_rescale": list(random_rescale) if random_rescale is not None else None,
     }
     result.meta = meta
     return result
@@ -591,7 +639,7 @@ def _collect(
             (
                 r["per_class_gain"]
                 for r in result.summary
-                if r["unit"] == unit and r["criterion"] == crit and r["order"] == "ascending"
+                if r["unit"] == unit and r["criterion"] == crit and r["order"] == "least_important_first"
             ),
             float("nan"),
         )
@@ -599,7 +647,7 @@ def _collect(
             "unit": unit,
             "criterion": crit,
             "class_specific_gain": float(np.mean(list(per.values()))),
-            "shared_ascending_gain": shared,
+            "shared_gain": shared,
         }
         row.update({f"gain_{c}": v for c, v in sorted(per.items())})
         result.class_gain.append(row)
@@ -634,6 +682,22 @@ def _class_scores(
             continue
         out[label] = per
     return out
+
+
+def _check_rescale(value: object) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    ok = (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        and 0 < value[0] <= value[1]
+    )
+    if not ok:
+        raise ConfigError(
+            f"random_rescale={value!r} is not allowed; give (lo, hi) with 0 < lo <= hi, e.g. (0.5, 1.5), or None"
+        )
+    return float(value[0]), float(value[1])
 
 
 def _needs_data(c: CriterionLike) -> bool:

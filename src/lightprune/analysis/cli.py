@@ -4,7 +4,7 @@ style as ``lightprune compare``: every option typed and documented, ``--config``
 
     lightprune analyze ablation   --ckpt model.ckpt --layers '[features.3]' --criteria '[l1, feature_entropy]'
     lightprune analyze rescale    --ckpt model.ckpt --layer features.3
-    lightprune analyze randomness --ckpt model.ckpt --layer features.3 --repeats 5
+    lightprune analyze randomness --ckpt model.ckpt --layer features.3 --repeats 20
     lightprune analyze layers     --ckpt model.ckpt
     lightprune analyze ablation --config ablation.yaml          # the same options in a YAML file
     lightprune analyze ablation --ckpt model.ckpt --print_config # a complete config to start from
@@ -103,8 +103,8 @@ def _random_model(module, seed: int):
 # options: (name, type, default, help), one table per subcommand
 # --------------------------------------------------------------------------------------------
 def _options() -> dict[str, tuple[str, str, list[tuple[str, Any, Any, str]]]]:
-    from .ablation import NORMALIZERS, ORDERS, SCOPES
-    from .audit import BN_MODES, DEFAULT_AUDIT_CRITERIA
+    from .ablation import NORMALIZERS, ORDER_ALIASES, ORDERS, SCOPES
+    from .audit import BN_MODES, DEFAULT_AUDIT_CRITERIA, REINIT_SCOPES
 
     audit_criteria = "criteria (lightprune.list_criteria()); default: " + ", ".join(DEFAULT_AUDIT_CRITERIA)
     ablation = [
@@ -114,29 +114,35 @@ def _options() -> dict[str, tuple[str, str, list[tuple[str, Any, Any, str]]]]:
         ("mode", str, "zero", "what a removed channel outputs: zero, or mean (bias balancing: the mean of what "
          "its consumer receives, as lp.prune(bias_balancing=True))"),
         ("scope", str, "layer", f"one of {', '.join(SCOPES)}: rank within each layer, or all layers together"),
-        ("orders", list[str] | str, list(ORDERS), f"removal orders, a subset of {', '.join(ORDERS)}"),
+        ("orders", list[str] | str, list(ORDERS), f"removal orders, named by what goes first: a subset of "
+         f"{', '.join(ORDERS)} (aliases: {', '.join(ORDER_ALIASES)})"),
         ("random_orders", int, 3, "random permutations averaged (0: none)"),
         ("step", int | None, None, "channels removed per step (null: 1 layer-wise, total/50 whole-network)"),
         ("max_fraction", float, 1.0, "stop after removing this fraction of the channels, in (0, 1]"),
         ("normalize", str, "minmax", f"per-layer normalisation for scope network: {', '.join(NORMALIZERS)}"),
         ("class_specific", bool, False, "also rank per class and report the class-specific per-class gain"),
-        ("seed", int, 0, "seed of the random orders"),
+        ("seed", int, 0, "seed of the random orders and of random_rescale"),
+        ("random_rescale", tuple[float, float] | None, None, "[lo, hi], e.g. [0.5, 1.5]: every scoring and "
+         "test image multiplied by its own random factor from [lo, hi] (seeded; the paper's A.7); null: none"),
         ("max_images", int, 2048, "images per forward pass (configurations of one batch are stacked up to it)"),
     ]
     rescale = [
         ("layer", str | None, None, "the layer whose filters are scaled (its scores fill the table). Required"),
         ("criteria", list[str] | str, list(DEFAULT_AUDIT_CRITERIA), audit_criteria),
         ("scale", float, 0.5, "the factor"),
-        ("bn", str, "fold", f"one of {', '.join(BN_MODES)}: fold adapts the running statistics of the BatchNorm "
-         "after a scaled tensor (what its re-normalisation learns), keep leaves them"),
+        ("bn", str, "auto", f"one of {', '.join(BN_MODES)}: fold adapts the running statistics of the BatchNorm "
+         "after a scaled tensor (what its re-normalisation learns), keep leaves them, auto folds when the "
+         "network has a BatchNorm (nothing to do on a BatchNorm-free network)"),
         ("layers", list[str] | str | None, None, "layers scored (null: every prunable layer)"),
         ("test", bool, True, "also report the test accuracy of each condition"),
     ]
     randomness = [
-        ("layer", str | None, None, "the layer re-initialised. Required"),
+        ("layer", str | None, None, "the layer whose scores are compared. Required"),
         ("criteria", list[str] | str, list(DEFAULT_AUDIT_CRITERIA), audit_criteria),
-        ("repeats", int, 5, "re-initialisations"),
-        ("seed", int, 0, "first seed"),
+        ("repeats", int, 100, "random networks (100: the feature-entropy paper's sample size)"),
+        ("reinit", str, "model", f"one of {', '.join(REINIT_SCOPES)}: whole randomly initialised networks, or "
+         "the trained network with only that layer re-initialised"),
+        ("seed", int, 0, "random network i is drawn with seed + i"),
         ("test", bool, True, "also report the test accuracy of each network"),
     ]
     layers = [
@@ -159,9 +165,10 @@ def _options() -> dict[str, tuple[str, str, list[tuple[str, Any, Any, str]]]]:
             rescale,
         ),
         "randomness": (
-            "randomness audit: criteria of a trained layer vs random re-initialisations of it",
-            "The criteria of one layer in the trained network and with that layer re-initialised (repeats "
-            "seeds); mean (std) over the re-initialisations.",
+            "randomness audit: criteria of a trained layer vs randomly initialised networks",
+            "The criteria of one layer in the trained network and in randomly initialised networks of the same "
+            "architecture (reinit model, default; reinit layer: only that layer re-initialised); mean (std) over "
+            "the random networks.",
             randomness,
         ),
         "layers": (
@@ -254,7 +261,7 @@ def run(sub: str, options: Mapping[str, Any]) -> dict[str, Path]:
             module, dm, dm, layers=o["layers"], criteria=o["criteria"], mode=o["mode"], scope=o["scope"],
             orders=o["orders"], random_orders=o["random_orders"], step=o["step"], max_fraction=o["max_fraction"],
             normalize=o["normalize"], class_specific=o["class_specific"], seed=o["seed"],
-            max_images=o["max_images"], **common,
+            random_rescale=o["random_rescale"], max_images=o["max_images"], **common,
         )
     elif sub == "rescale":
         res = rescaling_audit(
@@ -263,8 +270,8 @@ def run(sub: str, options: Mapping[str, Any]) -> dict[str, Path]:
         )
     elif sub == "randomness":
         res = randomness_audit(
-            module, dm, layer=o["layer"], criteria=o["criteria"], repeats=o["repeats"], seed=o["seed"],
-            test_data=test, **common,
+            module, dm, layer=o["layer"], criteria=o["criteria"], repeats=o["repeats"], reinit=o["reinit"],
+            seed=o["seed"], test_data=test, **common,
         )
     else:
         res = layer_analysis(
