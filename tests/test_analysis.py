@@ -30,6 +30,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
 import lightprune as lp
@@ -41,6 +42,7 @@ from lightprune.analysis import (
     main,
     randomness_audit,
     rescaling_audit,
+    scaled_copy,
 )
 from lightprune.analysis._common import MaskedEval, metrics_from_confusion
 from lightprune.collect import capture_activations, find_prunable_layers
@@ -193,9 +195,21 @@ def assert_png(path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 def test_ablation_order_is_stable_and_oriented():
     imp = torch.tensor([0.5, 0.1, 0.5, 0.9, 0.1])
+    assert ablation_order(imp, "least_important_first").tolist() == [1, 4, 0, 2, 3]
+    assert ablation_order(imp, "most_important_first").tolist() == [3, 0, 2, 1, 4]
+    # the old names are aliases: ascending / descending order of importance
     assert ablation_order(imp, "ascending").tolist() == [1, 4, 0, 2, 3]
     assert ablation_order(imp, "descending").tolist() == [3, 0, 2, 1, 4]
-    with pytest.raises(ConfigError, match=r"order='up' is not allowed; choose one of: ascending, descending"):
+    # feature entropy's importance is minus the entropy: the paper's "ascending order of feature
+    # entropy" (lowest entropy first) is our most_important_first
+    entropy = torch.tensor([0.3, 1.2, 0.1, 0.8])
+    by_entropy = torch.argsort(entropy, stable=True).tolist()
+    assert ablation_order(-entropy, "most_important_first").tolist() == by_entropy == [2, 0, 3, 1]
+    with pytest.raises(
+        ConfigError,
+        match=r"order='up' is not allowed; choose one of: least_important_first, most_important_first "
+        r"\(aliases: ascending = least_important_first, descending = most_important_first\)",
+    ):
         ablation_order(imp, "up")
 
 
@@ -283,7 +297,7 @@ def test_errors_name_argument_value_and_allowed(dm):
     with pytest.raises(ConfigError, match=r"scope='all' is not allowed; choose one of: layer, network"):
         cumulative_ablation(net, tiny, tiny, scope="all", num_classes=10)
     with pytest.raises(
-        ConfigError, match=r"orders='sideways' is not allowed; choose one of: ascending, descending"
+        ConfigError, match=r"orders='sideways' is not allowed; choose one of: least_important_first, most_important"
     ):
         cumulative_ablation(net, tiny, tiny, orders=["sideways"], num_classes=10)
     with pytest.raises(ConfigError, match=r"max_fraction=1.5 is not allowed"):
@@ -297,30 +311,52 @@ def test_errors_name_argument_value_and_allowed(dm):
         cumulative_ablation(net, tiny, tiny, layers="features.1", num_classes=10)
     with pytest.raises(ConfigError, match=r"scoring= is required"):
         cumulative_ablation(net, tiny, None, criteria=["apoz"], num_classes=10)
-    with pytest.raises(ConfigError, match=r"bn='x' is not allowed; choose one of: fold, keep"):
+    with pytest.raises(ConfigError, match=r"bn='x' is not allowed; choose one of: auto, fold, keep"):
         rescaling_audit(net, tiny, layer="features.0", bn="x")
     with pytest.raises(ConfigError, match=r"scale=-1 is not allowed"):
         rescaling_audit(net, tiny, layer="features.0", scale=-1)
     with pytest.raises(ConfigError, match=r"repeats=0 is not allowed"):
         randomness_audit(net, tiny, layer="features.0", repeats=0)
+    with pytest.raises(ConfigError, match=r"reinit='all' is not allowed; choose one of: model, layer"):
+        randomness_audit(net, tiny, layer="features.0", reinit="all")
+    with pytest.raises(ConfigError, match=r"random_rescale=\(1.5, 0.5\) is not allowed; give \(lo, hi\) with 0 < lo <= hi"):
+        cumulative_ablation(net, tiny, tiny, random_rescale=(1.5, 0.5), num_classes=10)
     with pytest.raises(ConfigError, match=r"every_n_epochs=0 is not allowed"):
         FeatureEntropyMonitor(every_n_epochs=0)
     with pytest.raises(ConfigError, match=r"p=2 is not allowed"):
         FeatureEntropyMonitor(p=2)
 
 
-def test_cli_help_and_errors_in_process(capsys, tmp_path):
+def test_cli_help_print_config_yaml_and_errors_in_process(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: lightprune analyze" in out and all(s in out for s in ("ablation", "rescale", "randomness", "layers"))
     for sub in ("ablation", "rescale", "randomness", "layers"):
         with pytest.raises(SystemExit) as exc:
             main([sub, "--help"])
         assert exc.value.code == 0
         out = capsys.readouterr().out
-        assert f"lightprune analyze {sub}" in out and "--ckpt" in out and "--out" in out
+        assert f"lightprune analyze [options] {sub}" in out and "--ckpt" in out and "--print_config" in out
+    # --print_config: a complete YAML config of the subcommand, the command-line values in it
     with pytest.raises(SystemExit) as exc:
-        main(["ablation", "--ckpt", str(tmp_path / "missing.ckpt")])
+        main(["ablation", "--ckpt", "m.ckpt", "--criteria", "[l1, apoz]", "--print_config"])
+    assert exc.value.code == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["ckpt"] == "m.ckpt" and cfg["criteria"] == ["l1", "apoz"] and cfg["mode"] == "zero"
+    # that config, as a YAML file, runs (here up to the missing checkpoint); the command line overrides it
+    cfg["ckpt"] = str(tmp_path / "missing.ckpt")
+    (tmp_path / "ablation.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SystemExit) as exc:
+        main(["ablation", "--config", str(tmp_path / "ablation.yaml"), "--progress", "false"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "error: ckpt=" in err and "missing.ckpt" in err and "no such file" in err
+    assert "lightprune analyze ablation: error: ckpt=" in err and "missing.ckpt" in err and "no such file" in err
+    with pytest.raises(SystemExit) as exc:
+        main(["rescale", "--ckpt", str(tmp_path / "missing.ckpt")])
+    assert exc.value.code == 2
+    assert "error: layer=None" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["frobnicate"])
     assert exc.value.code == 2
@@ -340,6 +376,242 @@ def test_ablate_channels_context_manager_is_temporary():
     assert torch.equal(before, after)  # hooks removed, weights untouched
     assert torch.equal(dead, ref)
     assert torch.allclose(dead[0], dead[1])
+
+
+def test_ablation_of_layers_sharing_a_capture_module_resnet18():
+    """A ResNet BasicBlock's ReLU serves conv1 (call 0) and the block output (call 1): listing conv1
+    with nothing to remove must not shift conv2's replacement to the wrong call."""
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        with ablate_channels(net, {"layer1.0.conv1": [], "layer1.0.conv2": range(64)}, x):
+            both = net(x)
+        with ablate_channels(net, {"layer1.0.conv2": range(64)}, x):
+            alone = net(x)
+        plain = net(x)
+    assert torch.allclose(both, alone, atol=1e-6, rtol=0)
+    assert not torch.allclose(alone, plain, atol=1e-3)  # the ablation did something
+
+
+class _Block(nn.Module):
+    """A BasicBlock in miniature: one ReLU module called twice (conv1 at call 0, the block output at call 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv1, self.conv2 = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+
+    def forward(self, x):
+        h = self.stem(x)
+        out = self.conv2(self.relu(self.conv1(h)))
+        out += h  # in place, as torchvision's BasicBlock: the ReLU receives conv2's output tensor itself
+        return self.head(self.relu(out))
+
+
+def test_masked_eval_routes_layers_sharing_a_capture_module():
+    torch.manual_seed(0)
+    net = _Block().eval()
+    x, y = torch.randn(12, 1, 6, 6), torch.arange(12) % 3
+    layers = find_prunable_layers(net, x[:2], ["conv1", "conv2"])
+    assert (layers["conv1"].capture, layers["conv1"].capture_call) == ("relu", 0)
+    assert (layers["conv2"].capture, layers["conv2"].capture_call) == ("relu", 1)
+    masks = {"conv1": torch.tensor([[1.0, 0, 1, 1], [1, 1, 1, 1]]), "conv2": torch.tensor([[1.0, 1, 1, 1], [0, 0, 1, 0]])}
+    res = MaskedEval(net, layers, masks, num_classes=3).run([(x, y)])
+    for k, remove in enumerate(({"conv1": [1], "conv2": []}, {"conv1": [], "conv2": [0, 1, 3]})):
+        with torch.no_grad(), ablate_channels(net, remove, x[:2]):
+            logits = net(x).double()
+        assert res["loss_sum"][k].item() == pytest.approx(F.cross_entropy(logits, y, reduction="sum").item(), rel=1e-6)
+
+
+class _PoolNet(nn.Module):
+    """Max pooling between the layers and padding-free consumers: bias balancing and mean ablation must agree."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv0 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv1 = nn.Conv2d(6, 8, 3, bias=False)  # no bias: surgery folds into its BatchNorm
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 2)
+        self.fc = nn.Linear(8, 6)
+        self.out = nn.Linear(6, 3)
+        self.r0, self.r1, self.r2, self.r3 = nn.ReLU(), nn.ReLU(), nn.ReLU(), nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x):  # 12x12 -> 6x6 -> 4x4 -> 2x2 -> 1x1
+        h = self.pool(self.r0(self.conv0(x)))
+        h = self.pool(self.r1(self.bn1(self.conv1(h))))
+        h = torch.flatten(self.r2(self.conv2(h)), 1)
+        return self.out(self.r3(self.fc(h)))
+
+
+def test_prune_with_bias_balancing_equals_mean_ablation():
+    from lightprune.plan import Plan
+    from lightprune.surgery import removed_channel_fill
+
+    torch.manual_seed(0)
+    net = _PoolNet()
+    with torch.no_grad():
+        net.bn1.running_mean.uniform_(-0.5, 0.5)
+        net.bn1.running_var.uniform_(0.5, 2.0)
+        for m in (net.conv0, net.conv2, net.fc):
+            m.bias.uniform_(-0.3, 0.3)  # channels with clearly non-zero means
+    net.eval()
+    x = torch.randn(24, 3, 12, 12)
+    batches = [(x[:12], torch.zeros(12)), (x[12:], torch.zeros(12))]
+    remove = {"conv0": [1, 4], "conv1": [0, 3, 5], "conv2": [2, 7], "fc": [0, 5]}
+    fill = removed_channel_fill(net, list(remove), batches, x[:2])
+    # the fill is what the consumer receives (after max pooling), not the mean of the map before it
+    pre_pool = []
+    h = net.r0.register_forward_hook(lambda m, a, out: pre_pool.append(out.double().mean(dim=(0, 2, 3))))
+    with torch.no_grad():
+        pooled = F.max_pool2d(net.r0(net.conv0(x)), 2).double().mean(dim=(0, 2, 3))
+        net(x)
+    h.remove()
+    assert torch.allclose(fill["conv0"], pooled) and not torch.allclose(fill["conv0"], pre_pool[0], atol=1e-3)
+    test = torch.randn(8, 3, 12, 12)
+    with torch.no_grad(), ablate_channels(net, remove, x[:2], mode="mean", means=fill):
+        ablated = net(test)
+    pruned = copy.deepcopy(net)
+    widths = {"conv0": 6, "conv1": 8, "conv2": 8, "fc": 6}
+    keep = {n: torch.tensor([c for c in range(w) if c not in remove[n]]) for n, w in widths.items()}
+    report = lp.prune(pruned, Plan(keep, widths, [[n] for n in widths]), x[:2], bias_balancing=True, batches=batches,
+                      measure_latency=False)
+    assert set(report.bias_balanced) == {"conv1", "conv2", "fc", "out"}
+    assert pruned.conv1.in_channels == 4 and pruned.out.in_features == 4
+    with torch.no_grad():
+        assert torch.allclose(pruned(test), ablated, atol=1e-5, rtol=0)
+        with ablate_channels(net, remove, x[:2]):  # zero mode differs: the balancing matters here
+            assert not torch.allclose(net(test), ablated, atol=1e-3)
+
+
+def test_removed_channel_fill_takes_the_consumer_that_reads_the_layer():
+    """In a residual group the consumers that read another member's output are left out."""
+    from lightprune.surgery import removed_channel_fill
+
+    torch.manual_seed(0)
+    net = _Residual().eval()
+    x = torch.randn(10, 1, 6, 6)
+    fill = removed_channel_fill(net, None, [x], x[:2])
+    with torch.no_grad():
+        h = net.stem(x)
+        joined = net.relu(net.conv(h)) + h
+    # stem.0's first consumer is conv (it reads h); conv's output reaches only the head's Linear, after the sum
+    assert torch.allclose(fill["stem.0"], h.double().mean(dim=(0, 2, 3)))
+    assert torch.allclose(fill["conv"], joined.double().mean(dim=(0, 2, 3)))
+
+
+def test_analyses_take_dict_batches():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+    ).eval()
+    x, y = torch.randn(30, 1, 6, 6), torch.arange(30) % 3
+    tuples = [(x[:15], y[:15]), (x[15:], y[15:])]
+    dicts = [{"image": a, "label": b} for a, b in tuples]
+    kw = dict(layers="2", criteria=["l1", "apoz"], random_orders=1, mode="mean", progress=False)
+    a = cumulative_ablation(net, tuples, tuples, **kw)
+    b = cumulative_ablation(net, dicts, dicts, **kw)
+    assert a.curves == b.curves and a.meta["num_classes"] == 3
+    from lightprune.analysis import feature_entropy_stats
+
+    assert feature_entropy_stats(net, dicts) == feature_entropy_stats(net, tuples)
+
+
+def _tiny_net(batch_norm: bool = False) -> nn.Sequential:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Conv2d(1, 4, 3, padding=1)]
+    layers += [nn.BatchNorm2d(4)] if batch_norm else []
+    layers += [nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3)]
+    return nn.Sequential(*layers).eval()
+
+
+def test_randomness_audit_draws_whole_random_networks():
+    """reinit='model': random network i = every layer drawn in order from Generator(seed + i), the
+    library's init (Kaiming normal fan-out convs, N(0, 0.01) Linear); built here by hand."""
+    net = _tiny_net()
+    x, y = torch.randn(12, 1, 6, 6), torch.arange(12) % 3
+    data = [(x, y)]
+    res = randomness_audit(net, data, layer="2", criteria=["l1", "apoz"], repeats=2, seed=5, progress=False)
+    by = {(r["criterion"], r["network"]): r["mean"] for r in res.rows}
+    assert set(by) == {(c, n) for c in ("l1", "apoz") for n in ("trained", "random_5", "random_6")}
+    for i in (5, 6):
+        g = torch.Generator().manual_seed(i)
+        ref = copy.deepcopy(net)
+        with torch.no_grad():
+            for conv in (ref[0], ref[2]):
+                fan_out = conv.out_channels * 9
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * math.sqrt(2.0 / fan_out))
+                conv.bias.zero_()
+            ref[6].weight.copy_(torch.randn(ref[6].weight.shape, generator=g) * 0.01)
+            ref[6].bias.zero_()
+        assert by[("l1", f"random_{i}")] == pytest.approx(float(ref[2].weight.detach().abs().sum(dim=(1, 2, 3)).double().mean()))
+        # APoZ of layer 2 depends on layer 0: equal only if layer 0 is random too
+        apoz = lp.score(ref, "apoz", data, layers=["2"], progress=False)["2"]
+        assert by[("apoz", f"random_{i}")] == pytest.approx(float(apoz.double().mean()), abs=1e-12)
+    assert res.meta["reinit"] == "model" and res.meta["repeats"] == 2
+    # reinit="layer": the trained layer 0 stays, so APoZ of layer 2 differs from the whole random network's
+    single = randomness_audit(net, data, layer="2", criteria=["l1", "apoz"], repeats=1, seed=5, reinit="layer",
+                              progress=False)
+    one = {(r["criterion"], r["network"]): r["mean"] for r in single.rows}
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(net[2].weight.shape, generator=g) * math.sqrt(2.0 / (6 * 9))
+    assert one[("l1", "random_5")] == pytest.approx(float(w.abs().sum(dim=(1, 2, 3)).double().mean()))
+    assert one[("apoz", "random_5")] != pytest.approx(by[("apoz", "random_5")], abs=1e-6)
+
+
+def test_rescaling_audit_folds_batchnorm_only_where_there_is_one():
+    data = [(torch.randn(12, 1, 6, 6), torch.arange(12) % 3)]
+    plain = rescaling_audit(_tiny_net(), data, layer="0", criteria=["l1"], progress=False)
+    assert plain.meta["bn"] == "none" and plain.meta["bn_requested"] == "auto" and "bn=none" in plain.note
+    bn_net = _tiny_net(batch_norm=True)
+    with torch.no_grad():
+        bn_net[1].running_mean.fill_(0.3)
+        bn_net[1].running_var.fill_(2.0)
+    folded = rescaling_audit(bn_net, data, layer="0", criteria=["l1"], progress=False)
+    assert folded.meta["bn"] == "fold"
+    kept = rescaling_audit(bn_net, data, layer="0", criteria=["l1"], bn="keep", progress=False)
+    assert kept.meta["bn"] == "keep"
+    fold_copy = scaled_copy(bn_net, "0", 0.5, bn="fold", example_inputs=data[0][0][:2])
+    assert torch.allclose(fold_copy[1].running_mean, torch.full((4,), 0.15))
+    assert torch.allclose(fold_copy[1].running_var, torch.full((4,), 0.5))
+
+
+def test_ablation_with_random_per_image_rescaling():
+    """random_rescale=(0.5, 1.5): image i of batch b times 0.5 + u_i, u = rand(B, Generator(seed + b)),
+    for the scoring and the test images; curves checked against a plain loop."""
+    net = _tiny_net()
+    x, y = torch.randn(20, 1, 6, 6), torch.arange(20) % 3
+    test = [(x[:12], y[:12]), (x[12:], y[12:])]
+    scoring = [(x[5:15], y[5:15])]
+    res = cumulative_ablation(net, test, scoring, layers="2", criteria=["apoz"], orders=["least_important_first"],
+                              random_orders=0, random_rescale=(0.5, 1.5), seed=3, progress=False)
+
+    def rescaled(batches):
+        out = []
+        for b, (xb, yb) in enumerate(batches):
+            u = torch.rand(len(xb), generator=torch.Generator().manual_seed(3 + b), dtype=torch.float64)
+            out.append(((xb * (0.5 + u).float().view(-1, 1, 1, 1)), yb))
+        return out
+
+    apoz = lp.score(net, "apoz", rescaled(scoring), layers=["2"], progress=False)["2"]
+    order = ablation_order(apoz, "least_important_first")
+    curve = res.curve("apoz", "least_important_first", "2")
+    for k in (0, 2, 5):
+        with torch.no_grad(), ablate_channels(net, {"2": order[:k]}, x[:2]):
+            logits = torch.cat([net(xb) for xb, _ in rescaled(test)])
+        acc = float((logits.argmax(1) == y[:20]).double().mean())
+        loss = float(F.cross_entropy(logits.double(), y, reduction="mean"))
+        assert curve["acc"][k] == pytest.approx(acc, abs=1e-12) and curve["loss"][k] == pytest.approx(loss, rel=1e-6)
+    assert res.meta["random_rescale"] == [0.5, 1.5]
+    plain = cumulative_ablation(net, test, scoring, layers="2", criteria=["apoz"], orders=["ascending"],
+                                random_orders=0, progress=False)
+    assert plain.curve("apoz", "ascending", "2")["loss"][0] != pytest.approx(curve["loss"][0], rel=1e-6)
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,14 +634,13 @@ def test_cli_ablation_curves(bn_net, dm, tmp_path):
         "ablation",
         "--ckpt",
         bn_net.ckpt,
-        "--layer",
+        "--layers",
         "features.0",
         "--criteria",
-        "l1",
-        "apoz",
-        "--random-orders",
+        "[l1, apoz]",
+        "--random_orders",
         "2",
-        "--samples-per-class",
+        "--samples_per_class",
         "5",
         "--out",
         out,
@@ -378,7 +649,7 @@ def test_cli_ablation_curves(bn_net, dm, tmp_path):
     # tqdm progress bars on stderr for the long loops (scoring, the ablation passes); which frame is
     # drawn last depends on timing (bars are cleared on close), so check that a bar with a rate was shown
     assert "ablation features.0" in res.stderr and re.search(r"\d+%\|.*it/s", res.stderr), res.stderr[-2000:]
-    assert "| features.0 | l1 | ascending |" in res.stdout
+    assert "| features.0 | l1 | least_important_first |" in res.stdout
     assert_png(out / "ablation_features.0.png")
     rows = read_csv(out / "ablation_curves.csv")
     net = bn_net.module.model
@@ -388,10 +659,10 @@ def test_cli_ablation_curves(bn_net, dm, tmp_path):
     for r in rows:
         curves.setdefault((r["criterion"], r["order"], r["repeat"]), []).append(r)
     assert set(curves) == {
-        ("l1", "ascending", "0"),
-        ("l1", "descending", "0"),
-        ("apoz", "ascending", "0"),
-        ("apoz", "descending", "0"),
+        ("l1", "least_important_first", "0"),
+        ("l1", "most_important_first", "0"),
+        ("apoz", "least_important_first", "0"),
+        ("apoz", "most_important_first", "0"),
         ("random", "random", "0"),
         ("random", "random", "1"),
     }
@@ -411,19 +682,19 @@ def test_cli_ablation_curves(bn_net, dm, tmp_path):
         )
         # every channel removed == the layer zeroed by another mechanism (BatchNorm weight = bias = 0)
         assert float(rr[-1]["acc"]) == pytest.approx(dead["acc"], abs=1e-12)
-    # a partial step of the l1 ascending curve against the same channels zeroed through BatchNorm
-    first3 = ablation_order(l1, "ascending")[:3].tolist()
+    # a partial step of the l1 least-important-first curve against the same channels zeroed through BatchNorm
+    first3 = ablation_order(l1, "least_important_first")[:3].tolist()
     ref = plain_eval(zero_channels_via_bn(net, "features.0", first3), dm)
-    assert float(curves[("l1", "ascending", "0")][3]["acc"]) == pytest.approx(ref["acc"], abs=1e-12)
+    assert float(curves[("l1", "least_important_first", "0")][3]["acc"]) == pytest.approx(ref["acc"], abs=1e-12)
     # per-class gain = mean over classes of max over steps of class_bacc_c minus its unablated value
     summary = {(r["criterion"], r["order"]): r for r in read_csv(out / "ablation_summary.csv")}
-    rr = curves[("apoz", "descending", "0")]
+    rr = curves[("apoz", "most_important_first", "0")]
     gain = (
         sum(max(float(r[f"class_bacc_{c}"]) for r in rr) - float(rr[0][f"class_bacc_{c}"]) for c in range(10))
         / 10
     )
-    assert float(summary[("apoz", "descending")]["per_class_gain"]) == pytest.approx(gain, abs=1e-12)
-    assert float(summary[("l1", "ascending")]["acc_0"]) == pytest.approx(base["acc"], abs=1e-12)
+    assert float(summary[("apoz", "most_important_first")]["per_class_gain"]) == pytest.approx(gain, abs=1e-12)
+    assert float(summary[("l1", "least_important_first")]["acc_0"]) == pytest.approx(base["acc"], abs=1e-12)
     assert (out / "ablation_summary.md").read_text().count("| features.0 |") == 5
 
 
@@ -447,6 +718,7 @@ def test_ablation_mean_mode_matches_bias_balanced_bn(bn_net, dm):
     removed = [r["removed"] for r in res.curves]
     assert removed == [0, 8, 16, 24, 32]
     # reference: the post-ReLU channel means by a plain hook, then BatchNorm weight 0 and bias = mean
+    # (features.8's consumer, features.11, reads that ReLU output directly: its input mean is the map's)
     relu = net.get_submodule("features.10")
     acts = []
     h = relu.register_forward_hook(
@@ -518,22 +790,19 @@ def test_cli_rescale_exact_on_homogeneous_network(homogeneous_net, tmp_path):
         "--layer",
         layer,
         "--criteria",
-        "l1",
-        "feature_entropy",
-        "apoz",
+        "[l1, feature_entropy, apoz]",
         "--layers",
-        "features.0",
-        layer,
-        "features.6",
-        "features.8",
-        "--samples-per-class",
+        f"[features.0, {layer}, features.6, features.8]",
+        "--samples_per_class",
         "5",
-        "--no-test",
+        "--test",
+        "false",
         "--out",
         out,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Rescaling audit" in res.stdout
+    assert "bn=none" in res.stdout  # bn=auto (default): a BatchNorm-free network has nothing to fold
     assert_png(out / "rescaling_audit.png")
     rows = read_csv(out / "rescaling_audit.csv")
     assert {r["condition"] for r in rows} == {"original", "input", "filters", "both"}
@@ -615,16 +884,18 @@ def test_cli_randomness(bn_net, tmp_path):
         "--layer",
         layer,
         "--criteria",
-        "l1",
-        "feature_entropy",
+        "[l1, feature_entropy]",
         "--repeats",
         "3",
-        "--samples-per-class",
+        "--reinit",
+        "layer",
+        "--samples_per_class",
         "5",
         "--out",
         out,
     )
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "Randomness audit (features.4, layer re-initialised)" in res.stdout
     assert_png(out / "randomness_audit.png")
     rows = read_csv(out / "randomness_audit.csv")
     assert {r["network"] for r in rows} == {"trained", "random_0", "random_1", "random_2"}
@@ -656,7 +927,7 @@ def test_cli_randomness(bn_net, tmp_path):
 @pytest.mark.slow
 def test_cli_layers(bn_net, dm, tmp_path):
     out = tmp_path / "layers"
-    res = run_cli("layers", "--ckpt", bn_net.ckpt, "--samples-per-class", "5", "--out", out)
+    res = run_cli("layers", "--ckpt", bn_net.ckpt, "--samples_per_class", "5", "--out", out)
     assert res.returncode == 0, res.stderr[-3000:]
     assert_png(out / "layer_analysis.png")
     rows = read_csv(out / "layer_analysis.csv")
@@ -728,9 +999,9 @@ def test_class_specific_gain(bn_net, dm):
     assert set(gains) == {"l1", "apoz"}
     # a weight criterion ranks every class the same way: class-specific gain = the shared curve's gain
     assert gains["l1"]["class_specific_gain"] == pytest.approx(
-        gains["l1"]["shared_ascending_gain"], abs=1e-12
+        gains["l1"]["shared_gain"], abs=1e-12
     )
-    # reference for class 0: APoZ on class-0 scoring images only, ascending, ablated with the public hook
+    # reference for class 0: APoZ on class-0 scoring images only, least important first, ablated with the public hook
     x0, y0 = [], []
     for xb, yb in dm.scoring_dataloader(5):
         x0.append(xb[yb == 0])

@@ -15,10 +15,6 @@ import time
 
 from lightning.pytorch.cli import LightningCLI
 
-from .callbacks import PruningCallback
-from .data import ClassificationDataModule
-from .module import ClassificationModule
-
 __all__ = ["LightpruneCLI", "main"]
 
 
@@ -41,6 +37,8 @@ class LightpruneCLI(LightningCLI):
     def after_fit(self) -> None:
         if not self.config[self.subcommand].get("test_after_fit"):
             return
+        from .callbacks import PruningCallback
+
         elapsed = time.perf_counter() - self._fit_started
         pruned = any(isinstance(cb, PruningCallback) and cb.history for cb in self.trainer.callbacks)
         # after a prune, "best" may be an unpruned checkpoint: test the final (pruned, fine-tuned) weights
@@ -75,6 +73,10 @@ def main(args: list[str] | None = None) -> None:
         module = importlib.import_module(EXTRA_SUBCOMMANDS[argv[0]][0])
         module.main(argv[1:])
         return
+    # imported here, not at the top: `analyze` and `compare` load only what they use
+    from .data import ClassificationDataModule
+    from .module import ClassificationModule
+
     LightpruneCLI(
         ClassificationModule,
         ClassificationDataModule,

@@ -313,3 +313,124 @@ def restore(model: nn.Module, plan_dict: Plan | Mapping[str, Any], example_input
         example_inputs = torch.zeros(*shape, device=next(model.parameters()).device)
     prune(model, plan, example_inputs, measure_latency=False)
     return model
+
+
+def removed_channel_fill(
+    model: nn.Module,
+    layers: Iterable[str] | Mapping[str, Any] | None,
+    batches: Iterable[Any],
+    example_inputs: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """The value bias balancing gives each channel of ``layers`` when it is removed: the mean of what
+    the layer's **consumer receives** on that channel (its input, after any pooling), over ``batches``.
+
+    This is the one definition of bias balancing (CRITERIA.md "Bias balancing"): :func:`prune` with
+    ``bias_balancing=True`` folds exactly these means (:func:`consumer_input_means`) into every
+    consumer's bias, and ablation in mean mode (:func:`lightprune.analysis.ablate_channels`) fills a
+    removed channel of the post-activation map with them. The two agree exactly when the consumer has
+    no padding and the path from the captured map to the consumer maps a constant map to the same
+    constant (max or average pooling, identity; a Linear after ``Flatten`` sees a 1x1 map).
+
+    The consumers of a layer are the Conv2d / Linear layers that lose input channels when its output
+    channels are removed (the in-channel side of its torch-pruning group; depthwise convs are pruned
+    with their producer and skipped, as in :func:`prune`) and whose input depends on the layer's
+    post-activation output (a residual group's consumers that read another member's output are left
+    out). When several consumers remain, the first in execution order is used (the ablation can put
+    only one value in the map; surgery balances each consumer with its own mean). A Linear consumer
+    after ``Flatten`` gets ``r`` input features per channel: the fill is their mean.
+
+    Args:
+        model: the network (not modified; run in eval mode, every module's mode restored).
+        layers: prunable layer names (or a mapping keyed by them, e.g. from
+            :func:`lightprune.collect.find_prunable_layers`); None: every prunable layer.
+        batches: the scoring set, ``(inputs, labels)`` or dict batches, or plain input tensors.
+        example_inputs: a small input batch for the dependency graph and the tracing.
+
+    Returns:
+        ``{layer: (C,) float64 tensor}`` on the CPU.
+
+    Raises:
+        ConfigError: a name is not a prunable layer, a layer has no Conv2d / Linear consumer (nothing
+            to balance), or ``batches`` is empty.
+
+    Example::
+
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.ReLU(),
+        ...                           torch.nn.MaxPool2d(2), torch.nn.Conv2d(2, 3, 2), torch.nn.Flatten(),
+        ...                           torch.nn.Linear(3, 2))
+        >>> x = torch.randn(4, 1, 4, 4)
+        >>> fill = removed_channel_fill(net, ["0"], [x], x[:1])
+        >>> pooled = torch.nn.functional.max_pool2d(torch.relu(net[0](x)), 2)
+        >>> bool(torch.allclose(fill["0"], pooled.double().mean(dim=(0, 2, 3))))
+        True
+    """
+    found = find_prunable_layers(model, example_inputs, None if layers is None else list(layers))
+    modules = dict(model.named_modules())
+    names = {m: n for n, m in modules.items()}
+    dg = dependency_graph(model, example_inputs)
+    chosen: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for name, info in found.items():
+        items = group_items(dg, pruning_group(dg, info.module, list(range(info.out_channels))), names)
+        candidates = {
+            it.name: it.indices
+            for it in items
+            if not it.output
+            and it.name is not None
+            and isinstance(it.module, (nn.Conv2d, nn.Linear))
+            and not (isinstance(it.module, nn.Conv2d) and it.module.groups > 1)
+        }
+        reached = _consumers_reached(model, {name: info}, list(candidates), example_inputs)
+        if not reached:
+            raise ConfigError(
+                f"layer {name!r} has no Conv2d / Linear consumer of its channels: removing them leaves nothing "
+                "to balance"
+            )
+        chosen[name] = (reached[0], candidates[reached[0]])
+    means = consumer_input_means(model, {c for c, _ in chosen.values()}, batches)
+    fill: dict[str, torch.Tensor] = {}
+    for name, (consumer, idx) in chosen.items():
+        c_out = found[name].out_channels
+        if len(idx) % c_out:
+            raise ConfigError(
+                f"layer {name!r}: its consumer {consumer!r} takes {len(idx)} inputs from its {c_out} channels; "
+                "cannot map them back to channels"
+            )
+        m = means[consumer].cpu()[torch.tensor(idx, dtype=torch.long)]
+        fill[name] = m.reshape(c_out, -1).mean(1)
+    return fill
+
+
+def _consumers_reached(
+    model: nn.Module, layer: Mapping[str, Any], consumers: list[str], example_inputs: torch.Tensor
+) -> list[str]:
+    """Those of ``consumers`` whose input depends on the layer's post-activation output, in execution
+    order (one forward pass of ``example_inputs`` with only that output requiring gradients)."""
+    from .collect import capture_activations
+
+    modules = dict(model.named_modules())
+    reached: list[str] = []
+    handles = []
+    for cname in consumers:
+
+        def pre(mod, args, _n=cname):
+            if args and isinstance(args[0], torch.Tensor) and args[0].requires_grad and _n not in reached:
+                reached.append(_n)
+
+        handles.append(modules[cname].register_forward_pre_hook(pre))
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        mark = lambda _name, out: out.detach().requires_grad_(True) * 1.0  # noqa: E731  (a non-leaf)
+        with inference(model, grad=True), capture_activations(model, dict(layer), mark):
+            model(example_inputs.detach())
+    finally:
+        for p, was in flags:
+            p.requires_grad_(was)
+        for h in handles:
+            h.remove()
+    return reached
+
+
+__all__.append("removed_channel_fill")

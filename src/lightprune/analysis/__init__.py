@@ -7,7 +7,7 @@ Python API::
 
 Command line (``lightprune analyze <subcommand> --help``)::
 
-    lightprune analyze ablation   --ckpt model.ckpt --layer features.3 --criteria l1 feature_entropy
+    lightprune analyze ablation   --ckpt model.ckpt --layers features.3 --criteria '[l1, feature_entropy]'
     lightprune analyze rescale    --ckpt model.ckpt --layer features.3
     lightprune analyze randomness --ckpt model.ckpt --layer features.3
     lightprune analyze layers     --ckpt model.ckpt
@@ -17,12 +17,22 @@ Definitions and how to read the outputs: docs/analysis.md.
 
 from __future__ import annotations
 
-from ._common import channel_means, evaluate, reinitialize
-from .ablation import ORDERS, SCOPES, AblationResult, ablate_channels, ablation_order, cumulative_ablation
+from ._common import reinitialize
+from .ablation import (
+    ORDER_ALIASES,
+    ORDERS,
+    SCOPES,
+    AblationResult,
+    ablate_channels,
+    ablation_order,
+    canonical_order,
+    cumulative_ablation,
+)
 from .audit import (
     BN_MODES,
     CONDITIONS,
     DEFAULT_AUDIT_CRITERIA,
+    REINIT_SCOPES,
     AuditResult,
     randomness_audit,
     rescaling_audit,
@@ -37,6 +47,8 @@ __all__ = [
     "ablate_channels",
     "ablation_order",
     "ORDERS",
+    "ORDER_ALIASES",
+    "canonical_order",
     "SCOPES",
     "rescaling_audit",
     "randomness_audit",
@@ -44,13 +56,12 @@ __all__ = [
     "AuditResult",
     "CONDITIONS",
     "BN_MODES",
+    "REINIT_SCOPES",
     "DEFAULT_AUDIT_CRITERIA",
     "layer_analysis",
     "feature_entropy_stats",
     "LayerAnalysisResult",
     "FeatureEntropyMonitor",
-    "channel_means",
-    "evaluate",
     "reinitialize",
 ]
 

@@ -1,5 +1,8 @@
 """Shared helpers of the analyses: model unwrapping, re-iterable batch views, evaluation of many
-channel-mask configurations in one streamed pass, tables (CSV + markdown) and plotting setup."""
+channel-mask configurations in one streamed pass, tables (CSV + markdown) and plotting setup.
+
+Data, evaluation and progress bars come from the core services (:mod:`lightprune.data`,
+:mod:`lightprune.evaluation`); hooks from :func:`lightprune.collect.capture_activations`."""
 
 from __future__ import annotations
 
@@ -14,25 +17,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import evaluation
 from ..collect import PrunableLayer, capture_activations, find_prunable_layers
 from ..criteria import Criterion, Scores, create_criterion, score
-from ..errors import ConfigError, check_choice
+from ..data import Batches, ScoringSet, resolve_scoring_set, split_batch
+from ..errors import ConfigError, check_choice, check_positive_int
+from ..evaluation import inference, model_device
 
 __all__ = [
     "unwrap",
-    "model_device",
-    "first_inputs",
     "batch_view",
+    "evaluation_set",
+    "class_count",
     "resolve_layers",
     "resolve_criteria",
     "criterion_label",
     "compute_scores",
-    "channel_means",
     "reinitialize",
+    "random_copy",
+    "MaskedEval",
+    "metrics_from_confusion",
     "write_table",
     "markdown_table",
-    "progress_bar",
     "pyplot",
+    "save_figure",
 ]
 
 ABLATION_MODES = ("zero", "mean")
@@ -58,32 +66,34 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def model_device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def _split(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    if not (isinstance(batch, (list, tuple)) and len(batch) >= 2):
-        raise ConfigError("each batch must be (inputs, labels); got " + type(batch).__name__)
-    return batch[0], torch.as_tensor(batch[1]).long()
-
-
 class _BatchView:
-    """A re-iterable view of ``(inputs, labels)`` batches: optionally scaled inputs and/or one class.
+    """A re-iterable view of ``(inputs, labels)`` batches: optionally rescaled inputs and/or one class.
 
     ``lp.score`` iterates its data more than once (example inputs, class count, scoring), so the
-    view re-applies the transformation on every pass instead of caching anything.
+    view re-applies the transformation on every pass instead of caching anything; the random factors
+    depend only on the seed and the batch index, so every pass sees the same images.
     """
 
     def __init__(
-        self, source: Iterable[Any], *, scale: float | None = None, only_class: int | None = None
+        self,
+        source: Iterable[Any],
+        *,
+        scale: float | None = None,
+        only_class: int | None = None,
+        random_scale: tuple[float, float] | None = None,
+        seed: int = 0,
     ) -> None:
         self.source, self.scale, self.only_class = source, scale, only_class
+        self.random_scale, self.seed = random_scale, seed
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for batch in self.source:
-            x, y = _split(batch)
+        for b, batch in enumerate(self.source):
+            x, y = split_batch(batch)
+            if self.random_scale is not None:
+                lo, hi = self.random_scale
+                u = torch.rand(x.shape[0], generator=torch.Generator().manual_seed(self.seed + b), dtype=torch.float64)
+                factors = (lo + (hi - lo) * u).to(x.dtype).to(x.device)
+                x = x * factors.reshape(-1, *([1] * (x.ndim - 1)))
             if self.only_class is not None:
                 keep = y == self.only_class
                 if not bool(keep.any()):
@@ -100,35 +110,57 @@ class _SizedBatchView(_BatchView):
 
 
 def batch_view(
-    source: Iterable[Any], *, scale: float | None = None, only_class: int | None = None
+    source: Iterable[Any],
+    *,
+    scale: float | None = None,
+    only_class: int | None = None,
+    random_scale: tuple[float, float] | None = None,
+    seed: int = 0,
 ) -> _BatchView:
-    """A re-iterable view of ``source`` with inputs times ``scale`` and/or only the images of ``only_class``."""
+    """A re-iterable view of ``source`` (tuple or dict batches) with transformed inputs.
+
+    Args:
+        source: the batches.
+        scale: every input times this factor.
+        only_class: keep only the images of this class (batches without it are skipped).
+        random_scale: ``(lo, hi)``: image ``i`` of batch ``b`` times ``lo + (hi - lo) * u[i]``,
+            ``u = torch.rand(len(batch), generator=torch.Generator().manual_seed(seed + b),
+            dtype=torch.float64)`` (per-image random rescaling, the same on every pass).
+        seed: seed of ``random_scale``.
+
+    Example::
+
+        >>> x = torch.ones(3, 1, 2, 2)
+        >>> view = batch_view([(x, torch.zeros(3))], random_scale=(0.5, 1.5), seed=7)
+        >>> u = torch.rand(3, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+        >>> bool(torch.allclose(next(iter(view))[0][:, 0, 0, 0], (0.5 + u).float()))
+        True
+    """
     cls = _SizedBatchView if hasattr(source, "__len__") else _BatchView
-    return cls(source, scale=scale, only_class=only_class)
+    return cls(source, scale=scale, only_class=only_class, random_scale=random_scale, seed=seed)
 
 
-def as_batches(data: Any, argument: str) -> Iterable[Any]:
-    """``data`` itself; ``None`` raises a ConfigError naming ``argument``."""
-    if data is None:
-        raise ConfigError(f"{argument} is required: give an iterable of (inputs, labels) batches")
-    return data
-
-
-def scoring_batches(scoring: Any, samples_per_class: int, classes: Sequence[int] | None) -> Iterable[Any]:
-    """``scoring``: a data module (its class-balanced scoring loader is drawn) or batches as given."""
+def evaluation_set(test_data: Any) -> ScoringSet:
+    """The evaluation data: a data module's test split, or batches / a DataLoader as given (tuple or
+    dict batches, through :func:`lightprune.data.resolve_scoring_set`)."""
     from ..data import ClassificationDataModule
 
-    if isinstance(scoring, ClassificationDataModule):
-        scoring.setup("fit")
-        return scoring.scoring_dataloader(samples_per_class, classes)
-    return as_batches(scoring, "scoring")
+    if isinstance(test_data, ClassificationDataModule):
+        test_data.setup("test")
+        return ScoringSet(Batches(test_data.test_dataloader()), test_data.num_classes)
+    return resolve_scoring_set(test_data, argument="test_data")
 
 
-def first_inputs(batches: Iterable[Any], device: torch.device) -> torch.Tensor:
-    for batch in batches:
-        x, _ = _split(batch)
-        return x[:2].to(device)
-    raise ConfigError("the data holds no image (empty loader)")
+def class_count(data: ScoringSet, given: int | None) -> int:
+    """``given``, else the data's class count, else ``max(label) + 1`` over its batches."""
+    if given is not None:
+        return check_positive_int("num_classes", given, minimum=2)
+    if data.num_classes is not None:
+        return int(data.num_classes)
+    top = max((int(y.max()) for _, y in data.batches), default=-1)
+    if top < 1:
+        raise ConfigError("num_classes could not be inferred (fewer than 2 classes in the labels); pass num_classes=")
+    return top + 1
 
 
 def resolve_layers(
@@ -191,39 +223,14 @@ def compute_scores(
     return score(model, criterion, batches, layers=list(layers), num_classes=num_classes, progress=progress)
 
 
-def channel_means(
-    model: nn.Module, layers: Mapping[str, PrunableLayer], batches: Iterable[Any], *, progress: bool = False
-) -> dict[str, torch.Tensor]:
-    """Mean of every channel's post-activation output over ``batches`` (images and positions), float64."""
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-
-    def feed(name: str, act: torch.Tensor) -> None:
-        a = act.detach().double()
-        dims = [0] + list(range(2, a.ndim))
-        sums[name] = sums.get(name, 0) + a.sum(dim=dims)
-        counts[name] = counts.get(name, 0) + a.numel() // a.shape[1]
-
-    device = model_device(model)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), capture_activations(model, dict(layers), feed):
-            for batch in progress_bar(batches, progress, "channel means"):
-                x, _ = _split(batch)
-                model(x.to(device))
-    finally:
-        model.train(was_training)
-    if not counts:
-        raise ConfigError("the scoring set holds no image (empty loader)")
-    return {n: (sums[n] / counts[n]).cpu() for n in layers}
-
-
 def reinitialize(module: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
     """Re-draw the parameters of ``module`` and its children in place (the library's model init).
 
     Conv2d: Kaiming normal (fan_out, ReLU), bias 0; Linear: N(0, 0.01), bias 0 (both as
-    :class:`~lightprune.models.CifarVGG`); BatchNorm: weight 1, bias 0, running statistics reset.
+    :class:`~lightprune.models.CifarVGG`); BatchNorm: weight 1, bias 0, running statistics reset;
+    any other module with parameters of its own and a ``reset_parameters()`` (LayerNorm, PReLU, ...):
+    reset under a torch seed drawn from ``generator``. Modules are visited in ``module.modules()``
+    order, each drawing from ``generator`` in turn.
     """
     with torch.no_grad():
         for m in module.modules():
@@ -239,6 +246,10 @@ def reinitialize(module: nn.Module, generator: torch.Generator | None = None) ->
                     m.bias.zero_()
             elif isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.reset_parameters()
+            elif next(m.parameters(recurse=False), None) is not None and hasattr(m, "reset_parameters"):
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+                    m.reset_parameters()
     return module
 
 
@@ -257,10 +268,11 @@ class MaskedEval:
 
     Each configuration ``k`` keeps or removes channels of some layers: ``masks[layer]`` is a
     ``(K, C)`` 0/1 tensor (1 = keep). A removed channel's post-activation output is replaced by 0
-    (``mode="zero"``) or by ``fill[layer][c]`` (``mode="mean"``: its mean over the scoring set).
+    (``mode="zero"``) or by ``fill[layer][c]`` (``mode="mean"``: the bias-balancing value,
+    :func:`lightprune.surgery.removed_channel_fill`).
 
-    Forward hooks on the layers' capture modules (:func:`lightprune.collect.find_prunable_layers`)
-    do the replacement: ``out * mask + (1 - mask) * fill``. Several configurations share one
+    The one hook router (:func:`lightprune.collect.capture_activations`, with replacement) does it
+    on the layers' post-activation outputs: ``out * mask + (1 - mask) * fill``. Several configurations share one
     forward pass: the first hooked output is repeated ``K`` times along the batch (replica ``k`` =
     rows ``k*B:(k+1)*B``), so the part of the network before it runs once per batch. Where that
     is not possible (a branch outside the hook joins later, e.g. a residual shortcut), the inputs
@@ -281,7 +293,7 @@ class MaskedEval:
     ) -> None:
         check_choice("mode", mode, ABLATION_MODES)
         if mode == "mean" and fill is None:
-            raise ConfigError("mode='mean' needs the channel means (fill=)")
+            raise ConfigError("mode='mean' needs the fill values (fill=, see lightprune.surgery.removed_channel_fill)")
         sizes = {int(m.shape[0]) for m in masks.values()} or {1}
         if len(sizes) != 1:
             raise ConfigError(f"every layer needs the same number of configurations; got {sorted(sizes)}")
@@ -302,84 +314,55 @@ class MaskedEval:
     def _forward(self, x: torch.Tensor, k0: int, k1: int, expand: str) -> torch.Tensor:
         k = k1 - k0
         b = x.shape[0]
-        modules = dict(self.model.named_modules())
-        counts: dict[str, int] = {}
-        handles = [self.model.register_forward_pre_hook(lambda mod, args: counts.clear())]
-        by_capture: dict[str, dict[int, list[str]]] = {}
-        for name in self.masks:
-            layer = self.layers[name]
-            by_capture.setdefault(layer.capture, {}).setdefault(layer.capture_call, []).append(name)
 
-        for cap, per_call in by_capture.items():
+        def fill(name: str, out: torch.Tensor) -> torch.Tensor:
+            if out.shape[0] == b and k > 1:  # the first hooked output: one replica per configuration
+                out = out.repeat(k, *([1] * (out.ndim - 1)))
+            elif out.shape[0] != k * b:
+                raise RuntimeError(f"unexpected batch size {out.shape[0]} at {name} (B={b}, K={k})")
+            shape = (-1, *([1] * (out.ndim - 2)))
+            mask = self.masks[name][k0:k1].repeat_interleave(b, dim=0).reshape(k * b, *shape)
+            return out * mask + (1.0 - mask) * self.fill[name].reshape(1, *shape)
 
-            def hook(mod, args, out, _cap=cap, _per_call=per_call):
-                idx = counts.get(_cap, 0)
-                counts[_cap] = idx + 1
-                names = _per_call.get(idx)
-                if not names:
-                    return None
-                if out.shape[0] == b and k > 1:
-                    out = out.repeat(k, *([1] * (out.ndim - 1)))
-                elif out.shape[0] != k * b:
-                    raise RuntimeError(f"unexpected batch size {out.shape[0]} at {_cap} (B={b}, K={k})")
-                for name in names:
-                    mask = self.masks[name][k0:k1].repeat_interleave(b, dim=0)
-                    mask = mask.reshape(*mask.shape, *([1] * (out.ndim - 2)))
-                    fill = self.fill[name].reshape(1, -1, *([1] * (out.ndim - 2)))
-                    out = out * mask + (1.0 - mask) * fill
-                return out
-
-            handles.append(modules[cap].register_forward_hook(hook))
-        try:
+        layers = {n: self.layers[n] for n in self.masks}
+        with capture_activations(self.model, layers, fill):
             inp = x.repeat(k, *([1] * (x.ndim - 1))) if expand == "input" and k > 1 else x
             return self.model(inp)
-        finally:
-            for h in handles:
-                h.remove()
 
     def run(
         self, batches: Iterable[Any], *, progress: bool = False, desc: str = "ablation"
     ) -> dict[str, torch.Tensor]:
-        """Stream ``batches``; return ``confusion`` (K, n, n) int64 (rows: true class), ``loss_sum`` (K,)
-        float64 and ``count`` (images)."""
+        """Stream ``batches`` (tuple or dict batches); return ``confusion`` (K, n, n) int64 (rows: true
+        class), ``loss_sum`` (K,) float64 and ``count`` (images)."""
         n = self.num_classes
         confusion = torch.zeros(self.K, n, n, dtype=torch.int64)
         loss_sum = torch.zeros(self.K, dtype=torch.float64)
         seen = 0
         # one tick per (configuration, batch): fine-grained even when a batch carries many configurations
         total = len(batches) * self.K if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
-        was_training = self.model.training
-        self.model.eval()
-        bar = progress_bar(None, progress, desc, total=total)
-        try:
-            with torch.no_grad():
-                for batch in batches:
-                    x, y = _split(batch)
-                    x, y = x.to(self.device), y.to(self.device)
-                    if int(y.max()) >= n or int(y.min()) < 0:
-                        raise ConfigError(f"labels outside [0, {n}) in the test data; num_classes={n}")
-                    b = x.shape[0]
-                    step = max(1, self.max_images // max(1, b))
-                    for k0 in range(0, self.K, step):
-                        k1 = min(self.K, k0 + step)
-                        logits = self._checked_forward(x, k0, k1)
-                        logits = logits.reshape(k1 - k0, b, -1).double()
-                        yy = y.repeat(k1 - k0)
-                        loss = F.cross_entropy(logits.reshape((k1 - k0) * b, -1), yy, reduction="none")
-                        loss_sum[k0:k1] += loss.reshape(k1 - k0, b).sum(1).cpu()
-                        pred = logits.argmax(-1)  # (k, b)
-                        idx = (y.unsqueeze(0) * n + pred).cpu()
-                        offs = torch.arange(k1 - k0).unsqueeze(1) * (n * n)
-                        confusion[k0:k1] += torch.bincount(
-                            (idx + offs).reshape(-1), minlength=(k1 - k0) * n * n
-                        ).reshape(k1 - k0, n, n)
-                        if bar is not None:
-                            bar.update(k1 - k0)
-                    seen += b
-        finally:
-            self.model.train(was_training)
-            if bar is not None:
-                bar.close()
+        with inference(self.model), evaluation.progress(enabled=progress, desc=desc, total=total) as bar:
+            for batch in batches:
+                x, y = split_batch(batch)
+                x, y = x.to(self.device), y.to(self.device)
+                if int(y.max()) >= n or int(y.min()) < 0:
+                    raise ConfigError(f"labels outside [0, {n}) in the test data; num_classes={n}")
+                b = x.shape[0]
+                step = max(1, self.max_images // max(1, b))
+                for k0 in range(0, self.K, step):
+                    k1 = min(self.K, k0 + step)
+                    logits = self._checked_forward(x, k0, k1)
+                    logits = logits.reshape(k1 - k0, b, -1).double()
+                    yy = y.repeat(k1 - k0)
+                    loss = F.cross_entropy(logits.reshape((k1 - k0) * b, -1), yy, reduction="none")
+                    loss_sum[k0:k1] += loss.reshape(k1 - k0, b).sum(1).cpu()
+                    pred = logits.argmax(-1)  # (k, b)
+                    idx = (y.unsqueeze(0) * n + pred).cpu()
+                    offs = torch.arange(k1 - k0).unsqueeze(1) * (n * n)
+                    confusion[k0:k1] += torch.bincount(
+                        (idx + offs).reshape(-1), minlength=(k1 - k0) * n * n
+                    ).reshape(k1 - k0, n, n)
+                    bar.update(k1 - k0)
+                seen += b
         if seen == 0:
             raise ConfigError("the test data holds no image (empty loader)")
         return {"confusion": confusion, "loss_sum": loss_sum, "count": seen}
@@ -402,16 +385,6 @@ class MaskedEval:
             self.expand = "input"
             return self._forward(x, k0, k1, "input")
         return self._forward(x, k0, k1, "hook")
-
-
-def evaluate(
-    model: nn.Module, batches: Iterable[Any], num_classes: int, *, progress: bool = False
-) -> dict[str, float]:
-    """Test metrics of ``model`` as it is: ``acc``, ``loss``, ``balanced_acc`` (streamed)."""
-    net = unwrap(model)
-    res = MaskedEval(net, {}, {}, num_classes=num_classes).run(batches, progress=progress, desc="evaluate")
-    met = metrics_from_confusion(res["confusion"], res["loss_sum"], res["count"])
-    return {k: float(met[k][0]) for k in ("acc", "loss", "balanced_acc")}
 
 
 def metrics_from_confusion(
@@ -500,20 +473,6 @@ def write_table(
     return paths
 
 
-def progress_bar(iterable: Iterable[Any] | None, enabled: bool, desc: str, total: int | None = None):
-    """A tqdm bar (stderr) around ``iterable`` when ``enabled``; with ``iterable=None`` a manual bar
-    (or None when disabled)."""
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    if iterable is None:
-        return tqdm(total=total, desc=desc, leave=False)
-    if total is None and hasattr(iterable, "__len__"):
-        total = len(iterable)  # type: ignore[arg-type]
-    return tqdm(iterable, desc=desc, leave=False, total=total)
-
-
 def pyplot():
     """matplotlib.pyplot on the non-interactive Agg backend (no display needed)."""
     import matplotlib
@@ -522,3 +481,13 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` (PNG, 110 dpi; parent folders created) and close it."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+    return path

@@ -2,15 +2,21 @@
 
 Definitions (docs/analysis.md has the long form):
 
-- **Removing a channel** never touches a weight: a forward hook on the layer's post-activation
-  output (where :func:`lightprune.collect.find_prunable_layers` captures it) multiplies the
-  output by a 0/1 channel mask and, with ``mode="mean"`` (bias balancing), puts the channel's mean
-  over the scoring set (images and positions) in place of a removed channel:
-  ``out * mask + (1 - mask) * mean``. ``mode="zero"`` puts 0.
-- **Orders**: ``ascending`` removes the least important channel first (the pruning order: a good
-  criterion keeps the accuracy up longest), ``descending`` the most important first (a good
-  criterion makes it fall fastest); ties are broken by channel index. ``random``: seeded random
-  permutations, averaged over ``random_orders`` draws.
+- **Removing a channel** never touches a weight: the one hook router
+  (:func:`lightprune.collect.capture_activations`, with replacement) multiplies the layer's
+  post-activation output by a 0/1 channel mask and, with ``mode="mean"`` (bias balancing), puts
+  the bias-balancing value of a removed channel in its place: ``out * mask + (1 - mask) * fill``,
+  ``fill`` = the mean of what the layer's consumer receives on that channel over the scoring set
+  (:func:`lightprune.surgery.removed_channel_fill`, the value ``lp.prune(bias_balancing=True)``
+  folds into the consumer's bias). ``mode="zero"`` puts 0.
+- **Orders**, named by what is removed first: ``least_important_first`` (the pruning order: a good
+  criterion keeps the accuracy up longest) and ``most_important_first`` (a good criterion makes it
+  fall fastest); "important" is the criterion's importance (higher = keep). The old names
+  ``ascending`` / ``descending`` (of importance) are accepted as aliases. Ties are broken by channel
+  index. ``random``: seeded random permutations, averaged over ``random_orders`` draws.
+- **Random rescaling** (``random_rescale=(lo, hi)``, the feature-entropy paper's appendix A.7):
+  every image the analysis sees (scoring and test) is multiplied by its own factor drawn uniformly
+  from ``[lo, hi]`` (:func:`~lightprune.analysis._common.batch_view`, seeded by ``seed``).
 - **Layer-wise** (``scope="layer"``): the channels of one layer are ranked and removed, the rest
   of the network unchanged; every given layer gets its own curves.
 - **Whole-network** (``scope="network"``): the channels of all given layers (default: every
@@ -23,7 +29,7 @@ Definitions (docs/analysis.md has the long form):
 - **Per-class gain** (Zhao & Zhang 2022, Table 11): for a curve, ``gain_c = max over steps of
   class_bacc_c - class_bacc_c(unablated)`` (>= 0, the unablated network is step 0), averaged
   over classes. With ``class_specific=True`` each class also gets its own ranking (the criterion
-  computed on the scoring images of that class only, ascending order), and ``gain_c`` is read on
+  computed on the scoring images of that class only, least important first), and ``gain_c`` is read on
   that class's curve: the best one-vs-rest balanced accuracy for class ``c`` reachable by
   ablating channels chosen for ``c``.
 """
@@ -42,31 +48,36 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..criteria import create_criterion
+from ..collect import capture_activations
+from ..criteria import Criterion, criterion_class
+from ..data import ClassificationDataModule, resolve_scoring_set
 from ..errors import ConfigError, check_choice, check_positive_int
+from ..evaluation import model_device
 from ..planner import normalise_importance
+from ..surgery import removed_channel_fill
 from ._common import (
     ABLATION_MODES,
     CriterionLike,
     MaskedEval,
     batch_view,
-    channel_means,
+    class_count,
     compute_scores,
     criterion_label,
-    first_inputs,
+    evaluation_set,
     markdown_table,
     metrics_from_confusion,
-    model_device,
     pyplot,
     resolve_criteria,
     resolve_layers,
-    scoring_batches,
+    save_figure,
     unwrap,
     write_table,
 )
 
 __all__ = [
     "ORDERS",
+    "ORDER_ALIASES",
+    "canonical_order",
     "SCOPES",
     "NORMALIZERS",
     "AblationResult",
@@ -75,23 +86,55 @@ __all__ = [
     "ablation_order",
 ]
 
-ORDERS = ("ascending", "descending")
+ORDERS = ("least_important_first", "most_important_first")
+#: old names, accepted everywhere an order is: ascending / descending order of importance
+ORDER_ALIASES = {"ascending": "least_important_first", "descending": "most_important_first"}
 SCOPES = ("layer", "network")
 NORMALIZERS = ("minmax", "max", "mean", "rank", "none")
 RANDOM = "random"
+#: columns of the summary table (markdown)
+SUMMARY_COLUMNS = [
+    "unit", "criterion", "order", "channels", "acc_0", "acc_25", "acc_50", "acc_75", "acc_end", "area",
+    "removed_at_90", "per_class_gain",
+]
 
 
 # --------------------------------------------------------------------------------------------
 # orders
 # --------------------------------------------------------------------------------------------
+def canonical_order(order: str, argument: str = "order") -> str:
+    """``order`` under its canonical name (``ascending`` -> ``least_important_first``,
+    ``descending`` -> ``most_important_first``).
+
+    Raises:
+        ConfigError: not an order (the message lists the names and the aliases).
+    """
+    if isinstance(order, str) and order in ORDER_ALIASES:
+        return ORDER_ALIASES[order]
+    if order not in ORDERS:
+        aliases = ", ".join(f"{a} = {c}" for a, c in ORDER_ALIASES.items())
+        raise ConfigError(
+            f"{argument}={order!r} is not allowed; choose one of: {', '.join(ORDERS)} (aliases: {aliases})"
+        )
+    return order
+
+
 def ablation_order(importance: torch.Tensor, order: str) -> torch.Tensor:
-    """Channel indices in removal order: ``ascending`` = least important first, ``descending`` =
-    most important first; ties by channel index (stable)."""
-    check_choice("order", order, ORDERS)
+    """Channel indices in removal order: ``least_important_first`` (alias ``ascending``: ascending
+    importance) or ``most_important_first`` (alias ``descending``); ties by channel index (stable).
+
+    Example::
+
+        >>> ablation_order(torch.tensor([0.5, 0.1, 0.9]), "least_important_first").tolist()
+        [1, 0, 2]
+        >>> ablation_order(torch.tensor([0.5, 0.1, 0.9]), "descending").tolist()
+        [2, 0, 1]
+    """
+    order = canonical_order(order)
     v = importance.double().cpu()
     if bool(torch.isnan(v).any()):
         raise ConfigError("importance contains NaN; cannot order the channels")
-    key = v if order == "ascending" else -v
+    key = v if order == "least_important_first" else -v
     return torch.sort(key, stable=True).indices
 
 
@@ -105,7 +148,7 @@ def _global_order(
         if bool(torch.isnan(v).any()):
             raise ConfigError(f"importance of layer {n!r} contains NaN; cannot order the channels")
         for c, val in enumerate(v.tolist()):
-            keys.append((val if order == "ascending" else -val, li, c))
+            keys.append((val if order == "least_important_first" else -val, li, c))
     keys.sort()
     return [(names[li], c) for _, li, c in keys]
 
@@ -123,14 +166,19 @@ def ablate_channels(
     means: Mapping[str, torch.Tensor] | None = None,
 ):
     """While active, the listed channels' post-activation outputs are 0 (``mode="zero"``) or
-    their ``means`` (``mode="mean"``); weights are not modified.
+    ``means`` (``mode="mean"``); weights are not modified. The replacement goes through the one hook
+    router (:func:`lightprune.collect.capture_activations`), so layers that share a capture module
+    (a ResNet block's ReLU) are each replaced at their own call.
 
     Args:
         model: the network (a ClassificationModule is unwrapped to its ``.model``).
         remove: ``{layer name: channel indices}``.
         example_inputs: a small batch, to locate the capture points.
         mode: ``"zero"`` or ``"mean"``.
-        means: ``{layer: (C,) channel means}`` for ``mode="mean"`` (see :func:`channel_means`).
+        means: ``{layer: (C,) fill values}`` for ``mode="mean"``: the bias-balancing values of
+            :func:`lightprune.surgery.removed_channel_fill` (the mean of what each layer's consumer
+            receives), so that the ablation equals ``lp.prune(..., bias_balancing=True)`` where the
+            two can agree (docs/analysis.md).
 
     Example::
 
@@ -147,7 +195,10 @@ def ablate_channels(
     check_choice("mode", mode, ABLATION_MODES)
     layers = resolve_layers(net, example_inputs, list(remove))
     if mode == "mean" and (means is None or any(n not in means for n in remove)):
-        raise ConfigError("mode='mean' needs means= with an entry for every layer in remove")
+        raise ConfigError(
+            "mode='mean' needs means= with an entry for every layer in remove "
+            "(lightprune.surgery.removed_channel_fill gives them)"
+        )
     masks: dict[str, torch.Tensor] = {}
     fills: dict[str, torch.Tensor] = {}
     for n, idx in remove.items():
@@ -157,28 +208,15 @@ def ablate_channels(
             raise ConfigError(f"remove[{n!r}] holds channels outside [0, {c_out})")
         masks[n] = torch.ones(c_out)
         masks[n][idx_t] = 0
-        fills[n] = torch.as_tensor(means[n]).reshape(-1).float() if mode == "mean" else torch.zeros(c_out)
-    modules = dict(net.named_modules())
-    counts: dict[str, int] = {}
-    handles = [net.register_forward_pre_hook(lambda mod, args: counts.clear())]
-    for n, layer in layers.items():
+        fills[n] = torch.as_tensor(means[n]).reshape(-1) if mode == "mean" else torch.zeros(c_out)
 
-        def hook(mod, args, out, _n=n, _layer=layer):
-            idx = counts.get(_layer.capture, 0)
-            counts[_layer.capture] = idx + 1
-            if idx != _layer.capture_call:
-                return None
-            shape = (1, -1, *([1] * (out.ndim - 2)))
-            mask = masks[_n].reshape(shape).to(out.device, out.dtype)
-            fill = fills[_n].reshape(shape).to(out.device, out.dtype)
-            return out * mask + (1.0 - mask) * fill
+    def replace(name: str, out: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1, *([1] * (out.ndim - 2)))
+        mask = masks[name].reshape(shape).to(out.device, out.dtype)
+        return out * mask + (1.0 - mask) * fills[name].reshape(shape).to(out.device, out.dtype)
 
-        handles.append(modules[layer.capture].register_forward_hook(hook))
-    try:
+    with capture_activations(net, layers, replace):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,8 +245,10 @@ class AblationResult:
     def curve(
         self, criterion: str, order: str, unit: str | None = None, repeat: int = 0
     ) -> dict[str, list[float]]:
-        """Columns (``removed``, ``acc``, ``loss``, ...) of one curve; ``unit`` defaults to the first."""
+        """Columns (``removed``, ``acc``, ``loss``, ...) of one curve; ``unit`` defaults to the first;
+        ``order`` may be an alias (``ascending``)."""
         unit = unit or self.curves[0]["unit"]
+        order = ORDER_ALIASES.get(order, order)
         rows = [
             r
             for r in self.curves
@@ -224,21 +264,7 @@ class AblationResult:
         return {k: [r[k] for r in rows] for k in rows[0] if k not in ("unit", "criterion", "order")}
 
     def summary_markdown(self, digits: int = 3) -> str:
-        cols = [
-            "unit",
-            "criterion",
-            "order",
-            "channels",
-            "acc_0",
-            "acc_25",
-            "acc_50",
-            "acc_75",
-            "acc_end",
-            "area",
-            "removed_at_90",
-            "per_class_gain",
-        ]
-        return markdown_table(self.summary, cols, digits)
+        return markdown_table(self.summary, SUMMARY_COLUMNS, digits)
 
     def save(self, out_dir: str | Path, *, plot: bool = True) -> dict[str, Path]:
         """Write ``ablation_curves.csv``, ``ablation_summary.{csv,md}``, ``class_gain.{csv,md}``
@@ -253,32 +279,18 @@ class AblationResult:
             "before the accuracy first falls below 90 % of the unablated one, per_class_gain = mean over "
             "classes of the best one-vs-rest balanced-accuracy gain along the curve."
         )
-        cols = [
-            "unit",
-            "criterion",
-            "order",
-            "channels",
-            "acc_0",
-            "acc_25",
-            "acc_50",
-            "acc_75",
-            "acc_end",
-            "area",
-            "removed_at_90",
-            "per_class_gain",
-        ]
         p = write_table(
             self.summary,
             out,
             "ablation_summary",
-            columns=cols,
+            columns=SUMMARY_COLUMNS,
             title="Cumulative ablation",
             note=note,
             digits=3,
         )
         paths["summary_csv"], paths["summary_md"] = p["csv"], p["md"]
         if self.class_gain:
-            gcols = ["unit", "criterion", "class_specific_gain", "shared_ascending_gain"]
+            gcols = ["unit", "criterion", "class_specific_gain", "shared_gain"]
             p = write_table(
                 self.class_gain,
                 out,
@@ -296,7 +308,7 @@ class AblationResult:
 
     def plot(self, path: str | Path, unit: str | None = None) -> Path:
         """Test accuracy and loss against channels removed: one colour per criterion, solid =
-        ascending (least important first), dashed = descending, grey = random (mean, band = min..max)."""
+        least important first, dashed = most important first, grey = random (mean, band = min..max)."""
         plt = pyplot()
         unit = unit or self.curves[0]["unit"]
         rows = [r for r in self.curves if r["unit"] == unit]
@@ -308,7 +320,7 @@ class AblationResult:
             (axes[1], "loss", "test loss (cross-entropy)"),
         ):
             for i, crit in enumerate(crits):
-                for order, style in (("ascending", "-"), ("descending", "--")):
+                for order, style in zip(ORDERS, ("-", "--"), strict=True):
                     rr = [r for r in rows if r["criterion"] == crit and r["order"] == order]
                     if rr:
                         ax.plot(
@@ -334,41 +346,12 @@ class AblationResult:
         axes[0].set_ylim(-0.02, 1.02)
         axes[0].legend(fontsize=7, loc="best")
         fig.suptitle(f"cumulative ablation ({self.meta.get('mode', 'zero')}): {unit}")
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
+        return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------
 # the analysis
 # --------------------------------------------------------------------------------------------
-def _test_batches(test_data: Any) -> Iterable[Any]:
-    from ..data import ClassificationDataModule
-
-    if isinstance(test_data, ClassificationDataModule):
-        test_data.setup("test")
-        return test_data.test_dataloader()
-    if test_data is None:
-        raise ConfigError("test_data is required: a data module (its test split) or (inputs, labels) batches")
-    return test_data
-
-
-def _num_classes(test_data: Any, batches: Iterable[Any], given: int | None) -> int:
-    from ..data import ClassificationDataModule
-
-    if given is not None:
-        return check_positive_int("num_classes", given, minimum=2)
-    if isinstance(test_data, ClassificationDataModule):
-        return int(test_data.num_classes)
-    top = max(int(torch.as_tensor(b[1]).max()) for b in batches)
-    if top < 1:
-        raise ConfigError("num_classes could not be inferred from the test labels; pass num_classes=")
-    return top + 1
-
-
 def _counts(total: int, step: int, max_fraction: float) -> list[int]:
     last = int(math.floor(max_fraction * total + 1e-9))
     out = list(range(0, last + 1, step))
@@ -414,6 +397,7 @@ def cumulative_ablation(
     num_classes: int | None = None,
     class_specific: bool = False,
     seed: int = 0,
+    random_rescale: tuple[float, float] | None = None,
     max_images: int = 2048,
     progress: bool = True,
 ) -> AblationResult:
@@ -421,17 +405,20 @@ def cumulative_ablation(
 
     Args:
         model: the trained network (a ClassificationModule is unwrapped to ``.model``).
-        test_data: a data module (its test split) or ``(inputs, labels)`` batches; streamed.
-        scoring: the scoring set: a data module (``samples_per_class`` training images of each
-            class in ``classes``) or batches; default: ``test_data`` when it is a data module.
+        test_data: a data module (its test split), a DataLoader or ``(inputs, labels)`` / dict
+            batches; streamed.
+        scoring: the scoring set (:func:`lightprune.data.resolve_scoring_set`): a data module
+            (``samples_per_class`` training images of each class in ``classes``), a DataLoader or
+            batches; default: ``test_data`` when it is a data module.
             Needed by data criteria, ``mode="mean"`` and ``class_specific``.
         layers: layer name(s); default: every prunable layer.
         criteria: registered names, :class:`~lightprune.Criterion` instances or precomputed
             :class:`~lightprune.Scores`.
-        mode: ``"zero"`` (default) or ``"mean"`` (bias balancing: removed channels output their
-            mean over the scoring set).
+        mode: ``"zero"`` (default) or ``"mean"`` (bias balancing: a removed channel outputs the mean
+            of what its consumer receives over the scoring set, :func:`~lightprune.surgery.removed_channel_fill`).
         scope: ``"layer"`` (each layer alone) or ``"network"`` (all ``layers`` ranked together).
-        orders: subset of ``("ascending", "descending")``.
+        orders: subset of :data:`ORDERS` (``least_important_first``, ``most_important_first``; the
+            aliases ``ascending``, ``descending`` are accepted; results use the canonical names).
         random_orders: number of random permutations (0: none), default 1.
         step: channels removed per step; default 1 (layer) or ``ceil(total / 50)`` (network).
         max_fraction: stop after removing this fraction of the channels, in (0, 1], default 1.
@@ -441,7 +428,13 @@ def cumulative_ablation(
         num_classes: default: the data module's, or inferred from the test labels.
         class_specific: also rank per class (see the module docstring) and report the
             class-specific per-class gain (costs one scoring pass per class and criterion).
-        seed: seed of the random orders.
+        seed: seed of the random orders and of ``random_rescale``.
+        random_rescale: ``(lo, hi)``, e.g. ``(0.5, 1.5)`` (the feature-entropy paper, A.7): every
+            scoring and test image multiplied by its own factor drawn uniformly from ``[lo, hi]``
+            (image ``i`` of batch ``b``: ``lo + (hi - lo) * torch.rand(B, generator=
+            torch.Generator().manual_seed(seed + b), dtype=torch.float64)[i]``, the same on every
+            pass); the criteria, the ``mode="mean"`` fill and the curves all see the rescaled
+            images. None (default): the images as they are.
         max_images: images per forward pass (configurations of one batch are stacked up to it).
         progress: tqdm progress bars on stderr.
 
@@ -458,8 +451,7 @@ def cumulative_ablation(
     check_choice("normalize", normalize, NORMALIZERS)
     if isinstance(orders, str):
         orders = [orders]
-    for o in orders:
-        check_choice("orders", o, ORDERS)
+    orders = list(dict.fromkeys(canonical_order(o, "orders") for o in orders))
     random_orders = check_positive_int("random_orders", random_orders, minimum=0)
     if step is not None:
         check_positive_int("step", step)
@@ -470,24 +462,31 @@ def cumulative_ablation(
     ):
         raise ConfigError(f"max_fraction={max_fraction!r} is not allowed; it must lie in (0, 1]")
     check_positive_int("max_images", max_images)
+    random_rescale = _check_rescale(random_rescale)
     crits = resolve_criteria(criteria)
     if not orders and random_orders == 0:
         raise ConfigError("orders=[] and random_orders=0: nothing to ablate")
 
-    test_batches = _test_batches(test_data)
-    from ..data import ClassificationDataModule
-
+    tests = evaluation_set(test_data)
+    test_batches = tests.batches
     if scoring is None and isinstance(test_data, ClassificationDataModule):
         scoring = test_data
     needs_scoring = mode == "mean" or class_specific or any(_needs_data(c) for c in crits)
-    score_batches = scoring_batches(scoring, samples_per_class, classes) if scoring is not None else None
+    score_batches = (
+        resolve_scoring_set(scoring, samples_per_class=samples_per_class, classes=classes, argument="scoring").batches
+        if scoring is not None
+        else None
+    )
     if needs_scoring and score_batches is None:
         raise ConfigError(
             "scoring= is required: data criteria, mode='mean' and class_specific need a scoring set"
         )
-    n_classes = _num_classes(test_data, test_batches, num_classes)
-    device = model_device(net)
-    example = first_inputs(test_batches, device)
+    if random_rescale is not None:
+        test_batches = batch_view(test_batches, random_scale=random_rescale, seed=seed)
+        if score_batches is not None:
+            score_batches = batch_view(score_batches, random_scale=random_rescale, seed=seed)
+    n_classes = class_count(tests, num_classes)
+    example = tests.example_inputs(2, model_device(net))
     found = resolve_layers(net, example, layers)
     names = list(found)
 
@@ -496,7 +495,7 @@ def cumulative_ablation(
         scores[criterion_label(c)] = compute_scores(
             net, c, score_batches, names, num_classes=n_classes, progress=progress
         )
-    means = channel_means(net, found, score_batches, progress=progress) if mode == "mean" else None
+    means = removed_channel_fill(net, found, score_batches, example) if mode == "mean" else None
 
     units: list[tuple[str, list[str]]] = (
         [(n, [n]) for n in names] if scope == "layer" else [("network", names)]
@@ -505,6 +504,7 @@ def cumulative_ablation(
         _class_scores(net, crits, score_batches, names, n_classes, progress) if class_specific else {}
     )
     gen = torch.Generator().manual_seed(seed)
+    masked = {"mode": mode, "fill": means, "num_classes": n_classes, "max_images": max_images, "progress": progress}
     result = AblationResult([], [], [], {})
     steps_used: dict[str, int] = {}
     for unit, members in units:
@@ -524,24 +524,11 @@ def cumulative_ablation(
             (RANDOM, RANDOM, r, torch.randperm(total, generator=gen).tolist()) for r in range(random_orders)
         ]
         for crit, per in per_class_scores.items():
-            plans += [(crit, f"class_{c}", 0, flat(sc, "ascending")) for c, sc in per.items()]
+            plans += [(crit, f"class_{c}", 0, flat(sc, "least_important_first")) for c, sc in per.items()]
         steps_used[unit] = step or (1 if scope == "layer" else max(1, math.ceil(total / 50)))
         counts = _counts(total, steps_used[unit], max_fraction)
-        met, plan_idx = _evaluate_plans(
-            net,
-            {n: found[n] for n in members},
-            sizes,
-            offsets,
-            plans,
-            counts,
-            test_batches,
-            mode=mode,
-            means=means,
-            num_classes=n_classes,
-            max_images=max_images,
-            progress=progress,
-            unit=unit,
-        )
+        layer_set = {n: found[n] for n in members}
+        met, plan_idx = _evaluate_plans(net, layer_set, sizes, offsets, plans, counts, test_batches, masked, unit)
         _collect(result, unit, plans, plan_idx, counts, total, met, n_classes)
 
     meta = {
@@ -555,6 +542,7 @@ def cumulative_ablation(
         "num_classes": n_classes,
         "layers": names,
         "seed": seed,
+        "random_rescale": list(random_rescale) if random_rescale is not None else None,
     }
     result.meta = meta
     return result
@@ -568,17 +556,12 @@ def _evaluate_plans(
     plans: Sequence[tuple[str, str, int, list[int]]],
     counts: Sequence[int],
     test_batches: Iterable[Any],
-    *,
-    mode: str,
-    means: Mapping[str, torch.Tensor] | None,
-    num_classes: int,
-    max_images: int,
-    progress: bool,
+    masked: Mapping[str, Any],
     unit: str,
 ) -> tuple[dict[str, torch.Tensor], list[list[int]]]:
     """Metrics of every (plan, count) configuration; identical masks (step 0, full removal, ...)
-    are evaluated once. Returns the metrics of the unique configurations and, per plan, the
-    configuration index of each count."""
+    are evaluated once (``masked``: the :class:`MaskedEval` settings, and ``progress``). Returns the
+    metrics of the unique configurations and, per plan, the configuration index of each count."""
     total = sum(sizes.values())
     keys: dict[bytes, int] = {}
     unique: list[torch.Tensor] = []
@@ -597,8 +580,11 @@ def _evaluate_plans(
         plan_idx.append(ids)
     stacked = torch.stack(unique)  # (K, total)
     masks = {n: stacked[:, offsets[n] : offsets[n] + sizes[n]] for n in sizes}
-    ev = MaskedEval(net, layers, masks, mode=mode, fill=means, num_classes=num_classes, max_images=max_images)
-    res = ev.run(test_batches, progress=progress, desc=f"ablation {unit} ({stacked.shape[0]} configurations)")
+    settings = dict(masked)
+    progress = settings.pop("progress")
+    res = MaskedEval(net, layers, masks, **settings).run(
+        test_batches, progress=progress, desc=f"ablation {unit} ({stacked.shape[0]} configurations)"
+    )
     return metrics_from_confusion(res["confusion"], res["loss_sum"], res["count"]), plan_idx
 
 
@@ -653,7 +639,7 @@ def _collect(
             (
                 r["per_class_gain"]
                 for r in result.summary
-                if r["unit"] == unit and r["criterion"] == crit and r["order"] == "ascending"
+                if r["unit"] == unit and r["criterion"] == crit and r["order"] == "least_important_first"
             ),
             float("nan"),
         )
@@ -661,7 +647,7 @@ def _collect(
             "unit": unit,
             "criterion": crit,
             "class_specific_gain": float(np.mean(list(per.values()))),
-            "shared_ascending_gain": shared,
+            "shared_gain": shared,
         }
         row.update({f"gain_{c}": v for c, v in sorted(per.items())})
         result.class_gain.append(row)
@@ -698,7 +684,23 @@ def _class_scores(
     return out
 
 
+def _check_rescale(value: object) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    ok = (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        and 0 < value[0] <= value[1]
+    )
+    if not ok:
+        raise ConfigError(
+            f"random_rescale={value!r} is not allowed; give (lo, hi) with 0 < lo <= hi, e.g. (0.5, 1.5), or None"
+        )
+    return float(value[0]), float(value[1])
+
+
 def _needs_data(c: CriterionLike) -> bool:
     if isinstance(c, str):
-        return create_criterion(c).needs_data
-    return bool(getattr(c, "needs_data", False))
+        return criterion_class(c).needs_data
+    return isinstance(c, Criterion) and c.needs_data

@@ -14,15 +14,19 @@ exactly (multiplying by 0.5 is exact in floating point and ReLU / max-pool are p
 homogeneous): ranking-based criteria such as feature entropy must then be *bit-identical*, while
 L1 of the scaled layer is exactly ``scale`` times the original. A BatchNorm in eval mode does *not*
 re-normalise (it applies its stored running statistics), so a scaled tensor entering it changes
-everything downstream; ``bn="fold"`` (default) applies what BatchNorm's re-normalisation would
-learn: the running mean of the BatchNorm right after a scaled layer (and after the layers that read
-the input directly, under ``input``) is multiplied by ``scale`` and its running variance by
-``scale**2``, so the BatchNorm output is unchanged up to its ``eps``. ``bn="keep"`` leaves the
-statistics as they are (the literal eval-mode network).
+everything downstream; ``bn="fold"`` applies what BatchNorm's re-normalisation would learn: the
+running mean of the BatchNorm right after a scaled layer (and after the layers that read the input
+directly, under ``input``) is multiplied by ``scale`` and its running variance by ``scale**2``, so
+the BatchNorm output is unchanged up to its ``eps``. ``bn="keep"`` leaves the statistics as they are
+(the literal eval-mode network). ``bn="auto"`` (default) folds when the network has a BatchNorm and
+does nothing on a BatchNorm-free network (the setting of the paper's exact check; the result says
+``bn=none``).
 
 **Randomness audit** (:func:`randomness_audit`): the criteria of one layer in the trained network
-against ``repeats`` networks whose copy of that layer is re-initialised (Kaiming normal, fan-out,
-as the library's models; seeds ``seed .. seed + repeats - 1``), everything else unchanged.
+against ``repeats`` (default 100, as the feature-entropy paper) randomly initialised networks of
+the same architecture (``reinit="model"``: every layer re-drawn with the library's model init;
+seeds ``seed .. seed + repeats - 1``), or with ``reinit="layer"`` against copies of the trained
+network whose audited layer alone is re-initialised.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,23 +44,24 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import evaluation
 from ..criteria import Scores
+from ..data import resolve_scoring_set
 from ..errors import ConfigError, check_choice, check_positive_int
+from ..evaluation import inference, model_device
 from ._common import (
     CriterionLike,
     batch_view,
+    class_count,
     compute_scores,
     criterion_label,
-    evaluate,
-    first_inputs,
+    evaluation_set,
     markdown_table,
-    model_device,
-    progress_bar,
     pyplot,
     reinitialize,
     resolve_criteria,
     resolve_layers,
-    scoring_batches,
+    save_figure,
     unwrap,
     write_table,
 )
@@ -62,6 +69,7 @@ from ._common import (
 __all__ = [
     "CONDITIONS",
     "BN_MODES",
+    "REINIT_SCOPES",
     "DEFAULT_AUDIT_CRITERIA",
     "AuditResult",
     "rescaling_audit",
@@ -70,7 +78,9 @@ __all__ = [
 ]
 
 CONDITIONS = ("original", "input", "filters", "both")
-BN_MODES = ("fold", "keep")
+BN_MODES = ("auto", "fold", "keep")
+#: what the randomness audit re-initialises: the whole network, or only the audited layer
+REINIT_SCOPES = ("model", "layer")
 DEFAULT_AUDIT_CRITERIA = (
     "l1",
     "fpgm",
@@ -155,40 +165,28 @@ class AuditResult:
                 ax.set_ylabel("mean importance of the layer", fontsize=8)
             axes.flat[0].legend(fontsize=6)
             fig.suptitle(
-                f"randomness audit: {self.meta['layer']} ({self.meta['repeats']} re-initialisations)"
+                f"randomness audit: {self.meta['layer']} ({self.meta['repeats']} "
+                + ("random networks)" if self.meta.get("reinit", "model") == "model" else "re-initialisations)")
             )
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
+        return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
 def _input_layers(net: nn.Module, example: torch.Tensor) -> list[str]:
-    """Names of the modules with parameters that receive the model input itself."""
+    """Names of the Conv2d / Linear modules that receive the model input itself."""
     hits: list[str] = []
-    handles = []
-    for name, m in net.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
 
-            def pre(mod, args, _n=name):
-                if args and args[0] is example:
-                    hits.append(_n)
+    def pre(name: str, mod: nn.Module, args: tuple) -> None:
+        if args and args[0] is example:
+            hits.append(name)
 
-            handles.append(m.register_forward_pre_hook(pre))
-    was = net.training
-    net.eval()
-    try:
-        with torch.no_grad():
-            net(example)
-    finally:
-        net.train(was)
-        for h in handles:
-            h.remove()
+    with ExitStack() as hooks, inference(net):
+        for n, m in net.named_modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                hooks.callback(m.register_forward_pre_hook(partial(pre, n)).remove)
+        net(example)
     return hits
 
 
@@ -212,7 +210,7 @@ def scaled_copy(
     example_inputs: torch.Tensor | None = None,
 ) -> nn.Module:
     """A deep copy of ``model`` with ``layer``'s weight and bias multiplied by ``scale`` (``layer=None``:
-    none), and with ``bn="fold"`` the BatchNorm right after a scaled tensor adjusted (see the module
+    none), and with ``bn="fold"`` (or ``"auto"``) the BatchNorm right after a scaled tensor adjusted (see the module
     docstring). ``input_scaled`` + ``example_inputs``: also fold the BatchNorms after the layers that
     read the input."""
     check_choice("bn", bn, BN_MODES)
@@ -228,13 +226,23 @@ def scaled_copy(
             mod.weight.mul_(scale)
             if getattr(mod, "bias", None) is not None:
                 mod.bias.mul_(scale)
-            if bn == "fold" and layer in found and found[layer].norm:
+            if bn in ("fold", "auto") and layer in found and found[layer].norm:
                 _fold_bn(modules[found[layer].norm], scale)
-        if input_scaled and bn == "fold" and example is not None:
+        if input_scaled and bn in ("fold", "auto") and example is not None:
             for name in _input_layers(net, example):
                 if name in found and found[name].norm:
                     _fold_bn(modules[found[name].norm], scale)
     return net
+
+
+def _random_networks(net: nn.Module, layer: str, reinit: str, repeats: int, seed: int):
+    """``("trained", net)``, then ``("random_<seed + i>", copy)`` one at a time (never all in memory)."""
+    yield "trained", net
+    for i in range(repeats):
+        other = copy.deepcopy(net)
+        g = torch.Generator().manual_seed(seed + i)
+        reinitialize(other if reinit == "model" else other.get_submodule(layer), g)
+        yield f"random_{seed + i}", other
 
 
 def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -257,7 +265,7 @@ def _same_ranking(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def _accuracy(net: nn.Module, test_batches: Any, num_classes: int, scale: float | None) -> float:
     data = batch_view(test_batches, scale=scale) if scale is not None else test_batches
-    return evaluate(net, data, num_classes)["acc"]
+    return evaluation.evaluate(net, data, num_classes=num_classes)["acc"]
 
 
 def _check_scale(scale: object) -> float:
@@ -267,37 +275,26 @@ def _check_scale(scale: object) -> float:
 
 
 def _prepare(model, scoring, test_data, layer, layers, criteria, samples_per_class, classes, num_classes):
-    from ..data import ClassificationDataModule
-
     net = unwrap(model)
     crits = resolve_criteria(criteria)
     if scoring is None:
         raise ConfigError(
-            "scoring= is required: a data module or (inputs, labels) batches of the scoring set"
+            "scoring= is required: a data module, a DataLoader or (inputs, labels) batches of the scoring set"
         )
-    if isinstance(scoring, ClassificationDataModule):
-        num_classes = num_classes or scoring.num_classes
-    batches = scoring_batches(scoring, samples_per_class, classes)
-    example = first_inputs(batches, model_device(net))
+    scoring_set = resolve_scoring_set(scoring, samples_per_class=samples_per_class, classes=classes, argument="scoring")
+    batches = scoring_set.batches
+    example = scoring_set.example_inputs(2, model_device(net))
     if not isinstance(layer, str):
         raise ConfigError(f"layer={layer!r} is not allowed; give the name of one prunable layer")
-    found = resolve_layers(net, example, layers) if layers is not None else resolve_layers(net, example, None)
+    found = resolve_layers(net, example, layers)
     if layer not in found:
         found_all = resolve_layers(net, example, None)
         if layer not in found_all:
             resolve_layers(net, example, [layer])  # raises with the list of prunable layers
         found = {**found, layer: found_all[layer]}
-    test_batches = None
-    if test_data is not None:
-        if isinstance(test_data, ClassificationDataModule):
-            test_data.setup("test")
-            test_batches = test_data.test_dataloader()
-        else:
-            test_batches = test_data
-    if num_classes is None:
-        top = max(int(torch.as_tensor(b[1]).max()) for b in batches)
-        num_classes = top + 1
-    return net, crits, batches, example, found, test_batches, num_classes
+    test_batches = evaluation_set(test_data).batches if test_data is not None else None
+    n_classes = class_count(scoring_set, num_classes)
+    return net, crits, batches, example, found, test_batches, n_classes
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,7 +307,7 @@ def rescaling_audit(
     layer: str,
     criteria: CriterionLike | Sequence[CriterionLike] = DEFAULT_AUDIT_CRITERIA,
     scale: float = 0.5,
-    bn: str = "fold",
+    bn: str = "auto",
     layers: Sequence[str] | None = None,
     test_data: Any = None,
     samples_per_class: int = 100,
@@ -327,7 +324,9 @@ def rescaling_audit(
         layer: the layer whose filters are scaled (and whose scores the table shows).
         criteria: names / Criterion instances (Scores cannot be re-computed: not allowed).
         scale: the factor, default 0.5.
-        bn: ``"fold"`` (default) or ``"keep"``, see the module docstring.
+        bn: ``"auto"`` (default: ``"fold"`` if the network has a BatchNorm, else nothing to do),
+            ``"fold"`` or ``"keep"``, see the module docstring; ``meta["bn"]`` is the mode applied
+            (``"none"`` on a BatchNorm-free network).
         layers: the layers scored (default: every prunable layer); ``layer`` is always scored.
         test_data: optional data module / batches: the test accuracy under each condition.
         samples_per_class, classes, num_classes: the scoring-set draw / class count.
@@ -348,16 +347,20 @@ def rescaling_audit(
         model, scoring, test_data, layer, layers, criteria, samples_per_class, classes, num_classes
     )
     names = list(found)
+    requested = bn
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    bn = ("fold" if bn == "auto" else bn) if has_bn else "none"
+    copy_bn = "fold" if bn == "fold" else "keep"
     nets = {
         "original": net,
-        "input": scaled_copy(net, None, scale, bn=bn, input_scaled=True, example_inputs=example),
-        "filters": scaled_copy(net, layer, scale, bn=bn, example_inputs=example),
-        "both": scaled_copy(net, layer, scale, bn=bn, input_scaled=True, example_inputs=example),
+        "input": scaled_copy(net, None, scale, bn=copy_bn, input_scaled=True, example_inputs=example),
+        "filters": scaled_copy(net, layer, scale, bn=copy_bn, example_inputs=example),
+        "both": scaled_copy(net, layer, scale, bn=copy_bn, input_scaled=True, example_inputs=example),
     }
     data = {c: (batch_view(batches, scale=scale) if c in ("input", "both") else batches) for c in CONDITIONS}
     scores: dict[str, dict[str, Any]] = {}
     jobs = [(criterion_label(c), c, cond) for c in crits for cond in CONDITIONS]
-    for label, c, cond in progress_bar(jobs, progress, "rescaling audit"):
+    for label, c, cond in evaluation.progress(jobs, enabled=progress, desc="rescaling audit"):
         crit = copy.deepcopy(c) if not isinstance(c, str) else c
         # maps < 3x3 are expected among all layers: feature entropy cannot rank them (no warning)
         with warnings.catch_warnings():
@@ -427,6 +430,7 @@ def rescaling_audit(
         "layer": layer,
         "scale": scale,
         "bn": bn,
+        "bn_requested": requested,
         "layers": names,
         "criteria": list(scores),
         "test_acc": accs,
@@ -449,7 +453,8 @@ def randomness_audit(
     *,
     layer: str,
     criteria: CriterionLike | Sequence[CriterionLike] = DEFAULT_AUDIT_CRITERIA,
-    repeats: int = 5,
+    repeats: int = 100,
+    reinit: str = "model",
     seed: int = 0,
     test_data: Any = None,
     samples_per_class: int = 100,
@@ -457,82 +462,94 @@ def randomness_audit(
     num_classes: int | None = None,
     progress: bool = True,
 ) -> AuditResult:
-    """``layer``'s criteria in the trained network vs ``repeats`` re-initialisations of that layer.
+    """``layer``'s criteria in the trained network vs ``repeats`` randomly initialised networks.
+
+    Args:
+        model: the trained network (a ClassificationModule is unwrapped).
+        scoring: the scoring set: a data module, a DataLoader or ``(inputs, labels)`` / dict batches.
+        layer: the layer whose scores are compared.
+        criteria: names / Criterion instances / Scores of the trained network are not allowed.
+        repeats: random networks, default 100 (the feature-entropy paper's sample size).
+        reinit: ``"model"`` (default): every Conv2d, Linear and BatchNorm of a copy re-drawn
+            (:func:`~lightprune.analysis.reinitialize`: Kaiming normal fan-out convs, N(0, 0.01)
+            Linear, fresh BatchNorm; other modules with ``reset_parameters`` reset), i.e. a whole
+            randomly initialised network, as the paper's random networks; ``"layer"``: only
+            ``layer`` re-drawn, the trained network around it.
+        seed: random network ``i`` is drawn from ``torch.Generator().manual_seed(seed + i)``.
+        test_data: optional data module / batches: the test accuracy of every network.
+        samples_per_class, classes, num_classes: the scoring-set draw / class count.
+        progress: progress bars.
 
     Returns:
         :class:`AuditResult` (``kind="randomness_audit"``). ``rows``: one per (criterion, network)
         with the layer's mean / std / min / max importance (``network`` = ``trained`` or
         ``random_<seed>``); ``table``: per criterion the trained mean, the random mean (std) over
-        re-initialisations, and in how many of them the trained layer scores higher.
+        the random networks, and in how many of them the trained layer scores higher.
+
+    Raises:
+        ConfigError: bad argument (``repeats``, ``reinit``, ``layer``, ...).
     """
     repeats = check_positive_int("repeats", repeats)
+    check_choice("reinit", reinit, REINIT_SCOPES)
+    if any(isinstance(c, Scores) for c in resolve_criteria(criteria)):
+        raise ConfigError("randomness_audit scores random networks: give criterion names or Criterion instances, not Scores")
     net, crits, batches, example, _, test_batches, n_classes = _prepare(
         model, scoring, test_data, layer, [layer], criteria, samples_per_class, classes, num_classes
     )
-    nets: dict[str, nn.Module] = {"trained": net}
-    for i in range(repeats):
-        other = copy.deepcopy(net)
-        g = torch.Generator().manual_seed(seed + i)
-        reinitialize(other.get_submodule(layer), g)
-        nets[f"random_{seed + i}"] = other
     rows: list[dict[str, Any]] = []
-    means: dict[str, dict[str, Any]] = {}
-    jobs = [(criterion_label(c), c, key) for c in crits for key in nets]
-    for label, c, key in progress_bar(jobs, progress, "randomness audit"):
-        crit = copy.deepcopy(c) if not isinstance(c, str) else c
-        v = compute_scores(nets[key], crit, batches, [layer], num_classes=n_classes, progress=False)[
-            layer
-        ].double()
-        rows.append(
-            {
-                "criterion": label,
-                "network": key,
-                "layer": layer,
-                "mean": float(v.mean()),
-                "std": float(v.std()) if v.numel() > 1 else 0.0,
-                "min": float(v.min()),
-                "max": float(v.max()),
-            }
-        )
-        slot = means.setdefault(label, {"trained": None, "random": []})
-        if key == "trained":
-            slot["trained"] = float(v.mean())
-        else:
-            slot["random"].append(float(v.mean()))
+    means: dict[str, dict[str, Any]] = {c: {"trained": None, "random": []} for c in map(criterion_label, crits)}
     accs: dict[str, float] = {}
-    if test_batches is not None:
-        for key, m in nets.items():
-            accs[key] = _accuracy(m, test_batches, n_classes, None)
-        for r in rows:
-            r["test_acc"] = accs[r["network"]]
+    bar = evaluation.progress(enabled=progress, desc="randomness audit", total=len(crits) * (repeats + 1))
+    with bar:
+        for key, other in _random_networks(net, layer, reinit, repeats, seed):
+            for c in crits:
+                crit = copy.deepcopy(c) if not isinstance(c, str) else c
+                v = compute_scores(other, crit, batches, [layer], num_classes=n_classes, progress=False)[layer]
+                v = v.double()
+                row = {"criterion": criterion_label(c), "network": key, "layer": layer, "mean": float(v.mean()),
+                       "std": float(v.std()) if v.numel() > 1 else 0.0, "min": float(v.min()), "max": float(v.max())}
+                if test_batches is not None:
+                    if key not in accs:
+                        accs[key] = _accuracy(other, test_batches, n_classes, None)
+                    row["test_acc"] = accs[key]
+                rows.append(row)
+                slot = means[criterion_label(c)]
+                if key == "trained":
+                    slot["trained"] = row["mean"]
+                else:
+                    slot["random"].append(row["mean"])
+                bar.update(1)
     table = []
     for label, slot in means.items():
         rnd = np.asarray(slot["random"])
+        std = float(rnd.std(ddof=1)) if rnd.size > 1 else 0.0
         table.append(
             {
                 "criterion": label,
                 "trained": slot["trained"],
                 "random mean": float(rnd.mean()),
-                "random std": float(rnd.std(ddof=1)) if rnd.size > 1 else 0.0,
-                "random mean (std)": f"{rnd.mean():.4g} ({rnd.std(ddof=1) if rnd.size > 1 else 0.0:.2g})",
+                "random std": std,
+                "random mean (std)": f"{rnd.mean():.4g} ({std:.2g})",
                 "trained > random": f"{int((slot['trained'] > rnd).sum())}/{rnd.size}",
             }
         )
+    what = "randomly initialised networks" if reinit == "model" else "networks with that layer re-initialised"
     note = (
-        f"Mean importance of the channels of `{layer}` (higher = keep) in the trained network and with that layer "
-        f"re-initialised ({repeats} seeds from {seed}; Kaiming normal, fan-out)."
+        f"Mean importance of the channels of `{layer}` (higher = keep) in the trained network and in {repeats} "
+        f"{what} (seeds {seed}..{seed + repeats - 1}; Kaiming normal fan-out convs, N(0, 0.01) Linear, fresh BatchNorm)."
     )
     if accs:
         r_acc = np.asarray([v for k, v in accs.items() if k != "trained"])
-        note += f" Test accuracy: trained {accs['trained']:.4f}, re-initialised {r_acc.mean():.4f} ({r_acc.std():.4f})."
+        note += f" Test accuracy: trained {accs['trained']:.4f}, random {r_acc.mean():.4f} ({r_acc.std():.4f})."
     cols = ["criterion", "trained", "random mean (std)", "trained > random"]
-    meta = {"layer": layer, "repeats": repeats, "seed": seed, "criteria": list(means), "test_acc": accs}
+    meta = {"layer": layer, "repeats": repeats, "reinit": reinit, "seed": seed, "criteria": list(means),
+            "test_acc": accs}
     return AuditResult(
         "randomness_audit",
         rows,
         table,
         cols,
-        f"Randomness audit ({layer})",
+        f"Randomness audit ({layer}, {'random networks' if reinit == 'model' else 'layer re-initialised'})",
         note,
         meta,
         {"layer_means": means},

@@ -1,29 +1,33 @@
-"""``lightprune analyze <subcommand>``: the analyses from the command line.
+"""``lightprune analyze <subcommand>``: the analyses from the command line (jsonargparse, the same
+style as ``lightprune compare``: every option typed and documented, ``--config`` YAML files,
+``--print_config``).
 
-    lightprune analyze ablation   --ckpt model.ckpt --layer features.3 --criteria l1 feature_entropy
+    lightprune analyze ablation   --ckpt model.ckpt --layers '[features.3]' --criteria '[l1, feature_entropy]'
     lightprune analyze rescale    --ckpt model.ckpt --layer features.3
-    lightprune analyze randomness --ckpt model.ckpt --layer features.3 --repeats 5
+    lightprune analyze randomness --ckpt model.ckpt --layer features.3 --repeats 20
     lightprune analyze layers     --ckpt model.ckpt
+    lightprune analyze ablation --config ablation.yaml          # the same options in a YAML file
+    lightprune analyze ablation --ckpt model.ckpt --print_config # a complete config to start from
 
 Every subcommand loads a :class:`~lightprune.ClassificationModule` checkpoint, builds the data
 module (digits by default, with the image size / channels / class count stored in the
-checkpoint), writes its tables (CSV + markdown) and plot (PNG) to ``--out`` and prints the
+checkpoint), writes its tables (CSV + markdown) and plot (PNG) to ``out`` and prints the
 markdown table. Bad input ends with ``error: ...`` naming the argument, the value and what is
 allowed (exit status 2).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import ConfigError, LightpruneError, check_choice
+from ..errors import ConfigError, LightpruneError, check_choice, check_positive_int
 
-__all__ = ["main", "build_parser", "load_checkpoint", "build_datamodule"]
+__all__ = ["main", "build_parser", "parse", "run", "load_checkpoint", "build_datamodule", "SUBCOMMANDS"]
 
 DATASETS = ("digits", "cifar10", "cifar100")
 DEFAULT_OUT = "runs/analysis"
@@ -32,10 +36,12 @@ DEFAULT_OUT = "runs/analysis"
 # --------------------------------------------------------------------------------------------
 # loading
 # --------------------------------------------------------------------------------------------
-def load_checkpoint(path: str | Path, device: str = "cpu"):
+def load_checkpoint(path: str | Path | None, device: str = "cpu"):
     """A :class:`~lightprune.ClassificationModule` from a Lightning checkpoint, in eval mode."""
     from ..module import ClassificationModule
 
+    if path is None:
+        raise ConfigError("ckpt=None: give the ClassificationModule checkpoint (.ckpt) of the trained network")
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"ckpt={str(path)!r} is not allowed; no such file")
@@ -48,23 +54,26 @@ def load_checkpoint(path: str | Path, device: str = "cpu"):
     return module.eval()
 
 
-def build_datamodule(args: argparse.Namespace, hparams: dict[str, Any]):
+def build_datamodule(options: Mapping[str, Any], hparams: Mapping[str, Any]):
+    """The data module named by ``options["data"]`` (digits geometry from ``hparams`` unless set)."""
     from ..data import CIFAR10DataModule, CIFAR100DataModule, DigitsDataModule
 
-    check_choice("data", args.data, DATASETS)
-    if args.data == "digits":
-        size = args.image_size or hparams.get("image_size") or 32
-        channels = args.channels or hparams.get("in_channels") or 3
+    check_choice("data", options["data"], DATASETS)
+    if options["data"] == "digits":
+        size = options.get("image_size") or hparams.get("image_size") or 32
+        channels = options.get("channels") or hparams.get("in_channels") or 3
         dm = DigitsDataModule(
-            image_size=size, channels=channels, batch_size=args.batch_size, seed=args.data_seed
+            image_size=size, channels=channels, batch_size=options["batch_size"], seed=options["data_seed"]
         )
     else:
-        cls = CIFAR10DataModule if args.data == "cifar10" else CIFAR100DataModule
-        dm = cls(data_dir=args.data_dir, batch_size=args.batch_size, seed=args.data_seed, num_workers=0)
+        cls = CIFAR10DataModule if options["data"] == "cifar10" else CIFAR100DataModule
+        dm = cls(
+            data_dir=options["data_dir"], batch_size=options["batch_size"], seed=options["data_seed"], num_workers=0
+        )
     nc = hparams.get("num_classes")
     if nc is not None and nc != dm.num_classes:
         raise ConfigError(
-            f"data={args.data!r} has {dm.num_classes} classes but the checkpoint's model has num_classes={nc}"
+            f"data={options['data']!r} has {dm.num_classes} classes but the checkpoint's model has num_classes={nc}"
         )
     return dm
 
@@ -91,254 +100,190 @@ def _random_model(module, seed: int):
 
 
 # --------------------------------------------------------------------------------------------
-# parser
+# options: (name, type, default, help), one table per subcommand
 # --------------------------------------------------------------------------------------------
-def _common(p: argparse.ArgumentParser, sub: str) -> None:
-    g = p.add_argument_group("model and data")
-    g.add_argument(
-        "--ckpt", required=True, help="ClassificationModule checkpoint (.ckpt) of the trained network"
-    )
-    g.add_argument(
-        "--data", default="digits", help=f"data set, one of {', '.join(DATASETS)} (default: digits)"
-    )
-    g.add_argument("--data-dir", default="data", help="folder of the CIFAR files (nothing is downloaded)")
-    g.add_argument(
-        "--image-size", type=int, default=None, help="digits image side (default: the checkpoint's, else 32)"
-    )
-    g.add_argument(
-        "--channels", type=int, default=None, help="digits channels, 1 or 3 (default: the checkpoint's)"
-    )
-    g.add_argument(
-        "--data-seed",
-        type=int,
-        default=0,
-        help="seed of the data split and scoring draw (default 0, as training)",
-    )
-    g.add_argument(
-        "--batch-size", type=int, default=128, help="batch size of the scoring and test loaders (default 128)"
-    )
-    g.add_argument(
-        "--samples-per-class",
-        type=int,
-        default=50,
-        help="scoring images per class, training split (default 50)",
-    )
-    g.add_argument(
-        "--classes", type=int, nargs="+", default=None, help="classes of the scoring set (default: all)"
-    )
-    g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    o = p.add_argument_group("output")
-    o.add_argument("--out", default=None, help=f"output folder (default: {DEFAULT_OUT}/{sub})")
-    o.add_argument("--no-plot", action="store_true", help="write tables only")
-    o.add_argument("--no-progress", action="store_true", help="no progress bars")
+def _options() -> dict[str, tuple[str, str, list[tuple[str, Any, Any, str]]]]:
+    from .ablation import NORMALIZERS, ORDER_ALIASES, ORDERS, SCOPES
+    from .audit import BN_MODES, DEFAULT_AUDIT_CRITERIA, REINIT_SCOPES
+
+    audit_criteria = "criteria (lightprune.list_criteria()); default: " + ", ".join(DEFAULT_AUDIT_CRITERIA)
+    ablation = [
+        ("layers", list[str] | str | None, None, "layers to ablate, each on its own (scope layer) or ranked together "
+         "(scope network); null: every prunable layer"),
+        ("criteria", list[str] | str, ["l1", "feature_entropy"], "criteria (lightprune.list_criteria())"),
+        ("mode", str, "zero", "what a removed channel outputs: zero, or mean (bias balancing: the mean of what "
+         "its consumer receives, as lp.prune(bias_balancing=True))"),
+        ("scope", str, "layer", f"one of {', '.join(SCOPES)}: rank within each layer, or all layers together"),
+        ("orders", list[str] | str, list(ORDERS), f"removal orders, named by what goes first: a subset of "
+         f"{', '.join(ORDERS)} (aliases: {', '.join(ORDER_ALIASES)})"),
+        ("random_orders", int, 3, "random permutations averaged (0: none)"),
+        ("step", int | None, None, "channels removed per step (null: 1 layer-wise, total/50 whole-network)"),
+        ("max_fraction", float, 1.0, "stop after removing this fraction of the channels, in (0, 1]"),
+        ("normalize", str, "minmax", f"per-layer normalisation for scope network: {', '.join(NORMALIZERS)}"),
+        ("class_specific", bool, False, "also rank per class and report the class-specific per-class gain"),
+        ("seed", int, 0, "seed of the random orders and of random_rescale"),
+        ("random_rescale", tuple[float, float] | None, None, "[lo, hi], e.g. [0.5, 1.5]: every scoring and "
+         "test image multiplied by its own random factor from [lo, hi] (seeded; the paper's A.7); null: none"),
+        ("max_images", int, 2048, "images per forward pass (configurations of one batch are stacked up to it)"),
+    ]
+    rescale = [
+        ("layer", str | None, None, "the layer whose filters are scaled (its scores fill the table). Required"),
+        ("criteria", list[str] | str, list(DEFAULT_AUDIT_CRITERIA), audit_criteria),
+        ("scale", float, 0.5, "the factor"),
+        ("bn", str, "auto", f"one of {', '.join(BN_MODES)}: fold adapts the running statistics of the BatchNorm "
+         "after a scaled tensor (what its re-normalisation learns), keep leaves them, auto folds when the "
+         "network has a BatchNorm (nothing to do on a BatchNorm-free network)"),
+        ("layers", list[str] | str | None, None, "layers scored (null: every prunable layer)"),
+        ("test", bool, True, "also report the test accuracy of each condition"),
+    ]
+    randomness = [
+        ("layer", str | None, None, "the layer whose scores are compared. Required"),
+        ("criteria", list[str] | str, list(DEFAULT_AUDIT_CRITERIA), audit_criteria),
+        ("repeats", int, 100, "random networks (100: the feature-entropy paper's sample size)"),
+        ("reinit", str, "model", f"one of {', '.join(REINIT_SCOPES)}: whole randomly initialised networks, or "
+         "the trained network with only that layer re-initialised"),
+        ("seed", int, 0, "random network i is drawn with seed + i"),
+        ("test", bool, True, "also report the test accuracy of each network"),
+    ]
+    layers = [
+        ("layers", list[str] | str | None, None, "layers (null: every prunable layer)"),
+        ("p", float, 0.1, "selective-rate threshold"),
+        ("seed", int, 0, "seed of the random initialisation"),
+    ]
+    return {
+        "ablation": (
+            "cumulative ablation curves (accuracy, loss, per-class balanced accuracy) per criterion",
+            "Remove channels one by one in the orders of each criterion (and random orders) by zeroing their "
+            "post-activation output (mode zero) or replacing it by the bias-balancing value (mode mean); weights "
+            "are never modified. Records test accuracy, loss and per-class balanced accuracy after each step.",
+            ablation,
+        ),
+        "rescale": (
+            "rescaling audit: criteria with inputs and/or one layer's filters scaled",
+            "Each criterion on the network as it is, with the inputs scaled, with one layer's filters (weight and "
+            "bias) scaled, and both.",
+            rescale,
+        ),
+        "randomness": (
+            "randomness audit: criteria of a trained layer vs randomly initialised networks",
+            "The criteria of one layer in the trained network and in randomly initialised networks of the same "
+            "architecture (reinit model, default; reinit layer: only that layer re-initialised); mean (std) over "
+            "the random networks.",
+            randomness,
+        ),
+        "layers": (
+            "mean feature entropy and selective rate per layer, trained vs randomly initialised",
+            "Feature entropy and selective rate (means over units and classes) of every layer with maps of at "
+            "least 3x3, for the trained network and a randomly initialised one of the same architecture.",
+            layers,
+        ),
+    }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .ablation import NORMALIZERS, ORDERS, SCOPES
-    from .audit import BN_MODES, DEFAULT_AUDIT_CRITERIA
+def _model_and_data(sub: str) -> list[tuple[str, Any, Any, str]]:
+    return [
+        ("ckpt", str | None, None, "ClassificationModule checkpoint (.ckpt) of the trained network. Required"),
+        ("data", str, "digits", f"data set, one of {', '.join(DATASETS)}"),
+        ("data_dir", str, "data", "folder of the CIFAR files (nothing is downloaded)"),
+        ("image_size", int | None, None, "digits image side (null: the checkpoint's, else 32)"),
+        ("channels", int | None, None, "digits channels, 1 or 3 (null: the checkpoint's)"),
+        ("data_seed", int, 0, "seed of the data split and of the scoring draw (0, as training)"),
+        ("batch_size", int, 128, "batch size of the scoring and test loaders"),
+        ("samples_per_class", int, 50, "scoring set: images per class drawn (class-balanced, training split)"),
+        ("classes", list[int] | None, None, "classes of the scoring set (null: all)"),
+        ("device", str, "cpu", "torch device, e.g. cpu or cuda"),
+        ("out", str | None, None, f"output folder (null: {DEFAULT_OUT}/{sub})"),
+        ("plot", bool, True, "also write the PNG plot"),
+        ("progress", bool, True, "show progress bars (stderr)"),
+    ]
 
-    parser = argparse.ArgumentParser(
+
+#: the analyses, in the order of ``lightprune analyze --help``
+SUBCOMMANDS = ("ablation", "rescale", "randomness", "layers")
+
+
+def build_parser():
+    """The jsonargparse parser of ``lightprune analyze``: one subparser per analysis, each with its
+    own ``--config`` and ``--print_config``; a top-level ``--config`` takes ``<subcommand>:`` sections."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    top = ArgumentParser(
         prog="lightprune analyze",
         description="Analyses of a trained network: cumulative ablation, rescaling and randomness audits, "
-        "feature entropy per layer. Each writes CSV + markdown tables and a PNG plot to --out.",
+        "feature entropy per layer. Each writes CSV + markdown tables and a PNG plot to `out`. "
+        "`lightprune analyze <subcommand> --help` lists its options.",
+        default_env=False,
     )
-    subs = parser.add_subparsers(dest="subcommand", metavar="{ablation,rescale,randomness,layers}")
-    subs.required = True
+    top.add_argument("--config", action=ActionConfigFile, help="a YAML file with <subcommand>: sections")
+    subs = top.add_subcommands(required=True, dest="subcommand")
+    for sub, (short, description, options) in _options().items():
+        p = ArgumentParser(prog=f"lightprune analyze {sub}", description=description, default_env=False)
+        p.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of the options below")
+        for title, rows in (("model and data", _model_and_data(sub)), (sub, options)):
+            group = p.add_argument_group(title)
+            for key, typ, default, text in rows:
+                group.add_argument(f"--{key}", type=typ, default=default, help=text)
+        subs.add_subcommand(sub, p, help=short)
+    return top
 
-    a = subs.add_parser(
-        "ablation",
-        help="cumulative ablation curves (accuracy, loss, per-class balanced accuracy) per criterion",
-        description="Remove channels one by one in ascending / descending order of importance (and random "
-        "orders) by zeroing their post-activation output (--mode zero) or replacing it by its mean over the "
-        "scoring set (--mode mean, bias balancing); weights are never modified. Records test accuracy, loss "
-        "and per-class balanced accuracy after each step.",
-    )
-    _common(a, "ablation")
-    g = a.add_argument_group("ablation")
-    g.add_argument(
-        "--layer",
-        action="append",
-        default=None,
-        help="layer to ablate (repeat for several; default: every prunable layer)",
-    )
-    g.add_argument(
-        "--criteria",
-        nargs="+",
-        default=["l1", "feature_entropy"],
-        help="criteria (lightprune.list_criteria()), default: l1 feature_entropy",
-    )
-    g.add_argument("--mode", default="zero", help="zero (default) or mean")
-    g.add_argument(
-        "--scope",
-        default="layer",
-        help=f"one of {', '.join(SCOPES)}: rank within each layer (default) or all layers together",
-    )
-    g.add_argument(
-        "--orders", nargs="+", default=list(ORDERS), help=f"subset of {' '.join(ORDERS)} (default: both)"
-    )
-    g.add_argument(
-        "--random-orders", type=int, default=3, help="random permutations averaged (default 3, 0 = none)"
-    )
-    g.add_argument(
-        "--step",
-        type=int,
-        default=None,
-        help="channels removed per step (default 1 layer-wise, total/50 network)",
-    )
-    g.add_argument(
-        "--max-fraction",
-        type=float,
-        default=1.0,
-        help="stop after removing this fraction, in (0, 1] (default 1)",
-    )
-    g.add_argument(
-        "--normalize",
-        default="minmax",
-        help=f"per-layer normalisation for --scope network: {', '.join(NORMALIZERS)}",
-    )
-    g.add_argument(
-        "--class-specific",
-        action="store_true",
-        help="also rank per class and report the class-specific per-class gain",
-    )
-    g.add_argument("--seed", type=int, default=0, help="seed of the random orders (default 0)")
-    g.add_argument("--max-images", type=int, default=2048, help="images per forward pass (default 2048)")
 
-    r = subs.add_parser(
-        "rescale",
-        help="rescaling audit: criteria with inputs and/or one layer's filters scaled",
-        description="Each criterion on the network as it is, with the inputs scaled, with one layer's filters "
-        "(weight and bias) scaled, and both. BatchNorm: --bn fold adapts the running statistics of the "
-        "BatchNorm after a scaled tensor (what its re-normalisation learns), --bn keep leaves them.",
-    )
-    _common(r, "rescale")
-    g = r.add_argument_group("rescaling audit")
-    g.add_argument(
-        "--layer", required=True, help="the layer whose filters are scaled (its scores fill the table)"
-    )
-    g.add_argument(
-        "--criteria",
-        nargs="+",
-        default=list(DEFAULT_AUDIT_CRITERIA),
-        help="criteria (default: " + " ".join(DEFAULT_AUDIT_CRITERIA) + ")",
-    )
-    g.add_argument("--scale", type=float, default=0.5, help="the factor (default 0.5)")
-    g.add_argument("--bn", default="fold", help=f"one of {', '.join(BN_MODES)} (default fold)")
-    g.add_argument("--layers", nargs="+", default=None, help="layers scored (default: every prunable layer)")
-    g.add_argument("--no-test", action="store_true", help="skip the test accuracy of each condition")
-
-    q = subs.add_parser(
-        "randomness",
-        help="randomness audit: criteria of a trained layer vs random re-initialisations of it",
-        description="The criteria of one layer in the trained network and with that layer re-initialised "
-        "(--repeats seeds); mean (std) over the re-initialisations.",
-    )
-    _common(q, "randomness")
-    g = q.add_argument_group("randomness audit")
-    g.add_argument("--layer", required=True, help="the layer re-initialised")
-    g.add_argument(
-        "--criteria",
-        nargs="+",
-        default=list(DEFAULT_AUDIT_CRITERIA),
-        help="criteria (default: " + " ".join(DEFAULT_AUDIT_CRITERIA) + ")",
-    )
-    g.add_argument("--repeats", type=int, default=5, help="re-initialisations (default 5)")
-    g.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
-    g.add_argument("--no-test", action="store_true", help="skip the test accuracy of each network")
-
-    la = subs.add_parser(
-        "layers",
-        help="mean feature entropy and selective rate per layer, trained vs randomly initialised",
-        description="Feature entropy and selective rate (means over units and classes) of every layer with "
-        "maps of at least 3x3, for the trained network and a randomly initialised one of the same architecture.",
-    )
-    _common(la, "layers")
-    g = la.add_argument_group("layer analysis")
-    g.add_argument("--layers", nargs="+", default=None, help="layers (default: every prunable layer)")
-    g.add_argument("--p", type=float, default=0.1, help="selective-rate threshold (default 0.1)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (default 0)")
-    return parser
+def parse(argv: list[str]) -> tuple[str, dict[str, Any]]:
+    """``(subcommand, options)`` from the arguments after ``analyze`` (jsonargparse exits on syntax
+    and type errors, ``--help`` and ``--print_config``)."""
+    ns = build_parser().parse_args(argv)
+    sub = ns.subcommand
+    options = ns[sub].as_dict()
+    options.pop("config", None)
+    return sub, options
 
 
 # --------------------------------------------------------------------------------------------
 # running
 # --------------------------------------------------------------------------------------------
-def _run(args: argparse.Namespace) -> dict[str, Path]:
+def run(sub: str, options: Mapping[str, Any]) -> dict[str, Path]:
+    """Run analysis ``sub`` with the parsed ``options``; print the markdown table; return the paths written."""
     from .ablation import cumulative_ablation
     from .audit import randomness_audit, rescaling_audit
     from .layers import layer_analysis
 
+    o = dict(options)
     for name in ("batch_size", "samples_per_class"):
-        if getattr(args, name) < 1:
-            raise ConfigError(
-                f"--{name.replace('_', '-')}={getattr(args, name)} is not allowed; it must be an integer >= 1"
-            )
-    out = Path(args.out or f"{DEFAULT_OUT}/{args.subcommand}")
-    module = load_checkpoint(args.ckpt, args.device)
-    dm = build_datamodule(args, dict(module.hparams))
-    progress = not args.no_progress
-    common = {"samples_per_class": args.samples_per_class, "classes": args.classes, "progress": progress}
-    if args.subcommand == "ablation":
+        check_positive_int(name, o[name])
+    if sub in ("rescale", "randomness") and not o.get("layer"):
+        raise ConfigError(f"layer={o.get('layer')!r}: give the name of one prunable layer, e.g. --layer features.3")
+    out = Path(o["out"] or f"{DEFAULT_OUT}/{sub}")
+    module = load_checkpoint(o["ckpt"], o["device"])
+    dm = build_datamodule(o, dict(module.hparams))
+    common = {"samples_per_class": o["samples_per_class"], "classes": o["classes"], "progress": o["progress"]}
+    test = None if not o.get("test", True) else dm
+    if sub == "ablation":
         res = cumulative_ablation(
-            module,
-            dm,
-            dm,
-            layers=args.layer,
-            criteria=args.criteria,
-            mode=args.mode,
-            scope=args.scope,
-            orders=args.orders,
-            random_orders=args.random_orders,
-            step=args.step,
-            max_fraction=args.max_fraction,
-            normalize=args.normalize,
-            class_specific=args.class_specific,
-            seed=args.seed,
-            max_images=args.max_images,
-            **common,
+            module, dm, dm, layers=o["layers"], criteria=o["criteria"], mode=o["mode"], scope=o["scope"],
+            orders=o["orders"], random_orders=o["random_orders"], step=o["step"], max_fraction=o["max_fraction"],
+            normalize=o["normalize"], class_specific=o["class_specific"], seed=o["seed"],
+            random_rescale=o["random_rescale"], max_images=o["max_images"], **common,
         )
-        paths = res.save(out, plot=not args.no_plot)
+    elif sub == "rescale":
+        res = rescaling_audit(
+            module, dm, layer=o["layer"], criteria=o["criteria"], scale=o["scale"], bn=o["bn"], layers=o["layers"],
+            test_data=test, **common,
+        )
+    elif sub == "randomness":
+        res = randomness_audit(
+            module, dm, layer=o["layer"], criteria=o["criteria"], repeats=o["repeats"], reinit=o["reinit"],
+            seed=o["seed"], test_data=test, **common,
+        )
+    else:
+        res = layer_analysis(
+            module, dm, layers=o["layers"], random_model=_random_model(module, o["seed"]), seed=o["seed"],
+            p=o["p"], **common,
+        )
+    paths = res.save(out, plot=o["plot"])
+    if sub == "ablation":
         text = res.summary_markdown()
         if res.class_gain:
             text += "\n" + Path(paths["class_gain_md"]).read_text()
-    elif args.subcommand == "rescale":
-        res = rescaling_audit(
-            module,
-            dm,
-            layer=args.layer,
-            criteria=args.criteria,
-            scale=args.scale,
-            bn=args.bn,
-            layers=args.layers,
-            test_data=None if args.no_test else dm,
-            **common,
-        )
-        paths = res.save(out, plot=not args.no_plot)
-        text = res.markdown()
-    elif args.subcommand == "randomness":
-        res = randomness_audit(
-            module,
-            dm,
-            layer=args.layer,
-            criteria=args.criteria,
-            repeats=args.repeats,
-            seed=args.seed,
-            test_data=None if args.no_test else dm,
-            **common,
-        )
-        paths = res.save(out, plot=not args.no_plot)
-        text = res.markdown()
     else:
-        res = layer_analysis(
-            module,
-            dm,
-            layers=args.layers,
-            random_model=_random_model(module, args.seed),
-            seed=args.seed,
-            p=args.p,
-            **common,
-        )
-        paths = res.save(out, plot=not args.no_plot)
         text = res.markdown()
     print(text)
     print("written:")
@@ -349,10 +294,9 @@ def _run(args: argparse.Namespace) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``lightprune analyze`` (``argv`` without the ``analyze`` word)."""
-    parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    sub, options = parse(list(sys.argv[1:] if argv is None else argv))
     try:
-        _run(args)
+        run(sub, options)
     except LightpruneError as err:
-        print(f"lightprune analyze {args.subcommand}: error: {err}", file=sys.stderr)
+        print(f"lightprune analyze {sub}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

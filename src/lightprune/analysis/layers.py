@@ -26,19 +26,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import evaluation
 from ..collect import PrunableLayer, capture_activations
+from ..data import resolve_scoring_set
 from ..errors import ConfigError, check_positive_int
+from ..evaluation import inference, model_device
 from ..topology import birth_times, feature_entropy
 from ._common import (
-    _split,
-    first_inputs,
     markdown_table,
-    model_device,
-    progress_bar,
     pyplot,
     random_copy,
     resolve_layers,
-    scoring_batches,
+    save_figure,
     unwrap,
     write_table,
 )
@@ -66,7 +65,8 @@ def feature_entropy_stats(
     p = _check_p(p)
     net = unwrap(model)
     device = model_device(net)
-    found: dict[str, PrunableLayer] = resolve_layers(net, first_inputs(batches, device), layers)
+    scoring = resolve_scoring_set(batches, argument="batches")
+    found: dict[str, PrunableLayer] = resolve_layers(net, scoring.example_inputs(2, device), layers)
     births: dict[str, list[torch.Tensor]] = {n: [] for n in found}
     shapes: dict[str, tuple[int, ...]] = {}
     labels: list[torch.Tensor] = []
@@ -76,16 +76,10 @@ def feature_entropy_stats(
         if act.ndim == 4 and act.shape[-1] == act.shape[-2] and act.shape[-1] >= 3:
             births[name].append(birth_times(act.detach()).to(torch.int32).cpu())
 
-    was_training = net.training
-    net.eval()
-    try:
-        with torch.no_grad(), capture_activations(net, found, feed):
-            for batch in progress_bar(batches, progress, "feature entropy"):
-                x, y = _split(batch)
-                labels.append(y.cpu())
-                net(x.to(device))
-    finally:
-        net.train(was_training)
+    with inference(net), capture_activations(net, found, feed):
+        for x, y in evaluation.progress(scoring.batches, enabled=progress, desc="feature entropy"):
+            labels.append(y.cpu())
+            net(x.to(device))
     if not labels:
         raise ConfigError("the scoring set holds no image (empty loader)")
     y_all = torch.cat(labels)
@@ -188,12 +182,7 @@ class LayerAnalysisResult:
             ax.grid(alpha=0.3)
             ax.legend()
         fig.suptitle("feature entropy per layer: trained vs randomly initialised")
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
+        return save_figure(fig, path)
 
 
 def layer_analysis(
@@ -221,13 +210,13 @@ def layer_analysis(
         progress: progress bars.
     """
     net = unwrap(model)
-    batches = scoring_batches(scoring, samples_per_class, classes)
+    batches = resolve_scoring_set(scoring, samples_per_class=samples_per_class, classes=classes, argument="scoring").batches
     rnd = unwrap(random_model) if random_model is not None else random_copy(net, seed)
     rows = []
     for label, m in (("trained", net), ("random", rnd)):
         for r in feature_entropy_stats(m, batches, layers=layers, p=p, progress=progress):
             rows.append({"model": label, **r})
-    images = sum(int(_split(b)[0].shape[0]) for b in batches)
+    images = sum(int(x.shape[0]) for x, _ in batches)
     return LayerAnalysisResult(
         rows,
         {"p": p, "seed": seed, "images": images, "layers": list(dict.fromkeys(r["layer"] for r in rows))},
@@ -294,14 +283,14 @@ class FeatureEntropyMonitor(L.Callback):
         self.paths: dict[str, Path] = {}
 
     def _batches(self, trainer: L.Trainer) -> Iterable[Any]:
-        if self.dataloader is not None:
-            return self.dataloader
-        dm = getattr(trainer, "datamodule", None)
-        if dm is None or not hasattr(dm, "scoring_dataloader"):
+        from ..data import ClassificationDataModule
+
+        data = self.dataloader if self.dataloader is not None else getattr(trainer, "datamodule", None)
+        if not (self.dataloader is not None or isinstance(data, ClassificationDataModule)):
             raise ConfigError(
                 "FeatureEntropyMonitor needs a scoring set: fit with a lightprune data module or pass dataloader="
             )
-        return dm.scoring_dataloader(self.samples_per_class, self.classes)
+        return resolve_scoring_set(data, samples_per_class=self.samples_per_class, classes=self.classes).batches
 
     def _record(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int, loss: float) -> None:
         net = getattr(pl_module, "model", pl_module)
@@ -363,24 +352,9 @@ class FeatureEntropyMonitor(L.Callback):
         names = self.layers or []
         for i, n in enumerate(names):
             colour = cmap(i / max(1, len(names) - 1))
-            ax.plot(
-                epochs,
-                [h.get(f"feature_entropy/{n}", float("nan")) for h in self.history],
-                "o-",
-                color=colour,
-                ms=3,
-                lw=1.2,
-                label=n,
-            )
-            ax2.plot(
-                epochs,
-                [h.get(f"selective_rate/{n}", float("nan")) for h in self.history],
-                "o-",
-                color=colour,
-                ms=3,
-                lw=1.2,
-                label=n,
-            )
+            for axis, key in ((ax, "feature_entropy"), (ax2, "selective_rate")):
+                values = [h.get(f"{key}/{n}", float("nan")) for h in self.history]
+                axis.plot(epochs, values, "o-", color=colour, ms=3, lw=1.2, label=n)
         ax.set_xlabel("epoch")
         ax.set_ylabel("mean feature entropy (nats)")
         twin = ax.twinx()
@@ -394,9 +368,4 @@ class FeatureEntropyMonitor(L.Callback):
         for a in (ax, ax2):
             a.grid(alpha=0.3)
         fig.suptitle("feature entropy during training")
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
+        return save_figure(fig, path)
