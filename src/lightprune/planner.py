@@ -569,10 +569,10 @@ def _latency_target(model, example_inputs, groups, per_layer, criterion, ratio, 
     full_pred = table.predict(full, full)
     goal = full_pred * (1 - ratio)
 
-    def search(target_ms):
+    def search(target_ms, first):
         keep, pred = lat.greedy_search(table, imp, target_ms, keep_floor=keep_floor,
-                                                max_layer_ratio=max_layer_ratio, round_to=round_to)
-        if pred > target_ms + 1e-9:
+                                       max_layer_ratio=max_layer_ratio, round_to=round_to)
+        if pred > target_ms + 1e-9 and first:  # a corrected target out of reach: the narrowest plan is tried
             raise ConfigError(
                 f"strategy='latency': a reduction of {ratio} cannot be reached (max_layer_ratio={max_layer_ratio}, "
                 f"min_keep_fraction={min_keep}); the best reachable reduction is {1 - pred / full_pred:.3f} "
@@ -594,7 +594,7 @@ def _latency_target(model, example_inputs, groups, per_layer, criterion, ratio, 
     best = None
     measured_full = table.full_ms if table.full_ms is not None else full_pred
     for i in range(1 + (refine if verify else 0)):
-        keep, pred = search(target_ms)
+        keep, pred = search(target_ms, i == 0)
         p = to_plan(keep)
         rec = {"target_ms": target_ms, "predicted_ms": pred, "predicted_reduction": 1 - pred / full_pred}
         if verify:
@@ -615,8 +615,9 @@ def _latency_target(model, example_inputs, groups, per_layer, criterion, ratio, 
         # landed from the goal (damped to x0.7 .. x1.3 per round against measurement noise)
         factor = (1 - ratio) / max(1e-9, 1 - rec["measured_reduction"])
         target_ms = target_ms * min(1.3, max(0.7, factor))
-    _, p, rec = best
+    err, p, rec = best
     p.meta.update({
+        "latency_target_met": bool(err <= tol), "latency_tolerance": tol,
         "input_shape": [1, *example_inputs.shape[1:]],
         "latency_setting": {"device": str(device), "device_name": lat.device_name(device), "dtype": str(dtype),
                             "batch_size": batch, "input_shape": list(x.shape[1:]),
