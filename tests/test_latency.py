@@ -253,3 +253,14 @@ def test_layer_latency_report_table_and_plot(tmp_path):
     png = rep.plot(tmp_path / "where.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set(rep.by_block(1)) == {"features", "avgpool", "classifier"}
+
+
+def test_bad_latency_options_name_the_option():
+    net = tiny()
+    s = lp.score(net, "l1")
+    with pytest.raises(ConfigError, match=r"latency_stat='mean' is not allowed"):
+        lp.plan(net, s, strategy="latency", ratio=0.3, example_inputs=X32, latency_stat="mean")
+    with pytest.raises(ConfigError, match=r"unknown latency option\(s\) \['latency_batchsize'\]"):
+        lp.plan(net, s, strategy="latency", ratio=0.3, example_inputs=X32, latency_batchsize=8)
+    with pytest.raises(ConfigError, match=r"does not take \['normalize'\]"):
+        lp.plan(net, s, strategy="latency", ratio=0.3, example_inputs=X32, normalize="rank")

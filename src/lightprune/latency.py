@@ -289,11 +289,13 @@ def build_latency_table(
     cache_path: str | os.PathLike | None = None,
     measure_full: bool = True,
     measure: Callable[[nn.Module, torch.Tensor], float] | None = None,
+    stat: str = "median",
 ) -> LatencyTable:
     """Measure (or read from the cache) the per-layer latency table of ``model`` for ``groups``.
 
     ``example_inputs`` gives the input size (its batch is replaced by ``batch_size``, default its
-    own). ``measure(module, x) -> ms`` replaces the shared timer's median (tests).
+    own). ``stat``: the timer's ``"median"`` or ``"min"``; ``measure(module, x) -> ms`` replaces the
+    shared timer (tests).
     """
     p = next(iter(model.parameters()), None)
     dev = torch.device(device) if device is not None else example_inputs.device
@@ -303,12 +305,12 @@ def build_latency_table(
     rt = round_to if round_to and round_to > 1 else 1
     if measure is None:
         def measure(mod, x):
-            return measure_latency(mod, x, runs=runs, warmup=warmup, threads=n_threads).median_ms
+            return getattr(measure_latency(mod, x, runs=runs, warmup=warmup, threads=n_threads), f"{stat}_ms")
     shapes = _trace_inputs(model, example_inputs, (nn.Conv2d, nn.Linear))
     wiring = _wiring(model, example_inputs, groups)
     modules = dict(model.named_modules())
     base_key = {"device": device_name(dev), "device_type": dev.type, "dtype": str(dt), "threads": n_threads,
-                "batch": batch, "runs": runs, "torch": torch.__version__.split("+")[0]}
+                "batch": batch, "runs": runs, "stat": stat, "torch": torch.__version__.split("+")[0]}
     directory = cache_dir(cache_path)
     layers: list[LayerCost] = []
     measured = cached = 0
@@ -387,8 +389,8 @@ def importance_lost(importance: Sequence[torch.Tensor], keep: Sequence[int]) -> 
 
 
 def _norm(v: torch.Tensor) -> torch.Tensor:
-    v = v.double().abs()
-    m = v.mean()
+    v = v.double()  # order kept (the planner keeps the largest raw values)
+    m = v.abs().mean()
     return v / m if m > 0 else torch.ones_like(v)
 
 

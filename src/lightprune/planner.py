@@ -402,6 +402,7 @@ def plan(
             ``latency_tolerance`` (0.02: allowed gap between measured and target reduction),
             ``latency_refine`` (3: corrected re-searches), ``latency_verify`` (True: measure the
             pruned network), ``latency_cache_dir``, ``latency_cache`` (True), ``latency_grid``,
+            ``latency_stat`` (``"median"``, or ``"min"``: more robust on a loaded machine),
             ``latency_table`` (a prebuilt :class:`lightprune.latency.LatencyTable`), ``latency_measure``
             (``fn(module, x) -> ms`` replacing the shared timer's median, for tests).
 
@@ -521,7 +522,7 @@ def _resolve_round_to(model, example_inputs, round_to, latency_opts) -> int | No
 
 LATENCY_OPTIONS = ("latency_batch_size", "latency_input_size", "latency_device", "latency_dtype", "latency_threads",
                    "latency_runs", "latency_warmup", "latency_tolerance", "latency_refine", "latency_verify",
-                   "latency_cache_dir", "latency_cache", "latency_grid", "latency_table", "latency_measure")
+                   "latency_cache_dir", "latency_cache", "latency_grid", "latency_table", "latency_measure", "latency_stat")
 
 
 def _latency_target(model, example_inputs, groups, per_layer, criterion, ratio, options, opts) -> Plan:
@@ -554,15 +555,17 @@ def _latency_target(model, example_inputs, groups, per_layer, criterion, ratio, 
     tol = float(opts.get("latency_tolerance", 0.02))
     refine = int(opts.get("latency_refine", 3))
     measure = opts.get("latency_measure")
+    stat = opts.get("latency_stat", "median")
+    check_choice("latency_stat", stat, ("median", "min"))
     if measure is None:
         def measure(mod, inp):
-            return evaluation_latency(mod, inp, runs=runs, warmup=warmup, threads=threads).median_ms
+            return getattr(evaluation_latency(mod, inp, runs=runs, warmup=warmup, threads=threads), f"{stat}_ms")
     table = opts.get("latency_table")
     if table is None:
         table = lat.build_latency_table(
             model, x, groups, batch_size=batch, device=device, dtype=dtype, threads=threads, runs=runs, warmup=warmup,
             grid=opts.get("latency_grid", lat.DEFAULT_GRID), round_to=round_to,
-            cache=opts.get("latency_cache", True), cache_path=opts.get("latency_cache_dir"), measure=measure)
+            cache=opts.get("latency_cache", True), cache_path=opts.get("latency_cache_dir"), measure=measure, stat=stat)
     imp = [_group_importance(g, per_layer) for g in groups]
     keep_floor = [max(1, math.ceil(min_keep * g.channels - 1e-9)) for g in groups]
     full = [g.channels for g in groups]
@@ -621,7 +624,7 @@ def _latency_target(model, example_inputs, groups, per_layer, criterion, ratio, 
         "input_shape": [1, *example_inputs.shape[1:]],
         "latency_setting": {"device": str(device), "device_name": lat.device_name(device), "dtype": str(dtype),
                             "batch_size": batch, "input_shape": list(x.shape[1:]),
-                            "threads": threads or torch.get_num_threads(), "runs": runs},
+                            "threads": threads or torch.get_num_threads(), "runs": runs, "stat": stat},
         "latency_before_ms": rec.get("measured_before_ms", measured_full), "latency_predicted_ms": rec["predicted_ms"],
         "latency_measured_ms": rec.get("measured_ms"), "latency_predicted_reduction": rec["predicted_reduction"],
         "latency_measured_reduction": rec.get("measured_reduction"), "latency_rounds": rounds,
