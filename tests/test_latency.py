@@ -205,7 +205,7 @@ def test_pruning_callback_accepts_the_latency_target(tmp_path):
     from lightprune.data import DigitsDataModule
 
     module = lp.ClassificationModule("cifar_vgg11", 10, in_channels=1, model_kwargs={"width_mult": 0.25})
-    cb = PruningCallback(criterion="l1", strategy="latency", ratio=0.4, at_epoch=0, samples_per_class=4,
+    cb = PruningCallback(criterion="l1", strategy="latency", ratio=0.4, at_epoch=0, samples_per_class=4, latency_batch_size=1,
                          strategy_kwargs={"latency_measure": fake_measure, "latency_cache_dir": str(tmp_path),
                                           "latency_batch_size": 2})
     t = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=1, limit_val_batches=1,
@@ -214,6 +214,7 @@ def test_pruning_callback_accepts_the_latency_target(tmp_path):
     t.fit(module, datamodule=DigitsDataModule(image_size=32, channels=1, batch_size=16))
     assert len(cb.history) == 1
     assert cb.history[0]["params_after"] < cb.history[0]["params_before"]
+    assert cb.history[0]["strategy"] == "latency"
 
 
 @pytest.mark.xfail(strict=True, reason="compare/config.py COMPARE_STRATEGIES does not list 'latency' (nor 'params'); "
