@@ -33,7 +33,20 @@ Strategies (``strategy=``):
   ``base_strategy`` (default ``uniform``) is searched (bisection) until the pruned model's MACs
   are at most ``(1 - ratio)`` of the original, counted by torch-pruning on a pruned copy.
 - ``params``: the same search, on the parameter count.
+- ``latency``: ``ratio`` is read as the target reduction of the *measured* latency on the device,
+  dtype, batch size and input size named by the ``latency_*`` options (:func:`plan` lists them).
+  A per-layer latency table (:mod:`lightprune.latency`, cached on disk) predicts the latency of a
+  plan; a greedy search removes, step by step, the channels with the least importance lost per
+  millisecond saved until the prediction meets the target; the pruned network is then measured
+  (shared timer) and, if the measured reduction misses ``ratio`` by more than
+  ``latency_tolerance``, the search is repeated with a corrected target (``latency_refine`` times).
+  ``plan.meta`` holds the predicted and measured latencies of every round.
 - ``manual``: ``ratios={layer: ratio}``; layers not named keep all their channels.
+
+**Rounding.** ``round_to="auto"`` (the default of :func:`plan`) is 8 on CUDA with float16 /
+bfloat16 (tensor cores) and 1 (no rounding) otherwise, for the device of ``example_inputs`` (or
+``latency_device``) and the dtype of the model (or ``latency_dtype``); see
+:func:`lightprune.latency.auto_round_to`.
 
 Strategies live in a registry (:func:`register_strategy`, :func:`list_strategies`); the targets
 (``flops``, ``params``) are searches on top of a registered strategy.
@@ -52,9 +65,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import latency as lat
 from .collect import find_prunable_layers, select_layers
 from .criteria.base import Scores
 from .errors import ConfigError, check_choice, check_fraction, check_positive_int
+from .evaluation import measure_latency as evaluation_latency
 from .graph import Group, find_groups
 from .plan import Plan
 from .surgery import count_macs_params, prune
@@ -64,7 +79,7 @@ __all__ = [
     "plan_groups", "register_strategy", "scores_by_depth", "STRATEGIES",
 ]
 
-STRATEGIES = ("uniform", "afie", "global", "flops", "params", "manual")
+STRATEGIES = ("uniform", "afie", "global", "flops", "params", "latency", "manual")
 NORMALIZERS = ("minmax", "max", "mean", "rank", "none")
 
 
@@ -301,8 +316,8 @@ def register_strategy(name: str, options: tuple[str, ...] = ()):
 
 
 def list_strategies() -> list[str]:
-    """Registered strategy names plus the target searches (``flops``, ``params``)."""
-    return sorted([n for n in _STRATEGIES if not n.startswith("_")] + list(TARGETS))
+    """Registered strategy names plus the target searches (``flops``, ``params``, ``latency``)."""
+    return sorted([n for n in _STRATEGIES if not n.startswith("_")] + list(TARGETS) + ["latency"])
 
 
 @register_strategy("uniform")
@@ -404,8 +419,19 @@ def plan(
         layers, exclude, layer_types: plan only these of the scored layers (names or glob patterns,
             names or patterns left out, ``"conv"`` / ``"linear"``;
             :func:`lightprune.collect.select_layers`); the others keep every channel.
-        **options: ``ratios`` (manual), ``round_to``, ``min_keep_fraction`` (0.01),
-            ``max_layer_ratio`` (0.9, global), ``normalize`` (global).
+        **options: ``ratios`` (manual), ``round_to`` (an int, None, or ``"auto"``, the default: 8
+            on CUDA float16/bfloat16, else 1), ``min_keep_fraction`` (0.01),
+            ``max_layer_ratio`` (0.9, global and latency), ``normalize`` (global).
+            ``latency`` options: ``latency_batch_size`` (default: the batch of ``example_inputs``),
+            ``latency_input_size`` (int or (H, W); default: that of ``example_inputs``),
+            ``latency_device`` (default: that of ``example_inputs``), ``latency_dtype`` (default: the
+            model's), ``latency_threads``, ``latency_runs`` (10, per measurement), ``latency_warmup`` (3),
+            ``latency_tolerance`` (0.02: allowed gap between measured and target reduction),
+            ``latency_refine`` (3: corrected re-searches), ``latency_verify`` (True: measure the
+            pruned network), ``latency_cache_dir``, ``latency_cache`` (True), ``latency_grid``,
+            ``latency_stat`` (``"median"``, or ``"min"``: more robust on a loaded machine),
+            ``latency_table`` (a prebuilt :class:`lightprune.latency.LatencyTable`), ``latency_measure``
+            (``fn(module, x) -> ms`` replacing the shared timer's median, for tests).
 
     Returns:
         :class:`Plan`.
@@ -413,10 +439,14 @@ def plan(
     Raises:
         ConfigError: bad strategy, ratio, options, missing example inputs or scores.
     """
-    if strategy not in _STRATEGIES and strategy not in TARGETS:
+    if strategy not in _STRATEGIES and strategy not in TARGETS and strategy != "latency":
         check_choice("strategy", strategy, list_strategies())
     if example_inputs is None:
         raise ConfigError("example_inputs is needed to find coupled layers: pass e.g. torch.zeros(1, 3, 32, 32)")
+    latency_opts = {k: options.pop(k) for k in list(options) if k.startswith("latency_")}
+    if latency_opts and strategy != "latency":
+        raise ConfigError(f"options {sorted(latency_opts)} are only for strategy='latency'")
+    options["round_to"] = _resolve_round_to(model, example_inputs, options.get("round_to", "auto"), latency_opts)
     per_layer, criterion, layer_scores = _flatten_scores(scores)
     found = find_prunable_layers(model, example_inputs, [n for n in per_layer])
     if layers is not None or exclude is not None or layer_types is not None:
@@ -426,6 +456,8 @@ def plan(
             layer_scores = {n: v for n, v in layer_scores.items() if n in found}
     groups = find_groups(model, example_inputs, found)
     options.setdefault("tiebreak", {n: filter_l1(info.module) for n, info in found.items()})
+    if strategy == "latency":
+        return _latency_target(model, example_inputs, groups, per_layer, criterion, ratio, options, latency_opts)
     if strategy not in TARGETS:
         p = plan_groups(groups, per_layer, strategy=strategy, ratio=ratio, layer_scores=layer_scores, criterion=criterion, **options)
         p.meta["input_shape"] = [1, *example_inputs.shape[1:]]
@@ -499,3 +531,138 @@ def _flatten_scores(scores) -> tuple[dict[str, torch.Tensor], str | None, dict[s
         ls = {n: s.layer_scores[n] for n, s in scores.items() if s.layer_scores and n in s.layer_scores}
         return per_layer, "+".join(names), ls or None
     raise ConfigError("scores must be a Scores or a mapping {layer: Scores}")
+
+
+# --------------------------------------------------------------------------------------------------
+# latency target
+# --------------------------------------------------------------------------------------------------
+def _latency_setting(model: nn.Module, example_inputs: torch.Tensor, opts: Mapping[str, Any]):
+    p = next(iter(model.parameters()), None)
+    device = torch.device(opts.get("latency_device") or example_inputs.device)
+    dtype = lat.parse_dtype(opts.get("latency_dtype"), p.dtype if p is not None else torch.float32)
+    return device, dtype
+
+
+def _resolve_round_to(model, example_inputs, round_to, latency_opts) -> int | None:
+    if round_to == "auto":
+        device, dtype = _latency_setting(model, example_inputs, latency_opts)
+        round_to = lat.auto_round_to(device, dtype)
+    if round_to is None:
+        return None
+    check_positive_int("round_to", round_to)
+    return None if round_to == 1 else int(round_to)
+
+
+LATENCY_OPTIONS = ("latency_batch_size", "latency_input_size", "latency_device", "latency_dtype", "latency_threads",
+                   "latency_runs", "latency_warmup", "latency_tolerance", "latency_refine", "latency_verify",
+                   "latency_cache_dir", "latency_cache", "latency_grid", "latency_table", "latency_measure", "latency_stat")
+
+
+def _latency_target(model, example_inputs, groups, per_layer, criterion, ratio, options, opts) -> Plan:
+    """The ``latency`` target (module docstring): table -> greedy search -> measure -> refine."""
+    check_fraction("ratio", ratio)
+    unknown = sorted(set(opts) - set(LATENCY_OPTIONS))
+    if unknown:
+        raise ConfigError(f"unknown latency option(s) {unknown}; allowed: {', '.join(LATENCY_OPTIONS)}")
+    allowed = {"round_to", "min_keep_fraction", "max_layer_ratio", "tiebreak"}
+    tiebreak = options.get("tiebreak")
+    extra = sorted(set(options) - allowed)
+    if extra:
+        raise ConfigError(f"strategy='latency' does not take {extra}; it takes {sorted(allowed)} and the latency_* options")
+    round_to = options.get("round_to")
+    min_keep = options.get("min_keep_fraction", 0.01)
+    max_layer_ratio = options.get("max_layer_ratio", 0.9)
+    check_fraction("min_keep_fraction", min_keep)
+    check_fraction("max_layer_ratio", max_layer_ratio, low_open=True)
+    device, dtype = _latency_setting(model, example_inputs, opts)
+    batch = check_positive_int("latency_batch_size", opts.get("latency_batch_size") or int(example_inputs.shape[0]))
+    size = opts.get("latency_input_size")
+    x = example_inputs[:1]
+    if size is not None:
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        if x.ndim != 4 or len(hw) != 2:
+            raise ConfigError(f"latency_input_size={size!r} is not allowed; give an int or (H, W) for image inputs")
+        x = torch.zeros(1, x.shape[1], *hw, dtype=x.dtype, device=x.device)
+    runs = check_positive_int("latency_runs", opts.get("latency_runs", 10))
+    warmup = int(opts.get("latency_warmup", 3))
+    threads = opts.get("latency_threads")
+    tol = float(opts.get("latency_tolerance", 0.02))
+    refine = int(opts.get("latency_refine", 3))
+    measure = opts.get("latency_measure")
+    stat = opts.get("latency_stat", "median")
+    check_choice("latency_stat", stat, ("median", "min"))
+    if measure is None:
+        def measure(mod, inp):
+            return getattr(evaluation_latency(mod, inp, runs=runs, warmup=warmup, threads=threads), f"{stat}_ms")
+    table = opts.get("latency_table")
+    if table is None:
+        table = lat.build_latency_table(
+            model, x, groups, batch_size=batch, device=device, dtype=dtype, threads=threads, runs=runs, warmup=warmup,
+            grid=opts.get("latency_grid", lat.DEFAULT_GRID), round_to=round_to,
+            cache=opts.get("latency_cache", True), cache_path=opts.get("latency_cache_dir"), measure=measure, stat=stat)
+    imp = [_group_importance(g, per_layer) for g in groups]
+    keep_floor = [max(1, math.ceil(min_keep * g.channels - 1e-9)) for g in groups]
+    full = [g.channels for g in groups]
+    full_pred = table.predict(full, full)
+    goal = full_pred * (1 - ratio)
+
+    def search(target_ms, first):
+        keep, pred = lat.greedy_search(table, imp, target_ms, keep_floor=keep_floor,
+                                       max_layer_ratio=max_layer_ratio, round_to=round_to)
+        if pred > target_ms + 1e-9 and first:  # a corrected target out of reach: the narrowest plan is tried
+            raise ConfigError(
+                f"strategy='latency': a reduction of {ratio} cannot be reached (max_layer_ratio={max_layer_ratio}, "
+                f"min_keep_fraction={min_keep}); the best reachable reduction is {1 - pred / full_pred:.3f} "
+                f"(predicted {pred:.3f} of {full_pred:.3f} ms)")
+        return keep, pred
+
+    def to_plan(keep):
+        kept: dict[str, torch.Tensor] = {}
+        channels: dict[str, int] = {}
+        for g, k, v in zip(groups, keep, imp, strict=True):
+            idx = _top(v, k, _group_tiebreak(g, tiebreak))
+            for m in g.members:
+                kept[m], channels[m] = idx.clone(), g.channels
+        return Plan(kept, channels, [list(g.members) for g in groups], "latency", float(ratio), criterion)
+
+    verify = opts.get("latency_verify", True)
+    target_ms = goal
+    rounds = []
+    best = None
+    measured_full = table.full_ms if table.full_ms is not None else full_pred
+    for i in range(1 + (refine if verify else 0)):
+        keep, pred = search(target_ms, i == 0)
+        p = to_plan(keep)
+        rec = {"target_ms": target_ms, "predicted_ms": pred, "predicted_reduction": 1 - pred / full_pred}
+        if verify:
+            clone = copy.deepcopy(model)
+            prune(clone, p, example_inputs, measure_latency=False)
+            # the original is timed again right before the pruned copy: the reduction is a ratio of two
+            # back-to-back measurements (a drifting machine load cancels out)
+            m0 = lat.measure_model(model, x, batch, device, dtype, measure)
+            m = lat.measure_model(clone, x, batch, device, dtype, measure)
+            rec.update({"measured_before_ms": m0, "measured_ms": m, "measured_reduction": 1 - m / m0})
+        rounds.append(rec)
+        err = abs(rec.get("measured_reduction", rec["predicted_reduction"]) - ratio)
+        if best is None or err < best[0]:
+            best = (err, p, rec)
+        if not verify or err <= tol:
+            break
+        # corrected target: scale the predicted target by how far the measured remaining fraction
+        # landed from the goal (damped to x0.7 .. x1.3 per round against measurement noise)
+        factor = (1 - ratio) / max(1e-9, 1 - rec["measured_reduction"])
+        target_ms = target_ms * min(1.3, max(0.7, factor))
+    err, p, rec = best
+    p.meta.update({
+        "latency_target_met": bool(err <= tol), "latency_tolerance": tol,
+        "input_shape": [1, *example_inputs.shape[1:]],
+        "latency_setting": {"device": str(device), "device_name": lat.device_name(device), "dtype": str(dtype),
+                            "batch_size": batch, "input_shape": list(x.shape[1:]),
+                            "threads": threads or torch.get_num_threads(), "runs": runs, "stat": stat},
+        "latency_before_ms": rec.get("measured_before_ms", measured_full), "latency_predicted_ms": rec["predicted_ms"],
+        "latency_measured_ms": rec.get("measured_ms"), "latency_predicted_reduction": rec["predicted_reduction"],
+        "latency_measured_reduction": rec.get("measured_reduction"), "latency_rounds": rounds,
+        "latency_table": {"layers": len(table.layers), "measured": table.measured_layers, "cached": table.cached_layers},
+        "round_to": round_to or 1,
+    })
+    return p

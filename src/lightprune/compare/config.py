@@ -21,7 +21,7 @@ from ..errors import ConfigError, check_choice, check_fraction, check_positive_i
 __all__ = ["CompareConfig", "Finetune", "build_parser", "parse_config", "COMPARE_STRATEGIES"]
 
 #: Strategies a comparison can use (``manual`` fixes the ratios by hand: nothing left to compare).
-COMPARE_STRATEGIES = ("uniform", "afie", "global", "flops")
+COMPARE_STRATEGIES = ("uniform", "afie", "global", "flops", "params", "latency")
 SCHEDULES = ("cosine", "constant")
 
 
