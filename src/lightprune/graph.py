@@ -32,6 +32,8 @@ __all__ = [
     "group_items",
     "check_group",
     "count_macs_params",
+    "output_layers",
+    "channel_groups",
 ]
 
 
@@ -43,11 +45,15 @@ class Group:
         root: the first member in execution order (torch-pruning's root for the group).
         members: every prunable layer of the group, root first.
         channels: number of channels the members share.
+        channel_groups: ``G > 1`` when the channels feed a grouped convolution (or GroupNorm) with
+            ``G`` groups: the channels form ``G`` blocks of ``channels / G`` and a plan must keep the
+            same positions in every block (see :func:`channel_groups`).
     """
 
     root: str
     members: list[str]
     channels: int
+    channel_groups: int = 1
 
 
 @dataclass(frozen=True)
@@ -125,7 +131,71 @@ def find_groups(model: nn.Module, example_inputs: torch.Tensor, layers: Mapping[
                     members.append(other)
         seen.update(members)
         groups.append(Group(name, members, layer.out_channels))
+    cg = channel_groups(model, example_inputs, {g.root: layers[g.root] for g in groups}, dg)
+    for g in groups:
+        g.channel_groups = cg.get(g.root, 1)
     return groups
+
+
+def _absorbs_channels(module: nn.Module) -> bool:
+    """A Conv2d (not depthwise) or Linear consumer mixes its input channels: they stop there."""
+    if isinstance(module, nn.Conv2d):
+        return not (module.groups > 1 and module.groups == module.in_channels)
+    return isinstance(module, (nn.Linear, nn.MultiheadAttention))
+
+
+def output_layers(model: nn.Module, example_inputs: torch.Tensor, dg=None) -> list[str]:
+    """The Conv2d / Linear layers whose output channels *are* the network's output (in execution
+    order): walking torch-pruning's graph forward from the layer through everything that keeps its
+    channels (BatchNorm, activations, pooling, flatten, additions, depthwise convs, ...), the walk
+    reaches the network output before any Conv2d/Linear consumer. A Linear classifier, SqueezeNet's
+    1x1 conv classifier and every head of a network with several outputs are output layers;
+    removing their output channels would change the output shape."""
+    import torch_pruning as tp
+
+    dg = dg if dg is not None else dependency_graph(model, example_inputs)
+    names = {m: n for n, m in model.named_modules()}
+    found: list[str] = []
+    for module, node in dg.module2node.items():
+        if not isinstance(module, (nn.Conv2d, nn.Linear)) or module not in names:
+            continue
+        if not node.outputs:  # the last op of the graph
+            found.append(names[module])
+            continue
+        stack, seen = list(node.outputs), set()
+        while stack:
+            cur = stack.pop()
+            if id(cur) in seen:
+                continue
+            seen.add(id(cur))
+            if _absorbs_channels(cur.module):
+                continue
+            if cur.type == tp.ops.OPTYPE.OUTPUT or not cur.outputs:
+                found.append(names[module])
+                break
+            stack.extend(cur.outputs)
+    return found
+
+
+def channel_groups(model: nn.Module, example_inputs: torch.Tensor, layers: Mapping[str, PrunableLayer], dg=None) -> dict[str, int]:
+    """``{layer: G}`` for layers whose output channels feed a grouped (not depthwise) convolution or a
+    GroupNorm with ``G`` groups: such channels can only be removed as the same positions in every one
+    of the ``G`` consecutive blocks of ``C / G`` channels (torch-pruning's ``prune_conv_in_channels``
+    keeps the first ``kept / G`` positions of a grouped conv's input). Layers not listed: 1."""
+    dg = dg if dg is not None else dependency_graph(model, example_inputs)
+    out: dict[str, int] = {}
+    for name, layer in layers.items():
+        g = pruning_group(dg, layer.module, list(range(layer.out_channels)))
+        best = 1
+        for item in g:
+            mod = item.dep.target.module
+            if isinstance(mod, nn.Conv2d) and mod.groups > 1 and mod.groups != mod.in_channels:
+                best = max(best, int(mod.groups))
+            elif isinstance(mod, nn.GroupNorm) and mod.num_groups > 1:
+                best = max(best, int(mod.num_groups))
+        if best > 1:
+            out[name] = best
+    return out
 
 
 def check_group(dg, group) -> bool:

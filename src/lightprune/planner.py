@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .collect import find_prunable_layers
+from .collect import find_prunable_layers, not_prunable
 from .criteria.base import Scores
 from .errors import ConfigError, check_choice, check_fraction, check_positive_int
 from .graph import Group, find_groups
@@ -88,6 +88,20 @@ def _top(importance: torch.Tensor, n_keep: int) -> torch.Tensor:
     imp = importance.double()
     order = sorted(range(imp.numel()), key=lambda i: (-float(imp[i]), i))
     return torch.tensor(sorted(order[:n_keep]), dtype=torch.long)
+
+
+def _top_grouped(importance: torch.Tensor, n_keep: int, channel_groups: int) -> torch.Tensor:
+    """Grouped channels (``channel_groups`` blocks of ``C / G``, feeding a grouped convolution): the
+    same positions are kept in every block. A position's importance is its mean over the blocks
+    (torch-pruning's rule); ``n_keep`` is rounded half-up to a multiple of ``G`` (at least one
+    position per block); the kept positions are the most important ones (ties -> lower position)."""
+    c = importance.numel()
+    if c % channel_groups:
+        raise ConfigError(f"{c} channels cannot be split into {channel_groups} groups of a grouped convolution")
+    size = c // channel_groups
+    per = min(size, max(1, math.floor(n_keep / channel_groups + 0.5)))
+    pos = _top(importance.double().view(channel_groups, size).mean(0), per)
+    return torch.cat([pos + b * size for b in range(channel_groups)])
 
 
 def _group_importance(group: Group, scores: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -184,7 +198,7 @@ def plan_groups(
     keep: dict[str, torch.Tensor] = {}
     channels: dict[str, int] = {}
     for g, k, v in zip(groups, n_keep, imp, strict=True):
-        idx = _top(v, k)
+        idx = _top(v, k) if g.channel_groups <= 1 else _top_grouped(v, k, g.channel_groups)
         for m in g.members:
             keep[m] = idx.clone()
             channels[m] = g.channels
@@ -391,11 +405,17 @@ def plan(
     if example_inputs is None:
         raise ConfigError("example_inputs is needed to find coupled layers: pass e.g. torch.zeros(1, 3, 32, 32)")
     per_layer, criterion, layer_scores = _flatten_scores(scores)
+    # scores made without inputs may cover a layer the trace shows to be an output layer (a second
+    # head, a conv classifier): such layers are left out of the plan (meta["not_planned"]), never pruned
+    skipped = {n: why for n, why in not_prunable(model, example_inputs).items() if n in per_layer}
+    per_layer = {n: v for n, v in per_layer.items() if n not in skipped}
     layers = find_prunable_layers(model, example_inputs, [n for n in per_layer])
     groups = find_groups(model, example_inputs, layers)
     if strategy not in TARGETS:
         p = plan_groups(groups, per_layer, strategy=strategy, ratio=ratio, layer_scores=layer_scores, criterion=criterion, **options)
         p.meta["input_shape"] = [1, *example_inputs.shape[1:]]
+        if skipped:
+            p.meta["not_planned"] = skipped
         return p
     return _target_search(model, example_inputs, groups, per_layer, layer_scores, criterion, strategy, ratio,
                           base_strategy, tolerance, options)
