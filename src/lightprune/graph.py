@@ -34,6 +34,7 @@ __all__ = [
     "count_macs_params",
     "output_layers",
     "channel_groups",
+    "group_blockers",
 ]
 
 
@@ -195,6 +196,57 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor, layers: Mappi
                 best = max(best, int(mod.num_groups))
         if best > 1:
             out[name] = best
+    return out
+
+
+def _is_attention(m: nn.Module) -> bool:
+    return isinstance(m, nn.MultiheadAttention) or hasattr(m, "num_heads")
+
+
+def _attention_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The innermost attention modules (a transformer block with ``num_heads`` holding an
+    ``nn.MultiheadAttention`` is not one: its MLP is prunable)."""
+    return {
+        n: m for n, m in model.named_modules()
+        if n and _is_attention(m) and not any(_is_attention(c) for c in m.modules() if c is not m)
+    }
+
+
+def group_blockers(
+    model: nn.Module, example_inputs: torch.Tensor, groups: list[Group], layers: Mapping[str, PrunableLayer], dg=None
+) -> dict[str, str]:
+    """``{group root: why}`` for the groups a channel plan must leave whole, because removing their
+    channels would also cut into
+
+    - an attention module (``nn.MultiheadAttention``, torchvision Swin / timm ``Attention`` -- any
+      module with ``num_heads``): the residual stream of a transformer feeds every attention block,
+      whose embedding width is split into heads (and hard-coded in torchvision's ViT);
+      Its parameters count too (torchvision's Swin uses them with ``F.linear``);
+    - the output side of a Conv2d/Linear that is not a prunable layer of the plan (an output layer).
+    """
+    dg = dg if dg is not None else dependency_graph(model, example_inputs)
+    names = {m: n for n, m in model.named_modules()}
+    attn = _attention_modules(model)
+    attn_mods = {id(sub): n for n, m in attn.items() for sub in m.modules()}
+    attn_mods.update({id(p): n for n, m in attn.items() for p in m.parameters()})  # used functionally (Swin)
+    out: dict[str, str] = {}
+    for g in groups:
+        layer = layers[g.root]
+        pg = pruning_group(dg, layer.module, list(range(min(1, layer.out_channels))))
+        for item in pg:
+            node = item.dep.target
+            mod = node.module
+            if id(mod) in attn_mods:
+                out[g.root] = f"its channels reach the attention module {attn_mods[id(mod)]!r} (split into heads)"
+                break
+            if (
+                dg.is_out_channel_pruning_fn(item.dep.handler)
+                and isinstance(mod, (nn.Conv2d, nn.Linear))
+                and not (isinstance(mod, nn.Conv2d) and mod.groups > 1)
+                and names.get(mod) not in layers
+            ):
+                out[g.root] = f"it would remove output channels of {names.get(mod)!r}, which is not a prunable layer"
+                break
     return out
 
 

@@ -49,7 +49,7 @@ from torch import nn
 from .collect import find_prunable_layers, not_prunable
 from .criteria.base import Scores
 from .errors import ConfigError, check_choice, check_fraction, check_positive_int
-from .graph import Group, find_groups
+from .graph import Group, find_groups, group_blockers
 from .plan import Plan
 from .surgery import count_macs_params, prune
 
@@ -411,6 +411,15 @@ def plan(
     per_layer = {n: v for n, v in per_layer.items() if n not in skipped}
     layers = find_prunable_layers(model, example_inputs, [n for n in per_layer])
     groups = find_groups(model, example_inputs, layers)
+    # groups whose channels reach attention internals, an output layer or an unwrapped parameter stay whole
+    blocked = group_blockers(model, example_inputs, groups, find_prunable_layers(model, example_inputs))
+    for g in groups:
+        if g.root in blocked:
+            skipped.update({m: f"its group ({g.root!r}) is left whole: {blocked[g.root]}" for m in g.members})
+    groups = [g for g in groups if g.root not in blocked]
+    if not groups:
+        raise ConfigError(f"no layer of the model can be planned: {skipped}")
+    per_layer = {n: v for n, v in per_layer.items() if n not in skipped}
     if strategy not in TARGETS:
         p = plan_groups(groups, per_layer, strategy=strategy, ratio=ratio, layer_scores=layer_scores, criterion=criterion, **options)
         p.meta["input_shape"] = [1, *example_inputs.shape[1:]]
@@ -418,7 +427,7 @@ def plan(
             p.meta["not_planned"] = skipped
         return p
     return _target_search(model, example_inputs, groups, per_layer, layer_scores, criterion, strategy, ratio,
-                          base_strategy, tolerance, options)
+                          base_strategy, tolerance, options, skipped)
 
 
 def _macs(model: nn.Module, x: torch.Tensor) -> float:
@@ -434,7 +443,7 @@ TARGETS: dict[str, Callable[[nn.Module, torch.Tensor], float]] = {"flops": _macs
 
 
 def _target_search(model, example_inputs, groups, per_layer, layer_scores, criterion, target_name, ratio,
-                   base_strategy, tolerance, options) -> Plan:
+                   base_strategy, tolerance, options, skipped=None) -> Plan:
     """Bisection on the global channel ratio of ``base_strategy`` until ``measure(pruned copy)`` is at
     most ``(1 - ratio)`` of the original (channel counts are discrete: stops on a bracket < 1e-3)."""
     check_fraction("ratio", ratio)
@@ -470,6 +479,8 @@ def _target_search(model, example_inputs, groups, per_layer, layer_scores, crite
             f"the most it reaches is {reachable:.3f}"
         )
     unit = {"flops": "macs"}.get(target_name, target_name)
+    if skipped:
+        best.meta["not_planned"] = skipped
     best.strategy = target_name
     best.meta["input_shape"] = [1, *example_inputs.shape[1:]]
     best.target_ratio = float(ratio)
