@@ -168,3 +168,10 @@ def test_callback_prunes_a_timm_model_in_a_fit_and_the_checkpoint_reloads(tmp_pa
     restored = lp.ClassificationModule.load_from_checkpoint(tmp_path / "ck" / "last.ckpt").eval()
     x = torch.randn(2, 1, 32, 32)
     assert torch.equal(restored(x), module.eval()(x))
+
+
+def test_activation_criteria_see_token_outputs_as_the_mean_over_tokens():
+    net = lp.create_model("timm:deit_tiny_patch16_224", 10, image_size=32, depth=1).eval()
+    batches = [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))]
+    s = lp.score(net, "apoz", dataloader=batches, progress=False)
+    assert s["blocks.0.mlp.fc1"].shape == (768,) and torch.isfinite(s["blocks.0.mlp.fc1"]).all()

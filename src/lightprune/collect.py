@@ -35,6 +35,10 @@ What this gives on the supported architectures (tested in ``tests/test_collect.p
 - Pre-activation designs (DenseNet): the conv's own output (the next BatchNorm acts on a
   concatenation, not on this tensor).
 
+Token outputs: a Linear inside a transformer MLP outputs ``(B, N, C)``; the router hands the
+criteria the mean over the ``N`` tokens, ``(B, C)``, like a Linear neuron's output. Feature entropy
+needs a spatial map ``(B, C, H, W)`` and does not apply to these layers.
+
 Functional activations (``F.relu`` inside ``forward``) are not modules and cannot be seen: the
 capture then stops at the BatchNorm (or the layer).
 """
@@ -303,6 +307,14 @@ def capture_activations(
                         f"layer {layer_name!r}: its activations contain NaN or inf (captured at {_cap!r}); "
                         "check the inputs and the weights (a diverged training?)"
                     )
+                if out.ndim == 3 and layers[layer_name].kind == "linear":
+                    # token outputs (B, N, C) of a transformer MLP: the criteria see the mean over tokens
+                    if fn(layer_name, out.mean(1)) is not None:
+                        raise ConfigError(
+                            f"layer {layer_name!r} outputs tokens (B, N, C): replacing its output "
+                            "(ablation) is supported for (B, C) and (B, C, H, W) outputs only"
+                        )
+                    continue
                 new = fn(layer_name, out)
                 if new is not None:
                     out = replaced = new
