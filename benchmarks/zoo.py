@@ -87,7 +87,7 @@ def run_one(name: str, size: int) -> dict:
         ignored = [mods[n] for n in outs(net, x)]
         num_heads = {}
         for m in net.modules():
-            if hasattr(m, "qkv") and isinstance(getattr(m, "qkv"), nn.Linear) and hasattr(m, "num_heads"):
+            if hasattr(m, "qkv") and isinstance(m.qkv, nn.Linear) and hasattr(m, "num_heads"):
                 num_heads[m.qkv] = m.num_heads
         macs_a, params_a = count_macs_params(net, x)
         pruner = tp.pruner.MetaPruner(net, x, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=0.3,
