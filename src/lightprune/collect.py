@@ -153,8 +153,8 @@ def find_prunable_layers(
         model: the network.
         example_inputs: a small input batch, e.g. ``torch.zeros(1, 3, 32, 32)``. With it, the
             post-activation capture point of each layer is located (see the module docstring) and
-            the final classifier is the last Linear executed; without it, ``capture`` is the layer
-            itself and the final classifier is the last Linear registered.
+            the output layers are found by tracing; without it, ``capture`` is the layer itself and
+            the output layers are the last Linear and the last Conv2d/Linear registered.
         layers: restrict to these module names (each must be a prunable layer).
 
     Raises:
