@@ -1,8 +1,16 @@
 """Find the prunable layers of a network and capture their post-activation outputs with hooks.
 
 **Prunable layers**: every ``nn.Conv2d`` with ``groups == 1`` (depthwise/grouped convs are coupled
-to the conv that feeds them and are pruned with it, not scored alone) and every ``nn.Linear``
-except the final classifier (the last ``Linear`` executed, or registered when nothing runs).
+to the conv that feeds them and are pruned with it, not scored alone) and every ``nn.Linear``,
+except
+
+- the **output layer(s)**: with example inputs, found by tracing (torch-pruning's graph,
+  :func:`lightprune.graph.output_layers`): every Conv2d/Linear whose output channels reach the
+  network's output without passing through another Conv2d/Linear -- a Linear classifier,
+  SqueezeNet's 1x1 conv classifier, every head of a network with several outputs. Without inputs
+  (or when the graph cannot be traced): the last ``Linear`` and the last Conv2d/Linear registered;
+- the projections inside an attention module (``nn.MultiheadAttention``, or a module with a
+  ``num_heads`` attribute: torchvision Swin, timm ``Attention``): their outputs are split into heads.
 
 **Where the post-activation output is taken** (one forward pass on example inputs, tracing which
 module consumes which tensor object):
@@ -27,6 +35,10 @@ What this gives on the supported architectures (tested in ``tests/test_collect.p
 - Pre-activation designs (DenseNet): the conv's own output (the next BatchNorm acts on a
   concatenation, not on this tensor).
 
+Token outputs: a Linear inside a transformer MLP outputs ``(B, N, C)``; the router hands the
+criteria the mean over the ``N`` tokens, ``(B, C)``, like a Linear neuron's output. Feature entropy
+needs a spatial map ``(B, C, H, W)`` and does not apply to these layers.
+
 Functional activations (``F.relu`` inside ``forward``) are not modules and cannot be seen: the
 capture then stops at the BatchNorm (or the layer).
 """
@@ -44,7 +56,10 @@ from torch import nn
 from .errors import ConfigError
 from .evaluation import inference
 
-__all__ = ["PrunableLayer", "find_prunable_layers", "select_layers", "capture_activations", "ACTIVATIONS", "LAYER_TYPES"]
+__all__ = [
+    "PrunableLayer", "find_prunable_layers", "not_prunable", "select_layers", "capture_activations", "ACTIVATIONS",
+    "LAYER_TYPES",
+]
 
 ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.ReLU,
@@ -142,8 +157,8 @@ def find_prunable_layers(
         model: the network.
         example_inputs: a small input batch, e.g. ``torch.zeros(1, 3, 32, 32)``. With it, the
             post-activation capture point of each layer is located (see the module docstring) and
-            the final classifier is the last Linear executed; without it, ``capture`` is the layer
-            itself and the final classifier is the last Linear registered.
+            the output layers are found by tracing; without it, ``capture`` is the layer itself and
+            the output layers are the last Linear and the last Conv2d/Linear registered.
         layers: restrict to these module names (each must be a prunable layer).
 
     Raises:
@@ -160,16 +175,15 @@ def find_prunable_layers(
             if _is_candidate(c.module) and c.name not in seen:
                 seen.append(c.name)
         order = seen
-    linears = [n for n in order if isinstance(modules[n], nn.Linear)]
-    final = linears[-1] if linears else None
-    candidates = [n for n in order if n != final]
+    excluded = _excluded(model, modules, order, example_inputs, calls)
+    candidates = [n for n in order if n not in excluded]
 
     if layers is not None:
         for n in layers:
             if n not in modules:
                 raise ConfigError(f"layers contains {n!r}, which is not a module of the model")
             if n not in candidates:
-                why = "the final classifier" if n == final else f"a {type(modules[n]).__name__}"
+                why = excluded.get(n) or f"a {type(modules[n]).__name__}"
                 raise ConfigError(
                     f"layers contains {n!r}, which is {why}, not a prunable layer; prunable layers: {candidates}"
                 )
@@ -186,6 +200,50 @@ def find_prunable_layers(
             _locate_capture(info, calls)
         out[n] = info
     return out
+
+
+def _output_layers(model, modules, order, example_inputs, calls) -> list[str]:
+    if calls:
+        try:
+            from .graph import output_layers  # graph imports this module: import here
+
+            found = output_layers(model, example_inputs)
+            if found:
+                return found
+        except Exception:  # noqa: BLE001 - a graph torch-pruning cannot trace: the registration rule below
+            pass
+    linears = [n for n in order if isinstance(modules[n], nn.Linear)]
+    out = linears[-1:]
+    if not calls and order and order[-1] not in out:
+        out.append(order[-1])  # a 1x1 conv classifier (SqueezeNet) registered last
+    return out
+
+
+def _excluded(model, modules, order, example_inputs, calls) -> dict[str, str]:
+    """``{name: why}`` for the Conv2d/Linear layers that are not prunable: the output layer(s) and the
+    projections inside attention modules (their outputs are split into heads)."""
+    why: dict[str, str] = {}
+    for n in _output_layers(model, modules, order, example_inputs, calls):
+        why[n] = "the final classifier" if isinstance(modules[n], nn.Linear) else "an output layer of the network"
+    for parent_name, parent in modules.items():
+        if isinstance(parent, nn.MultiheadAttention) or (hasattr(parent, "num_heads") and not parent_name == ""):
+            for child_name, child in parent.named_children():
+                full = f"{parent_name}.{child_name}" if parent_name else child_name
+                if _is_candidate(child) and full not in why:
+                    why[full] = (
+                        f"a {type(child).__name__} inside the attention module {parent_name!r} (its outputs are "
+                        "split into heads, which channel plans do not follow)"
+                    )
+    return why
+
+
+def not_prunable(model: nn.Module, example_inputs: torch.Tensor | None = None) -> dict[str, str]:
+    """``{name: why}`` for the Conv2d/Linear layers that :func:`find_prunable_layers` leaves out
+    (output layers, attention projections; grouped convs are not listed)."""
+    modules = dict(model.named_modules())
+    calls = _trace(model, example_inputs) if example_inputs is not None else []
+    order = [n for n, m in modules.items() if _is_candidate(m)]
+    return _excluded(model, modules, order, example_inputs, calls)
 
 
 def _locate_capture(info: PrunableLayer, calls: list[_Call]) -> None:
@@ -345,6 +403,14 @@ def capture_activations(
                         f"layer {layer_name!r}: its activations contain NaN or inf (captured at {_cap!r}); "
                         "check the inputs and the weights (a diverged training?)"
                     )
+                if out.ndim == 3 and layers[layer_name].kind == "linear":
+                    # token outputs (B, N, C) of a transformer MLP: the criteria see the mean over tokens
+                    if fn(layer_name, out.mean(1)) is not None:
+                        raise ConfigError(
+                            f"layer {layer_name!r} outputs tokens (B, N, C): replacing its output "
+                            "(ablation) is supported for (B, C) and (B, C, H, W) outputs only"
+                        )
+                    continue
                 new = fn(layer_name, out)
                 if new is not None:
                     out = replaced = new

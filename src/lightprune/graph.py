@@ -32,6 +32,9 @@ __all__ = [
     "group_items",
     "check_group",
     "count_macs_params",
+    "output_layers",
+    "channel_groups",
+    "group_blockers",
 ]
 
 
@@ -43,11 +46,15 @@ class Group:
         root: the first member in execution order (torch-pruning's root for the group).
         members: every prunable layer of the group, root first.
         channels: number of channels the members share.
+        channel_groups: ``G > 1`` when the channels feed a grouped convolution (or GroupNorm) with
+            ``G`` groups: the channels form ``G`` blocks of ``channels / G`` and a plan must keep the
+            same positions in every block (see :func:`channel_groups`).
     """
 
     root: str
     members: list[str]
     channels: int
+    channel_groups: int = 1
 
 
 @dataclass(frozen=True)
@@ -125,7 +132,122 @@ def find_groups(model: nn.Module, example_inputs: torch.Tensor, layers: Mapping[
                     members.append(other)
         seen.update(members)
         groups.append(Group(name, members, layer.out_channels))
+    cg = channel_groups(model, example_inputs, {g.root: layers[g.root] for g in groups}, dg)
+    for g in groups:
+        g.channel_groups = cg.get(g.root, 1)
     return groups
+
+
+def _absorbs_channels(module: nn.Module) -> bool:
+    """A Conv2d (not depthwise) or Linear consumer mixes its input channels: they stop there."""
+    if isinstance(module, nn.Conv2d):
+        return not (module.groups > 1 and module.groups == module.in_channels)
+    return isinstance(module, (nn.Linear, nn.MultiheadAttention))
+
+
+def output_layers(model: nn.Module, example_inputs: torch.Tensor, dg=None) -> list[str]:
+    """The Conv2d / Linear layers whose output channels *are* the network's output (in execution
+    order): walking torch-pruning's graph forward from the layer through everything that keeps its
+    channels (BatchNorm, activations, pooling, flatten, additions, depthwise convs, ...), the walk
+    reaches the network output before any Conv2d/Linear consumer. A Linear classifier, SqueezeNet's
+    1x1 conv classifier and every head of a network with several outputs are output layers;
+    removing their output channels would change the output shape."""
+    import torch_pruning as tp
+
+    dg = dg if dg is not None else dependency_graph(model, example_inputs)
+    names = {m: n for n, m in model.named_modules()}
+    found: list[str] = []
+    for module, node in dg.module2node.items():
+        if not isinstance(module, (nn.Conv2d, nn.Linear)) or module not in names:
+            continue
+        if not node.outputs:  # the last op of the graph
+            found.append(names[module])
+            continue
+        stack, seen = list(node.outputs), set()
+        while stack:
+            cur = stack.pop()
+            if id(cur) in seen:
+                continue
+            seen.add(id(cur))
+            if _absorbs_channels(cur.module):
+                continue
+            if cur.type == tp.ops.OPTYPE.OUTPUT or not cur.outputs:
+                found.append(names[module])
+                break
+            stack.extend(cur.outputs)
+    return found
+
+
+def channel_groups(model: nn.Module, example_inputs: torch.Tensor, layers: Mapping[str, PrunableLayer], dg=None) -> dict[str, int]:
+    """``{layer: G}`` for layers whose output channels feed a grouped (not depthwise) convolution or a
+    GroupNorm with ``G`` groups: such channels can only be removed as the same positions in every one
+    of the ``G`` consecutive blocks of ``C / G`` channels (torch-pruning's ``prune_conv_in_channels``
+    keeps the first ``kept / G`` positions of a grouped conv's input). Layers not listed: 1."""
+    dg = dg if dg is not None else dependency_graph(model, example_inputs)
+    out: dict[str, int] = {}
+    for name, layer in layers.items():
+        g = pruning_group(dg, layer.module, list(range(layer.out_channels)))
+        best = 1
+        for item in g:
+            mod = item.dep.target.module
+            if isinstance(mod, nn.Conv2d) and mod.groups > 1 and mod.groups != mod.in_channels:
+                best = max(best, int(mod.groups))
+            elif isinstance(mod, nn.GroupNorm) and mod.num_groups > 1:
+                best = max(best, int(mod.num_groups))
+        if best > 1:
+            out[name] = best
+    return out
+
+
+def _is_attention(m: nn.Module) -> bool:
+    return isinstance(m, nn.MultiheadAttention) or hasattr(m, "num_heads")
+
+
+def _attention_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The innermost attention modules (a transformer block with ``num_heads`` holding an
+    ``nn.MultiheadAttention`` is not one: its MLP is prunable)."""
+    return {
+        n: m for n, m in model.named_modules()
+        if n and _is_attention(m) and not any(_is_attention(c) for c in m.modules() if c is not m)
+    }
+
+
+def group_blockers(
+    model: nn.Module, example_inputs: torch.Tensor, groups: list[Group], layers: Mapping[str, PrunableLayer], dg=None
+) -> dict[str, str]:
+    """``{group root: why}`` for the groups a channel plan must leave whole, because removing their
+    channels would also cut into
+
+    - an attention module (``nn.MultiheadAttention``, torchvision Swin / timm ``Attention`` -- any
+      module with ``num_heads``): the residual stream of a transformer feeds every attention block,
+      whose embedding width is split into heads (and hard-coded in torchvision's ViT);
+      Its parameters count too (torchvision's Swin uses them with ``F.linear``);
+    - the output side of a Conv2d/Linear that is not a prunable layer of the plan (an output layer).
+    """
+    dg = dg if dg is not None else dependency_graph(model, example_inputs)
+    names = {m: n for n, m in model.named_modules()}
+    attn = _attention_modules(model)
+    attn_mods = {id(sub): n for n, m in attn.items() for sub in m.modules()}
+    attn_mods.update({id(p): n for n, m in attn.items() for p in m.parameters()})  # used functionally (Swin)
+    out: dict[str, str] = {}
+    for g in groups:
+        layer = layers[g.root]
+        pg = pruning_group(dg, layer.module, list(range(min(1, layer.out_channels))))
+        for item in pg:
+            node = item.dep.target
+            mod = node.module
+            if id(mod) in attn_mods:
+                out[g.root] = f"its channels reach the attention module {attn_mods[id(mod)]!r} (split into heads)"
+                break
+            if (
+                dg.is_out_channel_pruning_fn(item.dep.handler)
+                and isinstance(mod, (nn.Conv2d, nn.Linear))
+                and not (isinstance(mod, nn.Conv2d) and mod.groups > 1)
+                and names.get(mod) not in layers
+            ):
+                out[g.root] = f"it would remove output channels of {names.get(mod)!r}, which is not a prunable layer"
+                break
+    return out
 
 
 def check_group(dg, group) -> bool:

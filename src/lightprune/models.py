@@ -249,6 +249,46 @@ _register("alexnet", lambda num_classes, in_channels, **kw: CifarAlexNet(num_cla
 _register("mlp", lambda num_classes, in_channels, **kw: MLP(num_classes, in_channels, **kw), 8, 1, "mlp")
 
 
+def _torchvision_names() -> list[str]:
+    return sorted(tvm.list_models(module=tvm))
+
+
+def _torchvision_any(name: str, num_classes: int, in_channels: int, image_size: int | None, kwargs: dict) -> nn.Module:
+    """Any torchvision classification model (``torchvision.models.list_models(module=torchvision.models)``),
+    randomly initialised; ``image_size`` is passed on to the models that take it (ViT)."""
+    kw = dict(kwargs)
+    if image_size is not None and name.startswith("vit_"):
+        kw.setdefault("image_size", image_size)
+    try:
+        model = tvm.get_model(name, weights=None, num_classes=num_classes, **kw)
+    except TypeError as err:
+        raise ConfigError(f"bad keyword arguments for torchvision model {name!r}: {err}") from None
+    return _replace_first_conv(model, in_channels)
+
+
+def _timm_model(name: str, num_classes: int, in_channels: int, image_size: int | None, kwargs: dict) -> nn.Module:
+    """``timm:<name>``: ``timm.create_model(name, pretrained=False, num_classes=..., in_chans=...)``;
+    ``image_size`` becomes ``img_size`` for the models that take it (ViT, DeiT, ...)."""
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError(
+            f"model 'timm:{name}' needs timm, which is not installed; install the extra: pip install 'lightprune[timm]'"
+        ) from None
+    if not timm.is_model(name):
+        raise ConfigError(f"model 'timm:{name}': {name!r} is not a timm model; timm.list_models() lists them")
+    kw = {"pretrained": False, "num_classes": num_classes, "in_chans": in_channels, **kwargs}
+    if image_size is not None and "img_size" not in kw:
+        try:
+            return timm.create_model(name, img_size=image_size, **kw)
+        except TypeError:
+            pass  # a model without img_size (a CNN): any input size
+    try:
+        return timm.create_model(name, **kw)
+    except TypeError as err:
+        raise ConfigError(f"bad keyword arguments for timm model {name!r}: {err}") from None
+
+
 def list_models() -> list[str]:
     """Names accepted by :func:`create_model`, sorted."""
     return sorted(_MODELS)
@@ -272,7 +312,10 @@ def create_model(
     """Build a randomly initialised classifier.
 
     Args:
-        name: one of :func:`list_models`.
+        name: one of :func:`list_models`, any other torchvision classification model name
+            (``torchvision.models.list_models(module=torchvision.models)``, built with ``weights=None``),
+            or ``"timm:<name>"`` for a timm model (needs the ``timm`` extra; ``image_size`` is passed
+            as ``img_size`` to the timm models that take it).
         num_classes: number of outputs of the classifier, >= 2.
         in_channels: image channels, 1 or 3 (the first conv is adapted for 1).
         image_size: side of the square input images, checked against the model's minimum
@@ -288,10 +331,14 @@ def create_model(
         ConfigError: ``num_classes`` < 2 or ``in_channels`` not 1/3.
         InputSizeError: ``image_size`` below the model's minimum.
     """
-    info = model_info(name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(f"num_classes={num_classes!r} is not allowed; a classifier needs an integer >= 2")
     check_choice("in_channels", in_channels, (1, 3))
+    if isinstance(name, str) and name.startswith("timm:"):
+        return _timm_model(name[len("timm:"):], num_classes, in_channels, image_size, kwargs)
+    if isinstance(name, str) and name not in _MODELS and name in _torchvision_names():
+        return _torchvision_any(name, num_classes, in_channels, image_size, kwargs)
+    info = model_info(name)
     if image_size is not None and image_size < info.min_input_size:
         raise InputSizeError(
             f"image_size={image_size} is too small for model {name!r}: it needs inputs of at least "

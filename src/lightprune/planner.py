@@ -66,11 +66,11 @@ import torch
 from torch import nn
 
 from . import latency as lat
-from .collect import find_prunable_layers, select_layers
+from .collect import find_prunable_layers, not_prunable, select_layers
 from .criteria.base import Scores
 from .errors import ConfigError, check_choice, check_fraction, check_positive_int
 from .evaluation import measure_latency as evaluation_latency
-from .graph import Group, find_groups
+from .graph import Group, find_groups, group_blockers
 from .plan import Plan
 from .surgery import count_macs_params, prune
 
@@ -111,6 +111,20 @@ def _top(importance: torch.Tensor, n_keep: int, secondary: torch.Tensor | None =
     sec = secondary.double() if secondary is not None else torch.zeros_like(imp)
     order = sorted(range(imp.numel()), key=lambda i: (-float(imp[i]), -float(sec[i]), i))
     return torch.tensor(sorted(order[:n_keep]), dtype=torch.long)
+
+
+def _top_grouped(importance: torch.Tensor, n_keep: int, channel_groups: int) -> torch.Tensor:
+    """Grouped channels (``channel_groups`` blocks of ``C / G``, feeding a grouped convolution): the
+    same positions are kept in every block. A position's importance is its mean over the blocks
+    (torch-pruning's rule); ``n_keep`` is rounded half-up to a multiple of ``G`` (at least one
+    position per block); the kept positions are the most important ones (ties -> lower position)."""
+    c = importance.numel()
+    if c % channel_groups:
+        raise ConfigError(f"{c} channels cannot be split into {channel_groups} groups of a grouped convolution")
+    size = c // channel_groups
+    per = min(size, max(1, math.floor(n_keep / channel_groups + 0.5)))
+    pos = _top(importance.double().view(channel_groups, size).mean(0), per)
+    return torch.cat([pos + b * size for b in range(channel_groups)])
 
 
 def _group_importance(group: Group, scores: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -220,7 +234,7 @@ def plan_groups(
     keep: dict[str, torch.Tensor] = {}
     channels: dict[str, int] = {}
     for g, k, v in zip(groups, n_keep, imp, strict=True):
-        idx = _top(v, k, _group_tiebreak(g, tiebreak))
+        idx = _top(v, k, _group_tiebreak(g, tiebreak)) if g.channel_groups <= 1 else _top_grouped(v, k, g.channel_groups)
         for m in g.members:
             keep[m] = idx.clone()
             channels[m] = g.channels
@@ -448,6 +462,10 @@ def plan(
         raise ConfigError(f"options {sorted(latency_opts)} are only for strategy='latency'")
     options["round_to"] = _resolve_round_to(model, example_inputs, options.get("round_to", "auto"), latency_opts)
     per_layer, criterion, layer_scores = _flatten_scores(scores)
+    # scores made without inputs may cover a layer the trace shows to be an output layer (a second
+    # head, a conv classifier): such layers are left out of the plan (meta["not_planned"]), never pruned
+    skipped = {n: why for n, why in not_prunable(model, example_inputs).items() if n in per_layer}
+    per_layer = {n: v for n, v in per_layer.items() if n not in skipped}
     found = find_prunable_layers(model, example_inputs, [n for n in per_layer])
     if layers is not None or exclude is not None or layer_types is not None:
         found = select_layers(found, layers, exclude, layer_types)
@@ -455,15 +473,26 @@ def plan(
         if layer_scores:
             layer_scores = {n: v for n, v in layer_scores.items() if n in found}
     groups = find_groups(model, example_inputs, found)
+    # groups whose channels reach attention internals, an output layer or an unwrapped parameter stay whole
+    blocked = group_blockers(model, example_inputs, groups, find_prunable_layers(model, example_inputs))
+    for g in groups:
+        if g.root in blocked:
+            skipped.update({m: f"its group ({g.root!r}) is left whole: {blocked[g.root]}" for m in g.members})
+    groups = [g for g in groups if g.root not in blocked]
+    if not groups:
+        raise ConfigError(f"no layer of the model can be planned: {skipped}")
+    per_layer = {n: v for n, v in per_layer.items() if n not in skipped}
     options.setdefault("tiebreak", {n: filter_l1(info.module) for n, info in found.items()})
     if strategy == "latency":
         return _latency_target(model, example_inputs, groups, per_layer, criterion, ratio, options, latency_opts)
     if strategy not in TARGETS:
         p = plan_groups(groups, per_layer, strategy=strategy, ratio=ratio, layer_scores=layer_scores, criterion=criterion, **options)
         p.meta["input_shape"] = [1, *example_inputs.shape[1:]]
+        if skipped:
+            p.meta["not_planned"] = skipped
         return p
     return _target_search(model, example_inputs, groups, per_layer, layer_scores, criterion, strategy, ratio,
-                          base_strategy, tolerance, options)
+                          base_strategy, tolerance, options, skipped)
 
 
 def _macs(model: nn.Module, x: torch.Tensor) -> float:
@@ -479,7 +508,7 @@ TARGETS: dict[str, Callable[[nn.Module, torch.Tensor], float]] = {"flops": _macs
 
 
 def _target_search(model, example_inputs, groups, per_layer, layer_scores, criterion, target_name, ratio,
-                   base_strategy, tolerance, options) -> Plan:
+                   base_strategy, tolerance, options, skipped=None) -> Plan:
     """Bisection on the global channel ratio of ``base_strategy`` until ``measure(pruned copy)`` is at
     most ``(1 - ratio)`` of the original (channel counts are discrete: stops on a bracket < 1e-3)."""
     check_fraction("ratio", ratio)
@@ -515,6 +544,8 @@ def _target_search(model, example_inputs, groups, per_layer, layer_scores, crite
             f"the most it reaches is {reachable:.3f}"
         )
     unit = {"flops": "macs"}.get(target_name, target_name)
+    if skipped:
+        best.meta["not_planned"] = skipped
     best.strategy = target_name
     best.meta["input_shape"] = [1, *example_inputs.shape[1:]]
     best.target_ratio = float(ratio)

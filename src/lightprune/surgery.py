@@ -143,8 +143,9 @@ def prune(
     """Remove exactly the channels the plan does not keep, in place, with torch-pruning.
 
     Every coupled group is pruned as one (same indices in every member); consumers lose the
-    matching input channels. The final classifier never loses outputs (it is never in a plan, and a
-    group that would touch an unplanned Conv2d/Linear output raises).
+    matching input channels. The output layers never lose outputs (they are never in a plan, a
+    group that would touch an unplanned Conv2d/Linear output raises, and a prune that changes the
+    network's output shape is undone).
 
     Args:
         model: the network, modified in place.
