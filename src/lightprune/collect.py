@@ -55,6 +55,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .evaluation import inference
+from .graph import output_layers
 
 __all__ = [
     "PrunableLayer", "find_prunable_layers", "not_prunable", "select_layers", "capture_activations", "ACTIVATIONS",
@@ -205,8 +206,6 @@ def find_prunable_layers(
 def _output_layers(model, modules, order, example_inputs, calls) -> list[str]:
     if calls:
         try:
-            from .graph import output_layers  # graph imports this module: import here
-
             found = output_layers(model, example_inputs)
             if found:
                 return found

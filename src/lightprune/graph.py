@@ -8,18 +8,20 @@
   channels of a root layer, as plain ``(module name, module, is_output_side, indices)`` items;
 - :func:`count_macs_params` — MACs and parameters per sample.
 
-Nothing else in lightprune imports ``torch_pruning``, so a change of its API touches one file.
+Nothing else in lightprune imports ``torch_pruning`` except ``criteria/adapters.py``, which wraps its
+importance classes (Taylor, BN scale) and takes its graphs from here.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from .collect import PrunableLayer
 from .errors import ConfigError
 
 __all__ = [
@@ -79,20 +81,41 @@ def out_channel_fn(module: nn.Module):
     raise ConfigError(f"cannot remove output channels of a {type(module).__name__}; prunable layers are Conv2d and Linear")
 
 
-def dependency_graph(model: nn.Module, example_inputs: torch.Tensor):
+_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _signature(model: nn.Module, example_inputs: torch.Tensor) -> tuple:
+    """What the graph depends on: the module tree, every parameter's shape, the input's shape/dtype/device."""
+    params = tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
+    mods = tuple((n, type(m).__name__) for n, m in model.named_modules())
+    return params, mods, tuple(example_inputs.shape[1:]), example_inputs.dtype, str(example_inputs.device)
+
+
+def dependency_graph(model: nn.Module, example_inputs: torch.Tensor, *, fresh: bool = False):
     """torch-pruning ``DependencyGraph`` of ``model`` (built with autograd on, whatever the caller's
-    mode, in eval mode; every module's training flag restored)."""
+    mode, in eval mode; every module's training flag restored).
+
+    The graph is cached per model and reused while the model's structure (modules, parameter shapes)
+    and the input shape stay the same; a prune changes the shapes, so the next call rebuilds it.
+    ``fresh=True`` always builds a new one (surgery, which mutates the model through it).
+    """
     import torch_pruning as tp
 
+    sig = _signature(model, example_inputs)
+    cached = None if fresh else _GRAPHS.get(model)
+    if cached is not None and cached[0] == sig:
+        return cached[1]
     modes = [(m, m.training) for m in model.modules()]
     with torch.inference_mode(False), torch.enable_grad():
         x = example_inputs.detach().clone()
         model.eval()
         try:
-            return tp.DependencyGraph().build_dependency(model, example_inputs=x)
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=x)
         finally:
             for m, was in modes:
                 m.training = was
+    _GRAPHS[model] = (sig, dg)
+    return dg
 
 
 def pruning_group(dg, module: nn.Module, idxs: list[int]):
@@ -112,7 +135,7 @@ def group_items(dg, group, names: Mapping[nn.Module, str]) -> list[GroupItem]:
     return items
 
 
-def find_groups(model: nn.Module, example_inputs: torch.Tensor, layers: Mapping[str, PrunableLayer]) -> list[Group]:
+def find_groups(model: nn.Module, example_inputs: torch.Tensor, layers: Mapping[str, Any]) -> list[Group]:
     """Coupled groups among ``layers`` (every layer is in exactly one group), in execution order."""
     dg = dependency_graph(model, example_inputs)
     names = {m: n for n, m in model.named_modules()}
@@ -178,7 +201,7 @@ def output_layers(model: nn.Module, example_inputs: torch.Tensor, dg=None) -> li
     return found
 
 
-def channel_groups(model: nn.Module, example_inputs: torch.Tensor, layers: Mapping[str, PrunableLayer], dg=None) -> dict[str, int]:
+def channel_groups(model: nn.Module, example_inputs: torch.Tensor, layers: Mapping[str, Any], dg=None) -> dict[str, int]:
     """``{layer: G}`` for layers whose output channels feed a grouped (not depthwise) convolution or a
     GroupNorm with ``G`` groups: such channels can only be removed as the same positions in every one
     of the ``G`` consecutive blocks of ``C / G`` channels (torch-pruning's ``prune_conv_in_channels``
@@ -213,7 +236,7 @@ def _attention_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def group_blockers(
-    model: nn.Module, example_inputs: torch.Tensor, groups: list[Group], layers: Mapping[str, PrunableLayer], dg=None
+    model: nn.Module, example_inputs: torch.Tensor, groups: list[Group], layers: Mapping[str, Any], dg=None
 ) -> dict[str, str]:
     """``{group root: why}`` for the groups a channel plan must leave whole, because removing their
     channels would also cut into

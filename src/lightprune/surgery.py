@@ -191,7 +191,7 @@ def prune(
     with inference(model):
         out_shape = _output_shapes(model(example_inputs))
 
-    dg = dependency_graph(model, example_inputs)
+    dg = dependency_graph(model, example_inputs, fresh=True)  # pruned through: not shared with the cache
     planned = set(plan.keep)
     todo = []
     for members in plan.groups:

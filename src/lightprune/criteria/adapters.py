@@ -25,11 +25,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torch_pruning as tp
+import torch_pruning as tp  # its importance classes: what these adapters wrap
 from torch import nn
 
 from ..collect import PrunableLayer
 from ..errors import ConfigError, check_choice
+from ..graph import dependency_graph, pruning_group
 from .base import Criterion, Scores, register_criterion
 
 __all__ = ["Taylor", "BNScale"]
@@ -106,21 +107,18 @@ def _example_input(net: nn.Module, batches: Iterable[Any] | None, input_size: in
 
 
 def _dependency_graph(net: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
-    with torch.inference_mode(False), torch.enable_grad():
-        x = example.clone()  # a normal tensor even when the example was made under inference_mode
-        try:
-            return tp.DependencyGraph().build_dependency(net, example_inputs=(x,), verbose=False)
-        except Exception as err:  # noqa: BLE001
-            raise ConfigError(f"torch-pruning could not trace the model on an input of shape {tuple(x.shape)}: {err}") from err
+    try:
+        return dependency_graph(net, example, fresh=True)  # the adapters' copies change: never cached
+    except Exception as err:  # noqa: BLE001
+        raise ConfigError(f"torch-pruning could not trace the model on an input of shape {tuple(example.shape)}: {err}") from err
 
 
 def _group_importance(
     imp: tp.importance.Importance, dg: tp.DependencyGraph, layer: PrunableLayer, module: nn.Module
 ) -> torch.Tensor | None:
     """``imp`` on the pruning group rooted at ``module``'s output channels; (C,) float64 or None."""
-    fn = tp.prune_conv_out_channels if layer.kind == "conv" else tp.prune_linear_out_channels
     try:
-        group = dg.get_pruning_group(module, fn, idxs=list(range(layer.out_channels)))
+        group = pruning_group(dg, module, list(range(layer.out_channels)))
     except ValueError:
         raise ConfigError(f"layer {layer.name!r} is not in torch-pruning's dependency graph (did it run?)") from None
     if group[0].dep.target.module is not module or list(group[0].root_idxs) != list(range(layer.out_channels)):
