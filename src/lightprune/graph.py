@@ -81,7 +81,9 @@ def out_channel_fn(module: nn.Module):
     raise ConfigError(f"cannot remove output channels of a {type(module).__name__}; prunable layers are Conv2d and Linear")
 
 
-_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# one entry (the last graph built): a graph holds its model's modules, so a per-model cache would keep
+# every model alive; the pipeline asks for the same model's graph several times in a row
+_LAST: list[Any] = [None, None, None]  # [weakref to the model, signature, graph]
 
 
 def _signature(model: nn.Module, example_inputs: torch.Tensor) -> tuple:
@@ -95,16 +97,16 @@ def dependency_graph(model: nn.Module, example_inputs: torch.Tensor, *, fresh: b
     """torch-pruning ``DependencyGraph`` of ``model`` (built with autograd on, whatever the caller's
     mode, in eval mode; every module's training flag restored).
 
-    The graph is cached per model and reused while the model's structure (modules, parameter shapes)
-    and the input shape stay the same; a prune changes the shapes, so the next call rebuilds it.
+    The last graph built is reused while it is asked for the same model with the same structure
+    (modules, parameter shapes) and input shape; a prune changes the shapes, so the next call rebuilds it.
     ``fresh=True`` always builds a new one (surgery, which mutates the model through it).
     """
     import torch_pruning as tp
 
     sig = _signature(model, example_inputs)
-    cached = None if fresh else _GRAPHS.get(model)
-    if cached is not None and cached[0] == sig:
-        return cached[1]
+    ref, last_sig, last_dg = _LAST
+    if not fresh and ref is not None and ref() is model and last_sig == sig:
+        return last_dg
     modes = [(m, m.training) for m in model.modules()]
     with torch.inference_mode(False), torch.enable_grad():
         x = example_inputs.detach().clone()
@@ -114,7 +116,7 @@ def dependency_graph(model: nn.Module, example_inputs: torch.Tensor, *, fresh: b
         finally:
             for m, was in modes:
                 m.training = was
-    _GRAPHS[model] = (sig, dg)
+    _LAST[:] = [None, None, None] if fresh else [weakref.ref(model), sig, dg]
     return dg
 
 
