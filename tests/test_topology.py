@@ -1,10 +1,11 @@
 """Tests of lightprune.topology: exactness against giotto-ph, hand-computed cases, invariances, errors.
 
-The exactness tests compare :func:`birth_times` (torch kernel) with the giotto-ph reference on
-about 24,000 units (random, ReLU-sparse, tie-heavy, constant, float16 and real conv activation
-maps). giotto computes in float32: :func:`giotto_birth_times` flags the units where two distinct
-edge weights share a float32 distance; those units are compared with giotto run on exact rank
-distances instead (same filtration, integer values exact in float32), never with a tolerance.
+The exactness tests compare :func:`birth_times` (every kernel: the compiled numba kernel and the
+torch kernel, against the same giotto result) with the giotto-ph reference on about 24,000 units
+(random, ReLU-sparse, tie-heavy, constant, float16 and real conv activation maps). giotto computes
+in float32: :func:`giotto_birth_times` flags the units where two distinct edge weights share a
+float32 distance; those units are compared with giotto run on exact rank distances instead (same
+filtration, integer values exact in float32), never with a tolerance.
 """
 
 from __future__ import annotations
@@ -55,30 +56,39 @@ EXACTNESS_TESTS = {
 }
 
 
+# The exact kernels: every exactness test checks each of them against one giotto computation
+# (equivalent to parametrizing the tests over the method, without running giotto twice).
+KERNELS = ("numba", "torch")
+
+
 def assert_matches_giotto(maps: torch.Tensor, tally: str) -> torch.Tensor:
-    """Assert birth_times(maps) == giotto reference unit by unit; return the births."""
-    ours = birth_times(maps)
+    """Assert birth_times(maps, method=k) == giotto reference unit by unit for every kernel k;
+    return the births (those of the default method)."""
     ref, ambiguous = giotto_birth_times(maps)
-    assert ours.shape == ref.shape == maps.shape[:-2]
-    assert ours.dtype == torch.int64
     clear = ~ambiguous
-    assert torch.equal(ours[clear], ref[clear]), _first_mismatch(maps, ours, ref, clear)
+    exact = None
     if bool(ambiguous.any()):
         # float32 merged two distinct weights: compare with giotto on exact rank distances
         exact, flags = giotto_birth_times(maps[ambiguous], distances="ranks")
         assert not bool(flags.any())
-        assert torch.equal(ours[ambiguous], exact)
         CHECKED[tally + ":ambiguous"] = CHECKED.get(tally + ":ambiguous", 0) + int(ambiguous.sum())
-    CHECKED[tally] = CHECKED.get(tally, 0) + ours.numel()
-    return ours
+    for method in KERNELS:
+        ours = birth_times(maps, method=method)
+        assert ours.shape == ref.shape == maps.shape[:-2]
+        assert ours.dtype == torch.int64
+        assert torch.equal(ours[clear], ref[clear]), _first_mismatch(maps, ours, ref, clear, method)
+        if exact is not None:
+            assert torch.equal(ours[ambiguous], exact), method
+    CHECKED[tally] = CHECKED.get(tally, 0) + ref.numel()
+    return birth_times(maps)
 
 
-def _first_mismatch(maps, ours, ref, mask) -> str:
+def _first_mismatch(maps, ours, ref, mask, method) -> str:
     bad = ((ours != ref) & mask).nonzero()
     if bad.numel() == 0:
         return ""
     idx = tuple(bad[0].tolist())
-    return f"unit {idx}: ours={ours[idx].item()} giotto={ref[idx].item()} map=\n{maps[idx]}"
+    return f"method={method} unit {idx}: ours={ours[idx].item()} giotto={ref[idx].item()} map=\n{maps[idx]}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,8 +268,9 @@ def test_cycle_filled_later_in_the_same_tie_group(count_tie_checks):
     edges.update({(0, 3): 3.0, (1, 2): 2.0})
     edges.update({(i, 5): 1.0 for i in range(5)})
     U = _sym(6, edges)
-    assert birth_times(U).item() == -1
+    assert birth_times(U, method="torch").item() == -1
     assert count_tie_checks == [0]  # decided by the exact rule (beta_1 = 0 after the group)
+    assert birth_times(U, method="numba").item() == -1
     assert giotto_birth_times(U)[0].item() == -1
     # a naive edge-by-edge scan would report a birth at threshold 5 (index 1)
 
@@ -270,8 +281,9 @@ def test_cycle_survives_its_tie_group(count_tie_checks):
     group = {(0, 1), (0, 2), (1, 3), (2, 3), (4, 5)}
     edges = {(i, j): (5.0 if (i, j) in group else 1.0) for i in range(6) for j in range(i + 1, 6)}
     U = _sym(6, edges, diag=9.0)
-    assert birth_times(U).item() == 7
+    assert birth_times(U, method="torch").item() == 7
     assert count_tie_checks == [1]
+    assert birth_times(U, method="numba").item() == 7
     assert giotto_birth_times(U)[0].item() == 7
 
 
@@ -297,6 +309,122 @@ def test_giotto_method_equals_torch_method(seed, m):
     rng = np.random.default_rng(seed)
     maps = torch.from_numpy(rng.integers(0, 4, (10, m, m)).astype(np.float32))
     assert torch.equal(birth_times(maps, method="giotto"), birth_times(maps))
+
+
+# ---------------------------------------------------------------------------------------------
+# the compiled kernel against the torch kernel, its exact tie-group step, threads, dispatch
+# ---------------------------------------------------------------------------------------------
+@examples(60)
+@given(seed=seeds, m=st.integers(3, 64), values=st.integers(1, 5), units=st.integers(1, 40))
+def test_numba_equals_torch_on_tie_heavy_maps(seed, m, values, units):
+    # integer entries in a small range: large tie groups, many first triggers inside a group
+    rng = np.random.default_rng(seed)
+    maps = torch.from_numpy(rng.integers(0, values + 1, (units, m, m)).astype(np.float32))
+    assert torch.equal(birth_times(maps, method="numba"), birth_times(maps, method="torch"))
+
+
+@examples(25)
+@given(seed=seeds, m=st.integers(3, 224), zero_fraction=st.floats(0.0, 0.9))
+def test_numba_equals_torch_on_post_relu_maps(seed, m, zero_fraction):
+    rng = np.random.default_rng(seed)
+    units = max(2, 4000 // (m * m // 16 + 1))
+    maps = torch.from_numpy(rng.standard_normal((units, m, m)).astype(np.float32))
+    maps = torch.relu(maps - float(np.quantile(maps.numpy(), zero_fraction)))
+    assert torch.equal(birth_times(maps, method="numba"), birth_times(maps, method="torch"))
+
+
+@examples(150)
+@given(
+    seed=seeds,
+    m=st.integers(3, 70),
+    base_density=st.floats(0.0, 0.6),
+    group_density=st.floats(0.02, 0.6),
+)
+def test_compiled_tie_group_step_equals_numpy_step(seed, m, base_density, group_density):
+    """_birth_numba._group_beta1 (compiled) == topology._group_beta1 (numpy / scipy) on random
+    complexes K0 (any edges) plus a random tie group G: both give max(0, #non-tree - rank_GF2(B))."""
+    from lightprune import _birth_numba
+
+    rng = np.random.default_rng(seed)
+    iu, ju = np.triu_indices(m, k=1)
+    E = iu.size
+    kind = rng.random(E)
+    base = np.flatnonzero(kind < base_density)
+    group = np.flatnonzero((kind >= base_density) & (kind < base_density + group_density))
+    if group.size == 0:
+        return
+    rng.shuffle(base)
+    rng.shuffle(group)
+    rest = np.setdiff1d(np.arange(E), np.concatenate([base, group]))
+    order = np.concatenate([base, group, rest])
+    gs, ge = base.size, base.size + group.size - 1
+    R = np.full((m, m), E, dtype=np.int64)
+    R[iu[order], ju[order]] = np.arange(E)
+    R[ju[order], iu[order]] = np.arange(E)
+    parent = list(range(m))
+
+    def find(x):
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    tree = np.zeros(E, dtype=bool)
+    for pos, e in enumerate(order[: ge + 1]):  # Kruskal in the refined order
+        ra, rb = find(iu[e]), find(ju[e])
+        if ra != rb:
+            parent[ra] = rb
+            tree[pos] = True
+    a, b = iu[group], ju[group]
+    expected = topo._group_beta1(R, a, b, tree[gs : ge + 1], gs, ge)
+    words = (m + 63) // 64
+    adj = np.zeros((m, words), dtype=np.uint64)
+    for e in order[: ge + 1]:
+        i, j = int(iu[e]), int(ju[e])
+        adj[i, j // 64] |= np.uint64(1 << (j % 64))
+        adj[j, i // 64] |= np.uint64(1 << (i % 64))
+    ids = ((a.astype(np.int64) << 16) | b).astype(np.int32)
+    n_cycles = group.size - int(tree[gs : ge + 1].sum())
+    got = _birth_numba._group_beta1(ids, 0, group.size - 1, adj, m, words, n_cycles)
+    assert got == expected
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_numba_kernel_runs_on_torch_threads(threads):
+    import numba
+
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        maps = torch.relu(torch.randn(64, 12, 12, generator=torch.Generator().manual_seed(threads)))
+        births = birth_times(maps, method="numba")
+        assert numba.get_num_threads() == min(threads, numba.config.NUMBA_NUM_THREADS)
+        assert torch.equal(births, birth_times(maps, method="torch"))
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_auto_uses_the_compiled_kernel_on_cpu(monkeypatch):
+    calls = []
+    original = topo._births_numba
+
+    def wrapped(maps, chunk_size):
+        calls.append(tuple(maps.shape))
+        return original(maps, chunk_size)
+
+    monkeypatch.setattr(topo, "_births_numba", wrapped)
+    maps = torch.rand(3, 5, 5)
+    assert torch.equal(birth_times(maps), birth_times(maps, method="torch"))
+    assert calls == [(3, 5, 5)]
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, None])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_numba_half_precision_chunks(chunk_size, dtype):
+    # half-precision maps are up-cast to float32 one chunk at a time; exact, any chunk size
+    gen = torch.Generator().manual_seed(6)
+    maps = torch.relu(torch.randn(30, 11, 11, generator=gen)).to(dtype)
+    births = birth_times(maps, method="numba", chunk_size=chunk_size)
+    assert torch.equal(births, birth_times(maps.double(), method="torch"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -578,20 +706,38 @@ def test_betti_curve_features_match_direct_giotto(kind, n_bins):
 # errors
 # ---------------------------------------------------------------------------------------------
 def test_birth_times_errors():
-    with pytest.raises(ConfigError, match=r"method='numba' is not allowed; choose one of: torch, giotto"):
-        birth_times(torch.rand(4, 4), method="numba")
+    with pytest.raises(
+        ConfigError, match=r"method='cuda' is not allowed; choose one of: auto, numba, torch, giotto"
+    ):
+        birth_times(torch.rand(4, 4), method="cuda")
+
+
+@pytest.mark.parametrize("method", ["auto", "numba", "torch", "giotto"])
+def test_bad_maps_give_the_same_errors_for_every_method(method):
+    def call(maps, **kw):
+        return birth_times(maps, method=method, **kw)
+
     with pytest.raises(ConfigError, match=r"maps must have shape \(\.\.\., m, m\).*got shape \(5,\)"):
-        birth_times(torch.rand(5))
+        call(torch.rand(5))
     with pytest.raises(ConfigError, match=r"maps must be square.*got shape \(2, 4, 5\)"):
-        birth_times(torch.rand(2, 4, 5))
+        call(torch.rand(2, 4, 5))
     with pytest.raises(ConfigError, match=r"maps must have a floating dtype.*got torch.int64"):
-        birth_times(torch.ones(3, 3, dtype=torch.int64))
+        call(torch.ones(3, 3, dtype=torch.int64))
     with pytest.raises(ConfigError, match=r"maps must be a torch.Tensor.*got list"):
-        birth_times([[1.0, 2.0], [3.0, 4.0]])
-    with pytest.raises(ConfigError, match=r"maps contains NaN"):
-        birth_times(torch.full((3, 3), float("nan")))
+        call([[1.0, 2.0], [3.0, 4.0]])
+    with pytest.raises(ConfigError, match=r"^maps contains NaN; birth times need totally ordered values$"):
+        call(torch.full((3, 3), float("nan")))
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        maps = torch.rand(20, 9, 9).to(dtype)
+        maps[13, 4, 7] = -float("nan")  # one NaN (negative sign bit) in one unit, off the diagonal
+        with pytest.raises(ConfigError, match=r"^maps contains NaN"):
+            call(maps)
+        maps[13, 4, 7] = 0.5
+        maps[19, 8, 8] = float("nan")  # on the diagonal of the last unit
+        with pytest.raises(ConfigError, match=r"^maps contains NaN"):
+            call(maps)
     with pytest.raises(ConfigError, match=r"chunk_size=0 is not allowed"):
-        birth_times(torch.rand(3, 3), chunk_size=0)
+        call(torch.rand(3, 3), chunk_size=0)
 
 
 def test_giotto_and_betti_errors():

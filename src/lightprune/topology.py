@@ -59,8 +59,17 @@ the ``4 m`` heaviest edges of each unit (``torch.topk``; edges outside get rank 
 yet present", which leaves every answer about the exactly ordered prefix unchanged) and the units
 it cannot decide within that prefix are recomputed with a full sort.
 
+Compiled CPU kernel (``method="numba"``, the default for CPU tensors)
+---------------------------------------------------------------------
+:mod:`lightprune._birth_numba` applies the same rule unit by unit (numba, one unit per thread):
+the heaviest edges are taken incrementally (blocks of edges above thresholds drawn from the row
+maxima, each block sorted only as far as the scan goes), connectivity by union-find, the
+common-neighbour test on bitset rows of the adjacency, the same cone cut-off, exit at the first
+group that leaves ``beta_1 > 0``, and the same exact GF(2) count for a first trigger inside a tie
+group. See that module's docstring.
+
 The ``"giotto"`` path (:func:`giotto_birth_times`) computes the same index from giotto-ph
-persistence and is the reference the kernel is tested against.
+persistence and is the reference both kernels are tested against.
 """
 
 from __future__ import annotations
@@ -84,7 +93,7 @@ __all__ = [
     "betti_curve_features",
 ]
 
-BIRTH_METHODS: tuple[str, ...] = ("torch", "giotto")
+BIRTH_METHODS: tuple[str, ...] = ("auto", "numba", "torch", "giotto")
 BETTI_KINDS: tuple[str, ...] = ("max", "integral")
 GIOTTO_DISTANCES: tuple[str, ...] = ("weights", "ranks")
 
@@ -92,6 +101,12 @@ GIOTTO_DISTANCES: tuple[str, ...] = ("weights", "ranks")
 # window gather (2 int32 tensors of this many elements).
 _CHUNK_ELEMENTS = 1 << 21
 _WINDOW_ELEMENTS = 1 << 22
+# Largest m of the compiled kernel (edge ids pack two vertex numbers into an int32).
+_NUMBA_MAX_M = 32767
+# Integer views of float32 / float64 maps: (bit width - 1, mask of the non-sign bits, key of +inf).
+_NUMBA_KEYS32 = (np.int32(31), np.int32(0x7FFFFFFF), np.int32(0x7F800000))
+_NUMBA_KEYS64 = (np.int64(63), np.int64(0x7FFFFFFFFFFFFFFF), np.int64(0x7FF0000000000000))
+_NAN_MESSAGE = "{argument} contains NaN; birth times need totally ordered values"
 # float32 represents every integer below 2**24 exactly (used by the rank distances).
 _FLOAT32_EXACT_INT = 1 << 24
 
@@ -99,7 +114,7 @@ _FLOAT32_EXACT_INT = 1 << 24
 # --------------------------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------------------------
-def _check_maps(maps: object, argument: str = "maps") -> torch.Tensor:
+def _check_maps(maps: object, argument: str = "maps", *, nan: bool = True) -> torch.Tensor:
     if isinstance(maps, np.ndarray):
         maps = torch.from_numpy(maps)
     if not isinstance(maps, torch.Tensor):
@@ -118,8 +133,8 @@ def _check_maps(maps: object, argument: str = "maps") -> torch.Tensor:
         raise ConfigError(
             f"{argument} must have a floating dtype (float16, bfloat16, float32, float64), got {maps.dtype}"
         )
-    if maps.numel() and bool(torch.isnan(maps).any()):
-        raise ConfigError(f"{argument} contains NaN; birth times need totally ordered values")
+    if nan and maps.numel() and bool(torch.isnan(maps).any()):
+        raise ConfigError(_NAN_MESSAGE.format(argument=argument))
     return maps.detach()
 
 
@@ -164,7 +179,7 @@ def _check_p(p: object) -> float:
 def birth_times(
     maps: torch.Tensor,
     *,
-    method: Literal["torch", "giotto"] = "torch",
+    method: Literal["auto", "numba", "torch", "giotto"] = "auto",
     chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Birth index of the first 1-cycle of every unit map (CRITERIA.md, feature entropy, steps 1-4).
@@ -172,14 +187,20 @@ def birth_times(
     Args:
         maps: float tensor of shape ``(..., m, m)`` (float16, bfloat16, float32 or float64; CPU or
             CUDA). The values are ranked in their own dtype (no lossy cast). NaN is rejected.
-        method: ``"torch"`` (default): the exact vectorised kernel described in the module
-            docstring, run on the maps' device. ``"giotto"``: the giotto-ph reference
-            (:func:`giotto_birth_times`, CPU, one unit at a time); units where float32 cannot
-            separate two distinct edge weights are recomputed on exact rank distances, so the
-            result is exact for every unit.
-        chunk_size: number of units processed together by the torch kernel; ``None`` (default)
-            picks it so that a chunk holds about ``2**23`` map entries. Results do not depend on
-            it. Ignored by ``"giotto"``.
+        method: ``"auto"`` (default): ``"numba"`` for CPU tensors, ``"torch"`` for CUDA tensors.
+            ``"numba"``: the compiled CPU kernel (:mod:`lightprune._birth_numba`: one unit per
+            thread, partial selection of the heaviest edges, union-find and bitset adjacency,
+            early exit); it runs on ``torch.get_num_threads()`` threads (at most numba's
+            ``NUMBA_NUM_THREADS``); CUDA tensors are copied to the CPU and back. ``"torch"``: the
+            exact vectorised kernel described in the module docstring, run on the maps' device.
+            ``"giotto"``: the giotto-ph reference (:func:`giotto_birth_times`, CPU, one unit at a
+            time); units where float32 cannot separate two distinct edge weights are recomputed
+            on exact rank distances, so the result is exact for every unit. All methods return
+            the same indices.
+        chunk_size: number of units processed together; ``None`` (default) picks it so that a
+            chunk holds about ``2**21`` map entries (``"torch"``; ``"numba"``: only float16 and
+            bfloat16 maps are chunked, each chunk up-cast to float32, float32 and float64 maps
+            are read in place). Results do not depend on it. Ignored by ``"giotto"``.
 
     Returns:
         ``torch.int64`` tensor of shape ``maps.shape[:-2]`` on the maps' device: the 1-based index
@@ -206,8 +227,15 @@ def birth_times(
         [-1, -1]
     """
     check_choice("method", method, BIRTH_METHODS)
-    maps = _check_maps(maps)
+    if method == "auto":
+        on_cuda = isinstance(maps, torch.Tensor) and maps.device.type == "cuda"
+        too_big = hasattr(maps, "shape") and len(maps.shape) >= 2 and maps.shape[-1] > _NUMBA_MAX_M
+        method = "torch" if on_cuda or too_big else "numba"
+    # the compiled kernel finds NaN itself, in the pass over the maps it makes anyway
+    maps = _check_maps(maps, nan=method != "numba")
     chunk_size = _check_chunk_size(chunk_size)
+    if method == "numba":
+        return _births_numba(maps, chunk_size)
     if method == "giotto":
         births, ambiguous = giotto_birth_times(maps, distances="weights")
         if bool(ambiguous.any()):
@@ -225,6 +253,50 @@ def birth_times(
     for start in range(0, flat.shape[0], chunk_size):
         out[start : start + chunk_size] = _births_chunk(flat[start : start + chunk_size])
     return out.reshape(lead)
+
+
+def _births_numba(maps: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
+    """``method="numba"``: the compiled kernel of :mod:`lightprune._birth_numba`.
+
+    ``maps`` is checked except for NaN, which the kernel detects (in the pass it makes anyway)."""
+    lead, m = maps.shape[:-2], maps.shape[-1]
+    if m > _NUMBA_MAX_M:
+        raise ConfigError(f"method='numba' supports maps up to {_NUMBA_MAX_M} x {_NUMBA_MAX_M}, got m={m}")
+    n = math.prod(lead)
+    out = np.full(n, -1, dtype=np.int64)
+    if m >= 3 and n:
+        import numba
+
+        from . import _birth_numba
+
+        flat = maps.reshape(n, m, m)
+        if flat.device.type != "cpu":
+            flat = flat.cpu()
+        threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(threads)
+        old_chunk = numba.set_parallel_chunksize(1)  # blocks of units handed out dynamically
+        try:
+            if flat.dtype in (torch.float32, torch.float64):
+                steps = [(0, n)]
+            else:  # float16 / bfloat16: up-cast (exact) one chunk at a time
+                size = chunk_size or max(1, _CHUNK_ELEMENTS // (m * m))
+                steps = [(s, min(n, s + size)) for s in range(0, n, size)]
+            for start, stop in steps:
+                part = flat[start:stop]
+                if part.dtype not in (torch.float32, torch.float64):
+                    part = part.float()
+                arr = part.contiguous().numpy()
+                if arr.dtype == np.float32:
+                    keys, consts = arr.view(np.int32), _NUMBA_KEYS32
+                else:
+                    keys, consts = arr.view(np.int64), _NUMBA_KEYS64
+                block = max(1, min(256, (stop - start) // (16 * threads)))
+                _birth_numba.births(arr, keys, *consts, out[start:stop], block)
+        finally:
+            numba.set_parallel_chunksize(old_chunk)
+        if (out == -3).any():
+            raise ConfigError(_NAN_MESSAGE.format(argument="maps"))
+    return torch.from_numpy(out).reshape(lead).to(maps.device)
 
 
 def _births_chunk(U: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,10 @@
 """``feature_entropy``: the topological criterion of Zhao & Zhang (ICLR 2022), CRITERIA.md steps 1-7.
 
-Per batch, the birth index of every unit map is computed at once by the exact kernel
-(:func:`lightprune.topology.birth_times`) and only those small integers are kept (a "cat" state
-of int32, N x C per layer, gathered across DDP processes, so every rank computes the same scores).
+Per batch, inside the scoring hook, the birth index of every unit map of the layer's output is
+computed at once by the exact kernel (:func:`lightprune.topology.birth_times`; by default the
+compiled CPU kernel for CPU activations, the torch kernel for CUDA ones), reading the output in
+place, and only those small integers are kept (a "cat" state of int32, N x C per layer, gathered
+across DDP processes, so every rank computes the same scores).
 At the end, per class c: ``score_c = H_c / max(eps_c, 1/N_c)`` (:func:`feature_entropy_score`);
 importance = ``-mean_c score_c`` over the classes that have images (high entropy = ineffective =
 prune first).
@@ -64,7 +66,7 @@ class FeatureEntropyMetric(torchmetrics.Metric):
     is_differentiable = False
     higher_is_better = True
 
-    def __init__(self, num_channels: int, p: float = 0.1, variant: str = "birth", method: str = "torch", levels: int = 20, **kw: Any) -> None:
+    def __init__(self, num_channels: int, p: float = 0.1, variant: str = "birth", method: str = "auto", levels: int = 20, **kw: Any) -> None:
         super().__init__(**kw)
         self.num_channels, self.p, self.variant, self.method, self.levels = num_channels, p, variant, method, levels
         self.add_state("births", default=[], dist_reduce_fx="cat")
@@ -98,8 +100,10 @@ class FeatureEntropy(ActivationCriterion):
             ``H = (1 - eps) log N`` (judged ineffective). Default 0.1 (the paper's).
         variant: ``"birth"`` (default, the exact birth-index kernel), ``"betti_max"`` or
             ``"betti_integral"`` (the appendix's Betti-curve characterisations, via giotto-tda).
-        method: birth-index path for ``variant="birth"``: ``"torch"`` (default, exact and fast)
-            or ``"giotto"`` (the persistent-homology reference, slow).
+        method: birth-index path for ``variant="birth"`` (see
+            :func:`lightprune.topology.birth_times`; all give the same indices): ``"auto"``
+            (default: the compiled ``"numba"`` kernel for CPU activations, ``"torch"`` for CUDA),
+            ``"numba"``, ``"torch"`` or ``"giotto"`` (the persistent-homology reference, slow).
         levels: levels of the integral for ``"betti_integral"``, default 20.
 
     Layers whose maps are smaller than 3x3 (or Linear layers) never have a birth: every unit gets
@@ -117,7 +121,7 @@ class FeatureEntropy(ActivationCriterion):
 
     needs_labels = True
 
-    def __init__(self, p: float = 0.1, variant: str = "birth", method: str = "torch", levels: int = 20) -> None:
+    def __init__(self, p: float = 0.1, variant: str = "birth", method: str = "auto", levels: int = 20) -> None:
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
             raise ConfigError(f"p={p!r} is not allowed; it must be a number in [0, 1]")
         check_choice("variant", variant, VARIANTS)
