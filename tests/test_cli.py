@@ -78,7 +78,7 @@ def test_wandb_logger_is_offline_and_logs(tmp_path):
     "override,pattern",
     [
         (["--data.class_path", "lightprune.data.NoSuchData"], r"NoSuchData"),
-        (["--model.init_args.model", "vgg99"], r"Unknown model 'vgg99'. Known models: cifar_resnet18"),
+        (["--model.init_args.model", "vgg99"], r"Unknown model 'vgg99'. Known models: alexnet, cifar_resnet18"),
         (["--data.init_args.image_size", "16"], r"image_size=16 is too small for model 'cifar_vgg16'"),
         (["--data.init_args.channels", "2"], r"channels=2 is not allowed; choose one of: 1, 3"),
     ],

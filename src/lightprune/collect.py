@@ -58,7 +58,7 @@ from .evaluation import inference
 from .graph import output_layers
 
 __all__ = [
-    "PrunableLayer", "find_prunable_layers", "not_prunable", "select_layers", "capture_activations", "ACTIVATIONS",
+    "PrunableLayer", "find_prunable_layers", "following_norms", "not_prunable", "select_layers", "capture_activations", "ACTIVATIONS",
     "LAYER_TYPES",
 ]
 
@@ -234,6 +234,21 @@ def _excluded(model, modules, order, example_inputs, calls) -> dict[str, str]:
                         "split into heads, which channel plans do not follow)"
                     )
     return why
+
+
+def following_norms(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, str]:
+    """``{layer: name of the normalisation module that receives its output}`` for every Conv2d/Linear
+    (output layers included), found by the same trace as the capture points."""
+    calls = _trace(model, example_inputs)
+    out: dict[str, str] = {}
+    for n, m in model.named_modules():
+        if _is_candidate(m) and any(c.name == n for c in calls):
+            info = PrunableLayer(n, m, "conv" if isinstance(m, nn.Conv2d) else "linear",
+                                 m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
+            _locate_capture(info, calls)
+            if info.norm:
+                out[n] = info.norm
+    return out
 
 
 def not_prunable(model: nn.Module, example_inputs: torch.Tensor | None = None) -> dict[str, str]:

@@ -665,12 +665,12 @@ def reconstruct(
     order = list(calls)  # insertion order = order of the first calls
     norms: dict[str, nn.Module] = {}
     if any(p_mods[n].bias is None for n in order):  # a BatchNorm right after a bias-free layer takes the intercept
-        from .collect import find_prunable_layers
+        from .collect import following_norms
 
         with inference(pruned):  # restores each module's own mode (the trace resets them all)
-            found = find_prunable_layers(pruned, first[:1].to(p_dev))
-        for n, info in found.items():
-            norm = p_mods.get(info.norm) if info.norm else None
+            found = following_norms(pruned, first[:1].to(p_dev))
+        for n, norm_name in found.items():
+            norm = p_mods.get(norm_name)
             if isinstance(norm, BATCH_NORMS) and norm.running_mean is not None:
                 norms[n] = norm
 
