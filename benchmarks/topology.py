@@ -160,6 +160,7 @@ def bench_scoring(
     model_name: str, image_size: int, n_images: int, batch_size: int, threads: int, repeat: int
 ) -> dict:
     import lightprune as lp
+    from lightprune.collect import find_prunable_layers
     from lightprune.data import DigitsDataModule
 
     torch.set_num_threads(threads)
@@ -180,6 +181,14 @@ def bench_scoring(
             warnings.simplefilter("ignore")  # the 2x2-map and Linear layers cannot be ranked
             return lp.score(model, "feature_entropy", batches, num_classes=10, progress=False)
 
+    layers = find_prunable_layers(model, batches[0][0][:1])
+    criterion = lp.create_criterion("feature_entropy")
+
+    def stream():  # the criterion's scoring alone: layers found beforehand
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return criterion.score(model, layers, batches, num_classes=10)
+
     with torch.no_grad():
         model(batches[0][0][:2])
     with warnings.catch_warnings():
@@ -187,9 +196,10 @@ def bench_scoring(
         lp.score(
             model, "feature_entropy", [(batches[0][0][:2], batches[0][1][:2])], num_classes=10, progress=False
         )
-    t_forward = t_score = math.inf
+    t_forward = t_score = t_stream = math.inf
     for _ in range(repeat):  # alternated, best of each
         t_forward = min(t_forward, best_time(forward, 1)[1])
+        t_stream = min(t_stream, best_time(stream, 1)[1])
         t_score = min(t_score, best_time(score, 1)[1])
     return {
         "model": model_name,
@@ -200,6 +210,8 @@ def bench_scoring(
         "forward_s": t_forward,
         "score_s": t_score,
         "ratio": t_score / t_forward,
+        "stream_s": t_stream,
+        "stream_ratio": t_stream / t_forward,
         "load": load(),
     }
 
@@ -240,9 +252,16 @@ def rss():
         for line in fh:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
+def hwm():
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
 base = rss()
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")  # resets the peak (VmHWM) to the current resident size
 birth_times(maps, method="numba")
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = hwm()
 print(json.dumps({"growth_mib": max(0.0, peak - base), "maps_mib": maps.numel() * 4 / 2**20}))
 """
 
@@ -270,13 +289,15 @@ def scratch_bytes(m: int, itemsize: int = 4) -> int:
     words = (m + 63) // 64
     return (
         2 * m * itemsize  # row keys, selection copy
-        + E * (itemsize + 4)  # block weights and edge ids
+        + 2 * E * (itemsize + 4)  # block keys and edge ids, radix-sort copies
+        + 8 * 256 * 8  # radix-sort histograms
         + 2 * m * 8  # degrees, union-find
-        + m * words * 8  # bitset adjacency
-        + (E + 1) * 8  # quicksort stack
+        + (m + 1) * words * 8  # bitset adjacency (+ a spare row)
+        + 257 * 8  # quicksort stack
         + m * m * 4  # candidate entries of a block
         + 32 * (itemsize + 4)  # rank-sort buffers
-        + 24 * 8  # state
+        + 16 * 8
+        + 8 * itemsize  # state
     )
 
 
@@ -345,26 +366,27 @@ def render(kernels, scoring, jit, memory, args, command: str) -> str:
         lines += [
             f"### Feature-entropy scoring vs a plain forward pass, {args.threads} threads",
             "",
-            '`lp.score(model, "feature_entropy", batches)` (default `method="auto"`: the compiled kernel'
-            " on these CPU activations, birth times computed per batch inside the scoring hooks, then the"
-            " entropies) against `model(x)` under `torch.no_grad()` over the same materialised batches"
-            f" of digits images (3 channels, random weights), `torch.set_num_threads({args.threads})`;"
-            f" best of {args.scoring_repeat} alternated runs each. Target of issue 13: <= 1.25x.",
+            'Feature-entropy scoring (default `method="auto"`: the compiled kernel on these CPU'
+            " activations; birth times computed per batch inside the scoring hooks, reading each layer's"
+            " output in place, then the entropies) against `model(x)` under `torch.no_grad()` over the"
+            " same materialised batches of digits images (3 channels, random weights),"
+            f" `torch.set_num_threads({args.threads})`; best of {args.scoring_repeat} alternated runs"
+            ' each. *criterion*: `create_criterion("feature_entropy").score(model, layers, batches)`'
+            " with the prunable layers found beforehand (the scoring itself); *lp.score*:"
+            ' `lp.score(model, "feature_entropy", batches)`, which also finds the prunable layers (a'
+            " traced forward pass of one image) before scoring. Target of issue 13: <= 1.25x.",
             "",
-            "| model | image size | images | batch | forward (s) | scoring (s) | scoring / forward | load |",
-            "|---|---:|---:|---:|---:|---:|---:|---|",
+            "| model | image size | images | batch | forward (s) | criterion (s) | criterion / forward |"
+            " lp.score (s) | lp.score / forward | load |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for r in scoring:
             lines.append(
                 f"| `{r['model']}` | {r['image_size']} | {r['images']} | {r['batch_size']} |"
-                f" {r['forward_s']:.2f} | {r['score_s']:.2f} | **{r['ratio']:.2f}x** | {r['load']} |"
+                f" {r['forward_s']:.2f} | {r['stream_s']:.2f} | **{r['stream_ratio']:.2f}x** |"
+                f" {r['score_s']:.2f} | {r['ratio']:.2f}x | {r['load']} |"
             )
-        lines += [
-            "",
-            "The scoring side also includes what every `lp.score` call does (tracing the prunable layers"
-            " with a forward pass of one image) and the entropies at the end.",
-            "",
-        ]
+        lines.append("")
     if jit:
         c, w = jit["cold"], jit["warm"]
         lines += [
@@ -394,15 +416,17 @@ def render(kernels, scoring, jit, memory, args, command: str) -> str:
             " thread allocates the scratch memory below once per block of units (sizes from the arrays it"
             " allocates: O(m^2), no (m*m)^2 structure); a first trigger inside a tie group of k edges"
             " (rare, see the module docstring) allocates O(m^2 + k * #triangles / 64) more while it is"
-            " counted. Measured: growth of the peak resident memory of a fresh process over its resident"
-            f" memory just before one `birth_times` call on random post-ReLU maps ({args.threads} threads).",
+            " counted. Measured: growth of the peak resident memory (VmHWM, reset just before the call)"
+            " of a fresh process over its resident memory just before one `birth_times` call on random"
+            f" post-ReLU maps ({args.threads} threads): the scratch memory, the int64 result and the"
+            " allocator's granularity.",
             "",
             "| m | scratch per thread (KiB) | units | maps (MiB) | peak growth (MiB) |",
             "|---:|---:|---:|---:|---:|",
         ]
         for r in memory:
             lines.append(
-                f"| {r['m']} | {r['scratch_kib']:,.1f} | {r['units']} | {r['maps_mib']:.1f} | {r['growth_mib']:.1f} |"
+                f"| {r['m']} | {r['scratch_kib']:,.1f} | {r['units']} | {r['maps_mib']:.1f} | {r['growth_mib']:.2f} |"
             )
         lines.append("")
     return "\n".join(lines)

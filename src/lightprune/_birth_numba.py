@@ -37,8 +37,8 @@ Per unit map (``m x m``), one thread, no allocation except in the rare exact tie
 5. Index: ``1 + #{entries > w_birth}`` (rows whose largest key is below skipped).
 
 Memory per thread (allocated once per block of units by :func:`births`): about
-``m^2 * 4 + E * (3 * itemsize + 16)`` bytes (``E = m (m - 1) / 2``; about 0.9 MB at m = 224);
-no (m*m)^2 structure. :func:`_group_beta1` allocates ``O(m^2 + rows)`` more while it runs.
+``4 m^2 + 2 E (itemsize + 4) + 16 KiB`` bytes (``E = m (m - 1) / 2``; 0.6 MB at m = 224 in
+float32); no (m*m)^2 structure. :func:`_group_beta1` allocates ``O(m^2 + rows)`` more while it runs.
 """
 
 from __future__ import annotations
@@ -594,9 +594,10 @@ def _no_birth_left(adj, m, words, ist, added, cid, q, n):
 # one unit
 # ------------------------------------------------------------------------------------------------
 @njit(cache=True, _nrt=False, inline="always")
-def _new_block(K, u, m, sh, msk, rkey, cw, cid, deg, stack, ist, kst, tmp, sw, sid, w2, ids2, hist):
+def _new_block(K, u, m, sh, msk, ws):
     """Gather the next block of edges, apply the cone cut-off to it, sort it or prepare its
     incremental quicksort."""
+    rkey, rsel, cw, cid, deg, parent, adj, stack, ist, kst, tmp, sw, sid, w2, ids2, hist = ws
     t = ist[_NEXT]
     ist[_NEXT] = t + 1
     lo = kst[_THR + t]
@@ -644,9 +645,7 @@ def _new_block(K, u, m, sh, msk, rkey, cw, cid, deg, stack, ist, kst, tmp, sw, s
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _run(
-    K, u, m, words, sh, msk, rkey, cw, cid, deg, parent, adj, stack, ist, kst, tmp, sw, sid, w2, ids2, hist
-):
+def _run(K, u, m, words, sh, msk, ws):
     """Scan from the saved position, block after block. Returns the index, -1 or _NEED_GF2.
 
     One tie group at a time, with beta_1 = 0 before it. Edges that are not triggers (endpoints not
@@ -659,6 +658,7 @@ def _run(
     a path that existed before it, is no boundary), else _group_beta1 gives beta_1 with S as the
     group (returns _NEED_GF2; the caller resumes with _unit_resume).
     """
+    rkey, rsel, cw, cid, deg, parent, adj, stack, ist, kst, tmp, sw, sid, w2, ids2, hist = ws
     mask = np.int64(0xFFFF)
     while True:
         n = ist[_N]
@@ -726,55 +726,92 @@ def _run(
         if ist[_LAST]:
             return -1
         kst[_HI] = kst[_LO]
-        _new_block(K, u, m, sh, msk, rkey, cw, cid, deg, stack, ist, kst, tmp, sw, sid, w2, ids2, hist)
+        _new_block(K, u, m, sh, msk, ws)
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _small_block(K, u, m, sh, msk, kinf, ws):
+    """Small maps (m (m - 1) / 2 <= _RANK_SORT edges): all edges above w_cone in one sorted block,
+    read directly (row maxima and NaN / constant maps as in _row_keys). Returns 0, or -1 / _NAN."""
+    rkey, rmin, cw, cid, ist, sw, sid = ws[0], ws[1], ws[2], ws[3], ws[8], ws[11], ws[12]
+    glob_min = _key(K[u, 0, 0], sh, msk)
+    glob_max = glob_min
+    for i in range(m):
+        kmax = _key(K[u, i, 0], sh, msk)
+        for j in range(m):
+            k = _key(K[u, i, j], sh, msk)
+            kmax = k if k > kmax else kmax
+            glob_min = k if k < glob_min else glob_min
+        rkey[i] = kmax
+        glob_max = kmax if kmax > glob_max else glob_max
+        rmin[i] = kmax
+    if glob_max > kinf or glob_min < -kinf - 1:
+        return _NAN
+    if glob_min == glob_max:
+        return -1
+    n = 0
+    for i in range(m):
+        for j in range(i + 1, m):
+            x = _key(K[u, i, j], sh, msk)
+            y = _key(K[u, j, i], sh, msk)
+            x = x if x > y else y
+            cw[n] = x
+            cid[n] = (i << _SHIFT) | j
+            n += 1
+            rmin[i] = x if x < rmin[i] else rmin[i]
+            rmin[j] = x if x < rmin[j] else rmin[j]
+    w_cone = rmin[0]
+    for i in range(1, m):
+        w_cone = rmin[i] if rmin[i] > w_cone else w_cone
+    kept = 0
+    for q in range(n):  # the edges heavier than w_cone (branch-free)
+        x = cw[q]
+        e = cid[q]
+        cw[kept] = x
+        cid[kept] = e
+        kept += x > w_cone
+    _rank_sort(cw, cid, kept, sw, sid)
+    ist[_N] = kept
+    ist[_FINAL] = kept
+    ist[_POS] = 0
+    ist[_LAST] = True
+    return 0
 
 
 @njit(cache=True, _nrt=False)
-def _unit_start(
-    K,
-    u,
-    m,
-    words,
-    sh,
-    msk,
-    kinf,
-    rkey,
-    rsel,
-    cw,
-    cid,
-    deg,
-    parent,
-    adj,
-    stack,
-    ist,
-    kst,
-    tmp,
-    sw,
-    sid,
-    w2,
-    ids2,
-    hist,
-):
+def _unit_start(K, u, m, words, sh, msk, kinf, ws):
     """Start unit ``u``: NaN and constant maps, block bounds, first block, then :func:`_run`."""
+    rkey, rsel, cw, cid, deg, parent, adj, stack, ist, kst, tmp, sw, sid, w2, ids2, hist = ws
+    if m * (m - 1) // 2 <= _RANK_SORT:
+        res = _small_block(K, u, m, sh, msk, kinf, ws)
+        if res != 0:
+            return res
+        ist[_ADDED] = 0
+        ist[_CHECK] = m
+        for i in range(m):
+            parent[i] = i
+            for wd in range(words):
+                adj[i, wd] = 0
+        return _run(K, u, m, words, sh, msk, ws)
     lo_final, glob_min, glob_max = _row_keys(K, u, m, sh, msk, rkey)
     if glob_max > kinf or glob_min < -kinf - 1:
         return _NAN  # a NaN's key lies beyond the keys of +-inf
     if glob_min == glob_max:
         return -1  # constant map: a single tie group, which completes the graph
+    # block bounds: the (3m/4)-th largest row maximum, the smallest one, lo_final (see module doc)
+    for i in range(m):
+        rsel[i] = rkey[i]
+    t1 = _select_desc(rsel, m, (3 * m) // 4)
+    t2 = rkey[0]
+    for i in range(1, m):
+        t2 = rkey[i] if rkey[i] < t2 else t2
     nt = 0
-    if m * (m - 1) // 2 > _RANK_SORT:
-        for i in range(m):
-            rsel[i] = rkey[i]
-        t1 = _select_desc(rsel, m, (3 * m) // 4)
-        t2 = rkey[0]
-        for i in range(1, m):
-            t2 = rkey[i] if rkey[i] < t2 else t2
-        if t1 > lo_final:
-            kst[_THR] = t1
-            nt = 1
-        if t2 > lo_final and (nt == 0 or t2 < kst[_THR]):
-            kst[_THR + nt] = t2
-            nt += 1
+    if t1 > lo_final:
+        kst[_THR] = t1
+        nt = 1
+    if t2 > lo_final and (nt == 0 or t2 < kst[_THR]):
+        kst[_THR + nt] = t2
+        nt += 1
     kst[_THR + nt] = lo_final
     ist[_NTHR] = nt + 1
     ist[_NEXT] = 0
@@ -786,83 +823,17 @@ def _unit_start(
         deg[i] = 0
         for wd in range(words):
             adj[i, wd] = 0
-    _new_block(K, u, m, sh, msk, rkey, cw, cid, deg, stack, ist, kst, tmp, sw, sid, w2, ids2, hist)
-    return _run(
-        K,
-        u,
-        m,
-        words,
-        sh,
-        msk,
-        rkey,
-        cw,
-        cid,
-        deg,
-        parent,
-        adj,
-        stack,
-        ist,
-        kst,
-        tmp,
-        sw,
-        sid,
-        w2,
-        ids2,
-        hist,
-    )
+    _new_block(K, u, m, sh, msk, ws)
+    return _run(K, u, m, words, sh, msk, ws)
 
 
 @njit(cache=True, _nrt=False)
-def _unit_resume(
-    K,
-    u,
-    m,
-    words,
-    sh,
-    msk,
-    rkey,
-    cw,
-    cid,
-    deg,
-    parent,
-    adj,
-    stack,
-    ist,
-    kst,
-    tmp,
-    sw,
-    sid,
-    w2,
-    ids2,
-    hist,
-    born,
-):
+def _unit_resume(K, u, m, words, sh, msk, ws, born):
     """Continue unit ``u`` once _group_beta1 has decided its pending group."""
+    rkey, cw, ist = ws[0], ws[2], ws[8]
     if born:
         return _index(K, u, m, sh, msk, rkey, cw[ist[_GS]])
-    return _run(
-        K,
-        u,
-        m,
-        words,
-        sh,
-        msk,
-        rkey,
-        cw,
-        cid,
-        deg,
-        parent,
-        adj,
-        stack,
-        ist,
-        kst,
-        tmp,
-        sw,
-        sid,
-        w2,
-        ids2,
-        hist,
-    )
+    return _run(K, u, m, words, sh, msk, ws)
 
 
 @njit(parallel=True, cache=True, _nrt=True)
@@ -897,58 +868,12 @@ def births(keys, sh, msk, kinf, out, block):
         tmp = np.empty(m * m, dtype=np.int32)
         sw = np.empty(_RANK_SORT, dtype=keys.dtype)
         sid = np.empty(_RANK_SORT, dtype=np.int32)
+        ws = (rkey, rsel, cw, cid, deg, parent, adj, stack, ist, kst, tmp, sw, sid, w2, ids2, hist)
         for u in range(blk * block, min(n, (blk + 1) * block)):
-            res = _unit_start(
-                keys,
-                u,
-                m,
-                words,
-                sh,
-                msk,
-                kinf,
-                rkey,
-                rsel,
-                cw,
-                cid,
-                deg,
-                parent,
-                adj,
-                stack,
-                ist,
-                kst,
-                tmp,
-                sw,
-                sid,
-                w2,
-                ids2,
-                hist,
-            )
+            res = _unit_start(keys, u, m, words, sh, msk, kinf, ws)
             while res == _NEED_GF2:
                 gs = ist[_GS]
                 ge = ist[_GE]
                 beta1 = _group_beta1(cid, gs, ge, adj, m, words, (ge - gs + 1) - ist[_UNIONS])
-                res = _unit_resume(
-                    keys,
-                    u,
-                    m,
-                    words,
-                    sh,
-                    msk,
-                    rkey,
-                    cw,
-                    cid,
-                    deg,
-                    parent,
-                    adj,
-                    stack,
-                    ist,
-                    kst,
-                    tmp,
-                    sw,
-                    sid,
-                    w2,
-                    ids2,
-                    hist,
-                    beta1 > 0,
-                )
+                res = _unit_resume(keys, u, m, words, sh, msk, ws, beta1 > 0)
             out[u] = res
