@@ -20,6 +20,9 @@ Usage::
     python benchmarks/topology.py --write-docs   # full run (about 5 minutes on 2 cores), writes the
                                                  # "Topology kernel" section of docs/benchmarks.md
     python benchmarks/topology.py --quick        # small counts, a smoke test; prints only
+
+``--results FILE`` keeps each finished part in a JSON file, and a rerun with the same file only
+runs the parts still missing (on a machine where long jobs get interrupted).
 """
 
 from __future__ import annotations
@@ -212,6 +215,7 @@ def bench_scoring(
         "ratio": t_score / t_forward,
         "stream_s": t_stream,
         "stream_ratio": t_stream / t_forward,
+        "runs": repeat,
         "load": load(),
     }
 
@@ -370,20 +374,20 @@ def render(kernels, scoring, jit, memory, args, command: str) -> str:
             " activations; birth times computed per batch inside the scoring hooks, reading each layer's"
             " output in place, then the entropies) against `model(x)` under `torch.no_grad()` over the"
             " same materialised batches of digits images (3 channels, random weights),"
-            f" `torch.set_num_threads({args.threads})`; best of {args.scoring_repeat} alternated runs"
+            f" `torch.set_num_threads({args.threads})`; best of the given number of alternated runs of"
             ' each. *criterion*: `create_criterion("feature_entropy").score(model, layers, batches)`'
             " with the prunable layers found beforehand (the scoring itself); *lp.score*:"
             ' `lp.score(model, "feature_entropy", batches)`, which also finds the prunable layers (a'
             " traced forward pass of one image) before scoring. Target of issue 13: <= 1.25x.",
             "",
-            "| model | image size | images | batch | forward (s) | criterion (s) | criterion / forward |"
-            " lp.score (s) | lp.score / forward | load |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| model | image size | images | batch | runs | forward (s) | criterion (s) |"
+            " criterion / forward | lp.score (s) | lp.score / forward | load |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for r in scoring:
             lines.append(
                 f"| `{r['model']}` | {r['image_size']} | {r['images']} | {r['batch_size']} |"
-                f" {r['forward_s']:.2f} | {r['stream_s']:.2f} | **{r['stream_ratio']:.2f}x** |"
+                f" {r.get('runs', '')} | {r['forward_s']:.2f} | {r['stream_s']:.2f} | **{r['stream_ratio']:.2f}x** |"
                 f" {r['score_s']:.2f} | {r['ratio']:.2f}x | {r['load']} |"
             )
         lines.append("")
@@ -445,12 +449,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="threads of the scoring comparison")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3, help="timed runs of the numba kernel (best kept)")
-    parser.add_argument("--scoring-repeat", type=int, default=2, help="alternated runs of forward / scoring")
+    parser.add_argument(
+        "--scoring-repeat", type=int, default=2, help="alternated runs of forward / scoring, cifar_vgg16"
+    )
+    parser.add_argument("--vgg-repeat", type=int, default=1, help="the same for vgg16 at 224 x 224")
     parser.add_argument("--skip-kernels", action="store_true")
     parser.add_argument("--skip-scoring", action="store_true")
     parser.add_argument("--skip-jit", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--write-docs", action="store_true", help="write the section of docs/benchmarks.md")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="JSON file keeping each finished part; a rerun with the same file skips those parts",
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
     args.load_start = load()
@@ -460,35 +473,47 @@ def main(argv: list[str] | None = None) -> None:
     print(command, f"(load average {args.load_start})", flush=True)
     t0 = time.perf_counter()
 
-    kernels = scoring = memory = []
-    jit = {}
-    if not args.skip_jit:  # first: the subprocesses need the cores
-        print("numba JIT / cache ...", flush=True)
-        jit = bench_jit()
-        print(" ", jit, flush=True)
-    if not args.skip_kernels:
-        print("kernels (1 thread each) ...", flush=True)
-        kernels = bench_kernels(
+    done = json.loads(args.results.read_text()) if args.results and args.results.exists() else {}
+
+    def part(name: str, skip: bool, run):
+        if skip:
+            return None
+        if name not in done:
+            print(f"{name} ...", flush=True)
+            done[name] = run()
+            if args.results:
+                args.results.write_text(json.dumps(done, indent=1))
+        print(" ", done[name], flush=True)
+        return done[name]
+
+    jit = part("jit", args.skip_jit, bench_jit)  # first: the subprocesses need the cores
+    kernels = part(
+        "kernels",
+        args.skip_kernels,
+        lambda: bench_kernels(
             args.sizes,
             QUICK_OURS if args.quick else OURS_UNITS,
             QUICK_GIOTTO if args.quick else GIOTTO_UNITS,
             args.seed,
             args.repeat,
+        ),
+    )
+    configs = [  # (model, image size, images, batch, alternated runs)
+        ("cifar_vgg16", 32, 100 if args.quick else 500, 100, args.scoring_repeat),
+        ("vgg16", 224, 20 if args.quick else 100, 5, args.vgg_repeat),
+    ]
+    scoring = [
+        part(
+            f"scoring:{name}",
+            args.skip_scoring,
+            lambda name=name, size=size, n=n, batch=batch, rep=rep: bench_scoring(
+                name, size, n, batch, args.threads, rep
+            ),
         )
-    if not args.skip_scoring:
-        print(f"feature-entropy scoring vs forward ({args.threads} threads) ...", flush=True)
-        configs = [
-            ("cifar_vgg16", 32, 100 if args.quick else 500, 100),
-            ("vgg16", 224, 20 if args.quick else 100, 10),
-        ]
-        scoring = []
-        for name, size, n, batch in configs:
-            scoring.append(bench_scoring(name, size, n, batch, args.threads, args.scoring_repeat))
-            print(" ", scoring[-1], flush=True)
-    if not args.skip_memory:
-        print("memory ...", flush=True)
-        memory = bench_memory(args.threads)
-        print(" ", memory, flush=True)
+        for name, size, n, batch, rep in configs
+    ]
+    scoring = [r for r in scoring if r]
+    memory = part("memory", args.skip_memory, lambda: bench_memory(args.threads))
 
     body = render(kernels, scoring, jit, memory, args, command)
     body += f"\nTotal run time: {time.perf_counter() - t0:.0f} s.\n"
