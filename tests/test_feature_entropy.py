@@ -138,3 +138,22 @@ def test_non_square_maps_are_refused():
     x = torch.rand(6, 1, 5, 7)
     with pytest.raises(ConfigError, match="feature_entropy needs square maps; got 5x7"):
         lp.score(net, "feature_entropy", [(x, torch.arange(6) % 3)], progress=False)
+
+
+def test_all_classes_at_once_equals_per_class_scores():
+    """The criterion's one-pass computation == feature_entropy_score class by class (CRITERIA.md 5-6)."""
+    from lightprune.criteria.topology import _feature_entropy_importance
+    from lightprune.topology import feature_entropy_score
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(100):
+        n, units = int(torch.randint(1, 60, (1,), generator=g)), int(torch.randint(1, 12, (1,), generator=g))
+        births = torch.randint(1, int(torch.randint(2, 30, (1,), generator=g)), (n, units), generator=g)
+        births[torch.rand(n, units, generator=g) < torch.rand(1, generator=g)] = -1
+        labels = torch.randint(0, 4, (n,), generator=g) * 3  # sparse class ids
+        p = 0.0 if trial % 3 == 0 else float(torch.rand(1, generator=g))
+        per_class = [feature_entropy_score(births[labels == c], p=p) for c in torch.unique(labels).tolist()]
+        expected = -torch.stack(per_class).mean(0)
+        got = _feature_entropy_importance(births.to(torch.int32), labels, p)
+        assert got.dtype == torch.float64 and got.shape == (units,)
+        torch.testing.assert_close(got, expected, rtol=1e-13, atol=1e-13)

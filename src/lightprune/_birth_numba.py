@@ -1,47 +1,55 @@
 """Compiled CPU kernel (numba) for the birth times of :func:`lightprune.topology.birth_times`.
 
-Imported lazily by :mod:`lightprune.topology` (``method="numba"`` / ``"auto"`` on CPU), so that
-``import lightprune`` does not pay for importing numba. Exact by the rule of CRITERIA.md (feature
-entropy, step 4); the notation follows the docstring of :mod:`lightprune.topology`.
+Imported lazily by :mod:`lightprune.topology` (``method="numba"``, and ``"auto"`` on CPU), so that
+``import lightprune`` does not pay for numba. Exact by the rule of CRITERIA.md (feature entropy,
+step 4); notation as in the docstring of :mod:`lightprune.topology` (edge weights
+``W[i, j] = max(U[i, j], U[j, i])``, filtration by decreasing weight, ``w_cone``).
 
-Per unit map ``U`` (``m x m``), one thread, no allocation in the common case:
+The kernel never compares floats: it reads the maps through an integer view of their bits and
+compares *keys* (``_key``: the integer order of the keys is the order of the floats, and -0.0 and
++0.0 share a key, so equal floats have equal keys). A NaN has a key beyond those of +-inf, which is
+how NaN is detected, in the one pass that reads the whole map anyway.
 
-1. One pass over the upper triangle: edge weights ``w = max(U[i, j], U[j, i])`` and the row minima
-   of the symmetrised map, hence the cone cut-off ``w_cone = max_c min_{j != c} W[c, j]``: only
-   the ``n`` *candidate* edges with ``w > w_cone`` can hold a birth (after the group of ``w_cone``
-   some vertex is a cone point, the complex is contractible and stays so).
-2. Partial selection: the candidates are emitted in decreasing weight one at a time by an
-   incremental quicksort (3-way partitions, so that each tie group comes out as one block; small
-   segments finished by insertion sort). The first partition uses a pivot from a sample, chosen so
-   that about ``2 m`` edges lie above it (births usually come within the first ``m`` to ``2 m``
-   edges); emitting the first ``k`` edges costs ``O(n + k log k)``, not a full sort.
-3. Scan, one tie group at a time: edge ``(a, b)`` is a *trigger* iff ``a`` and ``b`` are already
-   connected (union-find) and have no common neighbour (AND of two rows of a bitset adjacency,
-   ``ceil(m / 64)`` ``uint64`` words per vertex) among the edges already added. Early exit at the
-   first group that leaves ``beta_1 > 0``: a group whose first trigger is its last edge, or a
-   larger group for which the exact GF(2) count (:func:`_group_beta1`) gives ``beta_1 > 0``.
-4. Index: ``v = 1 + #{entries of U > w_birth}``, counted over the diagonal and the two entries of
-   every edge emitted before the birth group (no other entry can exceed ``w_birth``).
+Per unit map (``m x m``), one thread, no allocation except in the rare exact tie-group count:
 
-Tie groups (exact, :func:`_group_beta1`): with ``beta_1 = 0`` before group ``G`` (``k`` edges),
-``beta_1`` after ``G`` is ``#(non-tree edges of G) - rank_GF2(B)`` where ``B`` holds one row per
-new triangle (triangles of the complex after ``G`` with at least one edge in ``G``) restricted to
-the columns of ``G`` (see the module docstring of :mod:`lightprune.topology` for the proof). The
-rank is computed as by the numpy path (``topology._gf2_rank``): rows reduced modulo the classes of
-the columns absorbed so far (union-find over the columns plus a "zero" node: a row of weight 1 or
-2 merges two classes and adds 1 to the rank), repeated while that absorbs rows, then the rows left
-(weight 3) by bitset Gaussian elimination over the classes. Stops as soon as the rank reaches the
-number of non-tree edges (``beta_1`` is then 0).
+1. Row pass (vectorised integer max / min): the largest key of every row; ``lo_final = max_i
+   min_j U[i, j]``, a lower bound of ``w_cone`` (``W[c, j] >= U[c, j]``): no edge of weight
+   ``<= lo_final`` can matter; a constant map has no birth.
+2. Blocks of edges, heaviest first: block 1 = the edges above the (3m/4)-th largest row maximum
+   (about m edges on random maps), block 2 = those above the smallest row maximum, block 3 = the
+   rest down to ``lo_final`` (small maps, ``m (m - 1) / 2 <= 32``: one block). A block is
+   gathered in one pass over the rows (rows whose largest key is below the block skipped; the
+   entries in range found through 64-bit masks) and each edge is kept once, from its larger
+   entry. Cone cut-off: ``w_cone > lo`` iff some vertex is joined to all others by edges above
+   the block's lower bound ``lo``; then ``w_cone`` is exact from that vertex's row and column, the
+   block keeps the edges above it and is the last one.
+3. Sorting, only as far as the scan goes (partial selection, no sort of all m (m - 1) / 2 edges):
+   blocks of up to 32 edges by rank counting (branch-free), up to 256 by an incremental quicksort
+   (3-way partitions, each tie group one segment), larger ones by an LSD radix sort of the keys.
+4. Scan, one tie group at a time with ``beta_1 = 0`` before it (see :func:`_run`): union-find for
+   "already connected", bitset rows of the adjacency (``ceil(m / 64)`` uint64 words per vertex)
+   for "a common neighbour"; triggers inside a group are set aside and retried after the rest of
+   the group, and the rare groups that still hold two or more triggers are decided by the exact
+   GF(2) count of :func:`_group_beta1` (the same formula as the numpy step
+   ``topology._group_beta1``). Early exit at the first group that leaves ``beta_1 > 0``. Whenever
+   the number of edges added has doubled, a check that every edge that can still come has a common
+   neighbour already (then ``beta_1`` stays 0: no birth) ends the scan of units without a birth.
+5. Index: ``1 + #{entries > w_birth}`` (rows whose largest key is below skipped).
 
-Memory: per thread, ``E = m (m - 1) / 2`` weights and edge ids, ``m (ceil(m / 64) + 3)`` words of
-union-find, bitsets and row minima, and a stack of at most ``E + 1`` ints (for ``m = 224``:
-about 0.4 MB); the tie-group step allocates ``O(m^2 + k * #triangles / 64)`` only when called.
+Memory per thread (allocated once per block of units by :func:`births`): about
+``4 m^2 + 2 E (itemsize + 4) + 16 KiB`` bytes (``E = m (m - 1) / 2``; 0.6 MB at m = 224 in
+float32); no (m*m)^2 structure. :func:`_group_beta1` allocates ``O(m^2 + rows)`` more while it runs.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+
+# Hot functions are compiled with _nrt=False: they allocate nothing, and the atomic reference-count
+# updates numba otherwise makes on every array argument cost more than the scan of a small map.
+# Those called once per unit or per edge are inlined (inline="always"): passing some twenty array
+# arguments per call costs a fifth of the time of a 4 x 4 or 8 x 8 map.
 
 # ctz of a power of two via a de Bruijn sequence (numba has no public count-trailing-zeros)
 _DEBRUIJN = np.uint64(0x03F79D71B4CB0A89)
@@ -55,11 +63,21 @@ _DEBRUIJN_TABLE = np.array(
     dtype=np.int64,
 )  # fmt: skip
 
-_SMALL = 16  # segments up to this length are finished by insertion sort
+_SHIFT = 16  # edge id = (i << 16) | j, with U[i, j] the entry that carries the edge's weight
+_SMALL = 16  # quicksort segments up to this length are finished by insertion sort
 _RANK_SORT = 32  # blocks up to this size are sorted at once by rank counting
-_SHIFT = 16  # edge id = (i << 16) | j
+_RADIX_SORT = 256  # blocks above this size are sorted at once by a radix sort
+
+# Per-unit state between calls: ``ist`` (int64) and ``kst`` (keys).
+_FINAL, _HEIGHT, _POS, _N, _NEXT, _LAST, _GS, _GE, _UNIONS, _NTHR, _ADDED, _CHECK = range(12)
+_HI, _LO, _THR = 0, 1, 2  # kst[_THR + t]: lower bound of block t
+_NEED_GF2 = -2  # returned by _unit_start / _unit_resume: the pending group needs _group_beta1
+_NAN = -3  # returned for a map that holds a NaN
 
 
+# ------------------------------------------------------------------------------------------------
+# small helpers
+# ------------------------------------------------------------------------------------------------
 @njit(cache=True, _nrt=False)
 def _lowest_bit_index(word):
     """Index of the lowest set bit of a non-zero uint64."""
@@ -67,7 +85,14 @@ def _lowest_bit_index(word):
     return _DEBRUIJN_TABLE[(low * _DEBRUIJN) >> np.uint64(58)]
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
+def _key(b, sh, msk):
+    """Order key of a float's bits: integer order = float order, -0.0 and +0.0 share a key."""
+    k = b ^ ((b >> sh) & msk)
+    return k + (k == -1)
+
+
+@njit(cache=True, _nrt=False, inline="always")
 def _find(parent, x):
     while parent[x] != x:
         parent[x] = parent[parent[x]]
@@ -75,6 +100,23 @@ def _find(parent, x):
     return x
 
 
+@njit(cache=True, _nrt=False, inline="always")
+def _has_common(adj, a, b, words):
+    for wd in range(words):
+        if adj[a, wd] & adj[b, wd]:
+            return True
+    return False
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _add_edge(adj, a, b):
+    adj[a, b >> 6] |= np.uint64(1) << np.uint64(b & 63)
+    adj[b, a >> 6] |= np.uint64(1) << np.uint64(a & 63)
+
+
+# ------------------------------------------------------------------------------------------------
+# sorting (decreasing keys, edge ids alongside)
+# ------------------------------------------------------------------------------------------------
 @njit(cache=True, _nrt=False)
 def _swap(w, ids, i, j):
     tw = w[i]
@@ -100,6 +142,17 @@ def _insertion_sort_desc(w, ids, lo, hi):
 
 
 @njit(cache=True, _nrt=False)
+def _median3(a, b, c):
+    if a < b:
+        if b < c:
+            return b
+        return c if a < c else a
+    if a < c:
+        return a
+    return c if b < c else b
+
+
+@njit(cache=True, _nrt=False)
 def _partition3(w, ids, lo, hi, pivot):
     """3-way partition of [lo, hi): [lo, lt) > pivot, [lt, gt) == pivot, [gt, hi) < pivot."""
     lt = lo
@@ -120,26 +173,15 @@ def _partition3(w, ids, lo, hi, pivot):
 
 
 @njit(cache=True, _nrt=False)
-def _median3(a, b, c):
-    if a < b:
-        if b < c:
-            return b
-        return c if a < c else a
-    if a < c:
-        return a
-    return c if b < c else b
-
-
-@njit(cache=True, _nrt=False)
 def _ensure(w, ids, pos, state, stack):
-    """Make position ``pos`` of the incremental quicksort final (positions < pos already are).
+    """Incremental quicksort: make position ``pos`` final (positions < pos already are).
 
-    ``state[0]``: end of the final prefix; ``state[1]``: stack height. ``stack[0 .. height)``
-    holds segment ends (decreasing): every element before a stored end is >= every element after it.
+    ``state[_FINAL]``: end of the final prefix; ``state[_HEIGHT]``: stack height; ``stack[:height]``
+    holds segment ends (decreasing): every element before a stored end is >= every element after.
     """
-    if pos < state[0]:
+    if pos < state[_FINAL]:
         return
-    top = state[1]
+    top = state[_HEIGHT]
     while True:
         end = stack[top - 1]
         while end <= pos:  # boundaries already passed
@@ -148,22 +190,204 @@ def _ensure(w, ids, pos, state, stack):
         lo = pos
         if end - lo <= _SMALL:
             _insertion_sort_desc(w, ids, lo, end)
-            state[0] = end
+            state[_FINAL] = end
             top -= 1
             break
-        pivot = _median3(w[lo], w[(lo + end) // 2], w[end - 1])
-        lt, gt = _partition3(w, ids, lo, end, pivot)
+        lt, gt = _partition3(w, ids, lo, end, _median3(w[lo], w[(lo + end) // 2], w[end - 1]))
         if gt < end:
             stack[top] = gt
             top += 1
         if lt == lo:  # the block equal to the pivot comes first: final
-            state[0] = gt
+            state[_FINAL] = gt
             break
         stack[top] = lt
         top += 1
-    state[1] = top
+    state[_HEIGHT] = top
 
 
+@njit(cache=True, _nrt=False, inline="always")
+def _rank_sort(w, ids, n, sw, sid):
+    """Sort w[:n] / ids[:n] by decreasing key in place: rank counting, branch-free (small n)."""
+    for i in range(n):
+        x = w[i]
+        c = 0
+        for j in range(n):
+            y = w[j]
+            c += (y > x) | ((y == x) & (j < i))
+        sw[c] = x
+        sid[c] = ids[i]
+    for i in range(n):
+        w[i] = sw[i]
+        ids[i] = sid[i]
+
+
+@njit(cache=True, _nrt=False)
+def _radix_sort(w, ids, n, w2, ids2, hist, msk):
+    """Sort w[:n] / ids[:n] by decreasing key in place: LSD radix sort, one byte per pass (passes
+    where every key has the same byte are skipped). ``k ^ msk`` read as unsigned orders the keys
+    the other way round, so ascending passes give decreasing keys."""
+    passes = w.itemsize
+    for p in range(passes):
+        for d in range(256):
+            hist[p, d] = 0
+    for i in range(n):
+        t = w[i] ^ msk
+        for p in range(passes):
+            hist[p, (t >> (8 * p)) & 255] += 1
+    in_w2 = False
+    for p in range(passes):
+        skip = False
+        for d in range(256):
+            if hist[p, d] == n:
+                skip = True
+            if hist[p, d] != 0:
+                break
+        if skip:
+            continue
+        total = 0
+        for d in range(256):
+            c = hist[p, d]
+            hist[p, d] = total
+            total += c
+        if in_w2:
+            for i in range(n):
+                x = w2[i]
+                d = ((x ^ msk) >> (8 * p)) & 255
+                q = hist[p, d]
+                hist[p, d] = q + 1
+                w[q] = x
+                ids[q] = ids2[i]
+        else:
+            for i in range(n):
+                x = w[i]
+                d = ((x ^ msk) >> (8 * p)) & 255
+                q = hist[p, d]
+                hist[p, d] = q + 1
+                w2[q] = x
+                ids2[q] = ids[i]
+        in_w2 = not in_w2
+    if in_w2:
+        for i in range(n):
+            w[i] = w2[i]
+            ids[i] = ids2[i]
+
+
+@njit(cache=True, _nrt=False)
+def _select_desc(a, n, k):
+    """The k-th largest (0-based) of a[:n] (quickselect; reorders a)."""
+    lo = 0
+    hi = n
+    while hi - lo > 1:
+        pivot = _median3(a[lo], a[(lo + hi) // 2], a[hi - 1])
+        lt = lo
+        i = lo
+        gt = hi
+        while i < gt:  # [lo, lt) > pivot, [lt, gt) == pivot, [gt, hi) < pivot
+            x = a[i]
+            if x > pivot:
+                a[i] = a[lt]
+                a[lt] = x
+                lt += 1
+                i += 1
+            elif x < pivot:
+                gt -= 1
+                a[i] = a[gt]
+                a[gt] = x
+            else:
+                i += 1
+        if k < lt:
+            hi = lt
+        elif k >= gt:
+            lo = gt
+        else:
+            return pivot
+    return a[lo]
+
+
+# ------------------------------------------------------------------------------------------------
+# reading the map
+# ------------------------------------------------------------------------------------------------
+@njit(cache=True, _nrt=False, inline="always")
+def _row_keys(K, u, m, sh, msk, rkey):
+    """rkey[i] = max_j key(U[i, j]) (diagonal included). Returns (max_i min_j key, min key, max key)."""
+    glob_min = _key(K[u, 0, 0], sh, msk)
+    glob_max = glob_min
+    best_min = glob_min
+    for i in range(m):
+        kmax = _key(K[u, i, 0], sh, msk)
+        kmin = kmax
+        for j in range(1, m):  # integer max / min: vectorised
+            k = _key(K[u, i, j], sh, msk)
+            kmax = k if k > kmax else kmax
+            kmin = k if k < kmin else kmin
+        rkey[i] = kmax
+        best_min = kmin if kmin > best_min or i == 0 else best_min
+        glob_min = kmin if kmin < glob_min else glob_min
+        glob_max = kmax if kmax > glob_max else glob_max
+    return best_min, glob_min, glob_max
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _row_candidates(K, u, i, j0, length, lo, hi, sh, msk, tmp, k):
+    """Append to tmp (from k) the ids (i << 16 | j) of the entries of row i, columns
+    j0 .. j0 + length - 1, whose key lies in (lo, hi]."""
+    bits = np.uint64(0)
+    for t in range(length):  # a compare per entry, gathered into a bit mask (vectorised)
+        x = _key(K[u, i, j0 + t], sh, msk)
+        bits |= np.uint64((x > lo) & (x <= hi)) << np.uint64(t)
+    base = (i << _SHIFT) | j0
+    while bits:
+        tmp[k] = base + _lowest_bit_index(bits)
+        bits &= bits - np.uint64(1)
+        k += 1
+    return k
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _collect(K, u, m, lo, hi, sh, msk, rkey, cw, cid, deg, tmp):
+    """The edges whose weight's key lies in (lo, hi] into cw (keys) / cid (ids), each edge once,
+    from its larger entry (ties: from i < j); degrees counted in ``deg``. Returns their number."""
+    k = 0
+    for i in range(m):
+        if rkey[i] <= lo:
+            continue
+        j0 = 0
+        while j0 + 64 <= m:
+            k = _row_candidates(K, u, i, j0, 64, lo, hi, sh, msk, tmp, k)
+            j0 += 64
+        if j0 < m:
+            k = _row_candidates(K, u, i, j0, m - j0, lo, hi, sh, msk, tmp, k)
+    n = 0
+    mask = np.int64(0xFFFF)
+    for c in range(k):  # branch-free: keep the entry that carries the edge's weight
+        e = np.int64(tmp[c])
+        i = e >> _SHIFT
+        j = e & mask
+        x = _key(K[u, i, j], sh, msk)
+        y = _key(K[u, j, i], sh, msk)
+        keep = (i != j) & ((x > y) | ((x == y) & (i < j)))
+        cw[n] = x
+        cid[n] = e
+        n += keep
+        deg[i] += keep
+        deg[j] += keep
+    return n
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _index(K, u, m, sh, msk, rkey, thr):
+    """1 + number of entries whose key is above ``thr``."""
+    count = 1
+    for r in range(m):
+        if rkey[r] > thr:
+            for c in range(m):
+                count += _key(K[u, r, c], sh, msk) > thr
+    return count
+
+
+# ------------------------------------------------------------------------------------------------
+# exact tie groups: GF(2) count
+# ------------------------------------------------------------------------------------------------
 @njit(cache=True, _nrt=True)
 def _group_beta1(ids, gs, ge, adj, m, words, n_cycles):
     """beta_1 after the tie group ids[gs .. ge] (all its edges already in ``adj``), beta_1 = 0 before.
@@ -317,161 +541,85 @@ def _reduce_row(r3, cls, zero):
     return n
 
 
+# ------------------------------------------------------------------------------------------------
+# early end of units without a birth
+# ------------------------------------------------------------------------------------------------
 @njit(cache=True, _nrt=False)
-def _row_candidates(K, u, i, j0, length, lo, hi, sh, msk, tmp, k):
-    """Append to tmp (from k) the ids (i << 16 | j) of the entries of row i, columns
-    j0 .. j0 + length - 1, whose key lies in (lo, hi]."""
-    bits = np.uint64(0)
-    for t in range(length):  # a compare per entry, gathered into a bit mask (vectorised)
-        x = _key(K[u, i, j0 + t], sh, msk)
-        bits |= np.uint64((x > lo) & (x <= hi)) << np.uint64(t)
-    base = (i << _SHIFT) | j0
-    while bits:
-        tmp[k] = base + _lowest_bit_index(bits)
-        bits &= bits - np.uint64(1)
-        k += 1
-    return k
-
-
-@njit(cache=True, _nrt=False)
-def _rank_sort(cw, cid, n, sw, sid):
-    """Sort cw[:n] / cid[:n] by decreasing weight in place (rank counting: branch-free, for small n)."""
-    for i in range(n):
-        x = cw[i]
-        c = 0
-        for j in range(n):
-            y = cw[j]
-            c += (y > x) | ((y == x) & (j < i))
-        sw[c] = x
-        sid[c] = cid[i]
-    for i in range(n):
-        cw[i] = sw[i]
-        cid[i] = sid[i]
-
-
-@njit(cache=True, _nrt=False)
-def _select_desc(a, n, k):
-    """The k-th largest (0-based) of a[:n] (quickselect; reorders a)."""
-    lo = 0
-    hi = n
-    while hi - lo > 1:
-        pivot = _median3(a[lo], a[(lo + hi) // 2], a[hi - 1])
-        # 3-way partition: [lo, lt) > pivot, [lt, gt) == pivot, [gt, hi) < pivot
-        lt = lo
-        i = lo
-        gt = hi
-        while i < gt:
-            x = a[i]
-            if x > pivot:
-                a[i] = a[lt]
-                a[lt] = x
-                lt += 1
-                i += 1
-            elif x < pivot:
-                gt -= 1
-                a[i] = a[gt]
-                a[gt] = x
-            else:
-                i += 1
-        if k < lt:
-            hi = lt
-        elif k >= gt:
-            lo = gt
-        else:
-            return pivot
-    return a[lo]
+def _diameter_at_most_2(adj, m, words):
+    """True iff every two non-adjacent vertices have a common neighbour (``adj`` has a spare row m).
+    Stops at the first vertex that does not reach all others in two steps."""
+    full_last = np.uint64(0xFFFFFFFFFFFFFFFF) >> np.uint64(64 * words - m)
+    for a in range(m):
+        for wd in range(words):
+            adj[m, wd] = adj[a, wd]
+        adj[m, a >> 6] |= np.uint64(1) << np.uint64(a & 63)
+        for wd in range(words):
+            bits = adj[a, wd]
+            while bits:
+                b = wd * 64 + _lowest_bit_index(bits)
+                bits &= bits - np.uint64(1)
+                for w2 in range(words):
+                    adj[m, w2] |= adj[b, w2]
+        for wd in range(words - 1):
+            if adj[m, wd] != np.uint64(0xFFFFFFFFFFFFFFFF):
+                return False
+        if adj[m, words - 1] != full_last:
+            return False
+    return True
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _key(b, sh, msk):
-    """Order key of a float's bits: integer order = float order, -0.0 and +0.0 share a key."""
-    k = b ^ ((b >> sh) & msk)
-    return k + (k == -1)
-
-
-@njit(cache=True, _nrt=False)
-def _row_keys(K, u, m, sh, msk, rkey):
-    """rkey[i] = max_j key(U[i, j]) (diagonal included). Returns (max_i min_j key, min key, max key)."""
-    glob_min = _key(K[u, 0, 0], sh, msk)
-    glob_max = glob_min
-    best_min = glob_min
-    for i in range(m):
-        kmax = _key(K[u, i, 0], sh, msk)
-        kmin = kmax
-        for j in range(1, m):  # integer max / min: vectorised
-            k = _key(K[u, i, j], sh, msk)
-            kmax = k if k > kmax else kmax
-            kmin = k if k < kmin else kmin
-        rkey[i] = kmax
-        best_min = kmin if kmin > best_min or i == 0 else best_min
-        glob_min = kmin if kmin < glob_min else glob_min
-        glob_max = kmax if kmax > glob_max else glob_max
-    return best_min, glob_min, glob_max
-
-
-@njit(cache=True, _nrt=False)
-def _collect(U, K, u, m, lo, hi, sh, msk, rkey, cw, cid, deg, tmp):
-    """Edges whose weight has its key in (lo, hi] into cw / cid (each edge once, from its larger
-    entry), and their degrees.
-
-    Rows are streamed (rows whose largest key is <= lo skipped); the entries in range are found
-    through 64-bit masks, and only those are paired with their transposed entry.
-    """
-    k = 0
-    for i in range(m):
-        if rkey[i] <= lo:
-            continue
-        j0 = 0
-        while j0 + 64 <= m:
-            k = _row_candidates(K, u, i, j0, 64, lo, hi, sh, msk, tmp, k)
-            j0 += 64
-        if j0 < m:
-            k = _row_candidates(K, u, i, j0, m - j0, lo, hi, sh, msk, tmp, k)
-    n = 0
+def _no_birth_left(adj, m, words, ist, added, cid, q, n):
+    """After a group that leaves beta_1 = 0, whenever the number of edges added has doubled since
+    the last check: True if every edge that can still come has a common neighbour already. Common
+    neighbours stay, so no later edge is a trigger and beta_1 stays 0 to the end (the cone cut-off
+    is the case of a vertex joined to all others). In the last block the edges that can still come
+    are the rest of the block (cid[q:n], in any order); before it, any non-adjacent pair
+    (:func:`_diameter_at_most_2`)."""
+    ist[_ADDED] += added
+    if ist[_ADDED] < ist[_CHECK]:
+        return False
+    ist[_CHECK] = 2 * ist[_ADDED]
+    if not ist[_LAST]:
+        return _diameter_at_most_2(adj, m, words)
     mask = np.int64(0xFFFF)
-    for c in range(k):  # branch-free: keep the entry that carries the edge's weight
-        e = np.int64(tmp[c])
-        i = e >> _SHIFT
-        j = e & mask
-        x = U[i, j]
-        y = U[j, i]
-        keep = (i != j) & ((x > y) | ((x == y) & (i < j)))
-        cw[n] = x
-        cid[n] = e
-        n += keep
-        deg[i] += keep
-        deg[j] += keep
-    return n
+    for t in range(q, n):
+        e = np.int64(cid[t])
+        if not _has_common(adj, e >> _SHIFT, e & mask, words):
+            return False
+    return True
 
 
-# Per-unit state between calls: ``ist`` (int64), ``kst`` (keys: block bounds), ``fst`` (floats).
-_FINAL, _HEIGHT, _POS, _N, _NEXT, _LAST, _GS, _GE, _UNIONS, _NTHR = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
-_HI, _LO, _THR = 0, 1, 2  # kst[_THR + t]: lower bound (key) of block t
-_WG = 0
-_NEED_GF2 = -2  # returned by _unit_start / _unit_resume: the pending tie group needs _group_beta1
-_NAN = -3  # returned for a map that holds a NaN
-
-
-@njit(cache=True, _nrt=False)
-def _new_block(U, K, u, m, sh, msk, rkey, cw, cid, deg, stack, ist, kst, tmp, sw, sid):
-    """Collect the next block of edges, apply the cone cut-off to it, sort it if small."""
+# ------------------------------------------------------------------------------------------------
+# one unit
+# ------------------------------------------------------------------------------------------------
+@njit(cache=True, _nrt=False, inline="always")
+def _new_block(K, u, m, sh, msk, ws):
+    """Gather the next block of edges, apply the cone cut-off to it, sort it or prepare its
+    incremental quicksort."""
+    rkey, rsel, cw, cid, deg, parent, adj, stack, ist, kst, tmp, sw, sid, w2, ids2, hist = ws
     t = ist[_NEXT]
     ist[_NEXT] = t + 1
     lo = kst[_THR + t]
     kst[_LO] = lo
-    n = _collect(U, K, u, m, lo, kst[_HI], sh, msk, rkey, cw, cid, deg, tmp)
+    n = _collect(K, u, m, lo, kst[_HI], sh, msk, rkey, cw, cid, deg, tmp)
     last = t + 1 == ist[_NTHR]
-    # cone cut-off: w_cone > lo iff some vertex is joined to all others by edges > lo
-    w_cone = -np.inf
+    # cone cut-off: w_cone > lo iff some vertex is joined to all others by edges above lo
+    cone = False
+    w_cone = lo
     for c in range(m):
         if deg[c] == m - 1:
-            rmin = np.inf
+            rmin = kst[_HI]  # c became full in this block: one of its edges is <= hi
             for j in range(m):
                 if j != c:
-                    x = max(U[c, j], U[j, c])
+                    x = _key(K[u, c, j], sh, msk)
+                    y = _key(K[u, j, c], sh, msk)
+                    x = x if x > y else y
                     rmin = x if x < rmin else rmin
-            w_cone = rmin if rmin > w_cone else w_cone
-    if w_cone > -np.inf:
+            if not cone or rmin > w_cone:
+                w_cone = rmin
+            cone = True
+    if cone:
         last = True
         kept = 0
         for q in range(n):  # keep the edges heavier than w_cone (branch-free)
@@ -487,30 +635,30 @@ def _new_block(U, K, u, m, sh, msk, rkey, cw, cid, deg, stack, ist, kst, tmp, sw
     if n <= _RANK_SORT:
         _rank_sort(cw, cid, n, sw, sid)
         ist[_FINAL] = n
+    elif n > _RADIX_SORT:
+        _radix_sort(cw, cid, n, w2, ids2, hist, msk)
+        ist[_FINAL] = n
     else:  # incremental quicksort: sorted only as far as the scan goes
         ist[_FINAL] = 0
         ist[_HEIGHT] = 1
         stack[0] = n
 
 
-@njit(cache=True, _nrt=False)
-def _index(U, K, u, m, sh, msk, rkey, e):
-    """1 + number of entries of U greater than the weight of edge ``e`` (its larger entry)."""
-    i = e >> _SHIFT
-    j = e & 0xFFFF
-    thr = U[i, j]
-    tkey = _key(K[u, i, j], sh, msk)
-    count = 1
-    for r in range(m):
-        if rkey[r] > tkey:
-            for c in range(m):
-                count += U[r, c] > thr
-    return count
+@njit(cache=True, _nrt=False, inline="always")
+def _run(K, u, m, words, sh, msk, ws):
+    """Scan from the saved position, block after block. Returns the index, -1 or _NEED_GF2.
 
-
-@njit(cache=True, _nrt=False)
-def _run(U, K, u, m, words, sh, msk, rkey, cw, cid, deg, parent, adj, stack, ist, kst, tmp, sw, sid):
-    """Scan from the saved position, block after block. Returns the index, -1 or _NEED_GF2."""
+    One tie group at a time, with beta_1 = 0 before it. Edges that are not triggers (endpoints not
+    yet connected, or with a common neighbour) are added at once: beta_1 stays 0. Triggers are
+    set aside and retried once the rest of the group is in (a later edge of the group may give
+    them a common neighbour; then they are no longer triggers). This reorders the group, which
+    CRITERIA.md allows: only beta_1 after the whole group counts. If the set-aside edges S are:
+    none, beta_1 is still 0; one edge, it closes a cycle as the group's last edge: born; more,
+    all of S is added and beta_1 > 0 if some edge of S is in no triangle (its cycle, the edge plus
+    a path that existed before it, is no boundary), else _group_beta1 gives beta_1 with S as the
+    group (returns _NEED_GF2; the caller resumes with _unit_resume).
+    """
+    rkey, rsel, cw, cid, deg, parent, adj, stack, ist, kst, tmp, sw, sid, w2, ids2, hist = ws
     mask = np.int64(0xFFFF)
     while True:
         n = ist[_N]
@@ -520,28 +668,21 @@ def _run(U, K, u, m, words, sh, msk, rkey, cw, cid, deg, parent, adj, stack, ist
                 _ensure(cw, cid, q, ist, stack)
             wg = cw[q]
             gs = q
-            trig = -1
-            unions = 0
+            held = 0  # triggers set aside, kept in cid[gs : gs + held]
             while True:  # one tie group
                 e = np.int64(cid[q])
                 a = e >> _SHIFT
                 b = e & mask
                 ra = _find(parent, a)
                 rb = _find(parent, b)
-                if ra == rb:
-                    if trig < 0:
-                        common = False
-                        for wd in range(words):
-                            if adj[a, wd] & adj[b, wd]:
-                                common = True
-                                break
-                        if not common:
-                            trig = q
-                else:
+                if ra != rb:
                     parent[ra] = rb
-                    unions += 1
-                adj[a, b >> 6] |= np.uint64(1) << np.uint64(b & 63)
-                adj[b, a >> 6] |= np.uint64(1) << np.uint64(a & 63)
+                    _add_edge(adj, a, b)
+                elif _has_common(adj, a, b, words):
+                    _add_edge(adj, a, b)
+                else:
+                    cid[gs + held] = e
+                    held += 1
                 q += 1
                 if q >= n:
                     break
@@ -549,34 +690,115 @@ def _run(U, K, u, m, words, sh, msk, rkey, cw, cid, deg, parent, adj, stack, ist
                     _ensure(cw, cid, q, ist, stack)
                 if cw[q] != wg:
                     break
-            if trig >= 0:
-                if trig == q - 1:  # the first trigger is the group's last edge: born
-                    return _index(U, K, u, m, sh, msk, rkey, np.int64(cid[gs]))
-                ist[_GS] = gs
-                ist[_GE] = q - 1
-                ist[_UNIONS] = unions
-                ist[_POS] = q
-                return _NEED_GF2
+            changed = held > 0
+            while changed:  # retry the set-aside edges while that adds some
+                changed = False
+                kept = 0
+                for t in range(held):
+                    e = np.int64(cid[gs + t])
+                    a = e >> _SHIFT
+                    b = e & mask
+                    if _has_common(adj, a, b, words):
+                        _add_edge(adj, a, b)
+                        changed = True
+                    else:
+                        cid[gs + kept] = e
+                        kept += 1
+                held = kept
+            if held == 0:
+                if _no_birth_left(adj, m, words, ist, q - gs, cid, q, n):
+                    return -1
+                continue
+            if held == 1:  # the last edge of the (reordered) group closes a cycle: born
+                return _index(K, u, m, sh, msk, rkey, wg)
+            for t in range(held):
+                e = np.int64(cid[gs + t])
+                _add_edge(adj, e >> _SHIFT, e & mask)
+            for t in range(held):
+                e = np.int64(cid[gs + t])
+                if not _has_common(adj, e >> _SHIFT, e & mask, words):
+                    return _index(K, u, m, sh, msk, rkey, wg)
+            ist[_GS] = gs
+            ist[_GE] = gs + held - 1
+            ist[_UNIONS] = 0  # every set-aside edge joins two connected vertices
+            ist[_POS] = q
+            return _NEED_GF2
         if ist[_LAST]:
             return -1
         kst[_HI] = kst[_LO]
-        _new_block(U, K, u, m, sh, msk, rkey, cw, cid, deg, stack, ist, kst, tmp, sw, sid)
+        _new_block(K, u, m, sh, msk, ws)
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _small_block(K, u, m, sh, msk, kinf, ws):
+    """Small maps (m (m - 1) / 2 <= _RANK_SORT edges): all edges above w_cone in one sorted block,
+    read directly (row maxima and NaN / constant maps as in _row_keys). Returns 0, or -1 / _NAN."""
+    rkey, rmin, cw, cid, ist, sw, sid = ws[0], ws[1], ws[2], ws[3], ws[8], ws[11], ws[12]
+    glob_min = _key(K[u, 0, 0], sh, msk)
+    glob_max = glob_min
+    for i in range(m):
+        kmax = _key(K[u, i, 0], sh, msk)
+        for j in range(m):
+            k = _key(K[u, i, j], sh, msk)
+            kmax = k if k > kmax else kmax
+            glob_min = k if k < glob_min else glob_min
+        rkey[i] = kmax
+        glob_max = kmax if kmax > glob_max else glob_max
+        rmin[i] = kmax
+    if glob_max > kinf or glob_min < -kinf - 1:
+        return _NAN
+    if glob_min == glob_max:
+        return -1
+    n = 0
+    for i in range(m):
+        for j in range(i + 1, m):
+            x = _key(K[u, i, j], sh, msk)
+            y = _key(K[u, j, i], sh, msk)
+            x = x if x > y else y
+            cw[n] = x
+            cid[n] = (i << _SHIFT) | j
+            n += 1
+            rmin[i] = x if x < rmin[i] else rmin[i]
+            rmin[j] = x if x < rmin[j] else rmin[j]
+    w_cone = rmin[0]
+    for i in range(1, m):
+        w_cone = rmin[i] if rmin[i] > w_cone else w_cone
+    kept = 0
+    for q in range(n):  # the edges heavier than w_cone (branch-free)
+        x = cw[q]
+        e = cid[q]
+        cw[kept] = x
+        cid[kept] = e
+        kept += x > w_cone
+    _rank_sort(cw, cid, kept, sw, sid)
+    ist[_N] = kept
+    ist[_FINAL] = kept
+    ist[_POS] = 0
+    ist[_LAST] = True
+    return 0
 
 
 @njit(cache=True, _nrt=False)
-def _unit_start(
-    maps, K, u, m, words, sh, msk, kinf, rkey, rsel, cw, cid, deg, parent, adj, stack, ist, kst, tmp, sw, sid
-):
-    """Start unit ``u``: block bounds, first block, then the scan (see :func:`_run`)."""
-    U = maps[u]
+def _unit_start(K, u, m, words, sh, msk, kinf, ws):
+    """Start unit ``u``: NaN and constant maps, block bounds, first block, then :func:`_run`."""
+    rkey, rsel, cw, cid, deg, parent, adj, stack, ist, kst, tmp, sw, sid, w2, ids2, hist = ws
+    if m * (m - 1) // 2 <= _RANK_SORT:
+        res = _small_block(K, u, m, sh, msk, kinf, ws)
+        if res != 0:
+            return res
+        ist[_ADDED] = 0
+        ist[_CHECK] = m
+        for i in range(m):
+            parent[i] = i
+            for wd in range(words):
+                adj[i, wd] = 0
+        return _run(K, u, m, words, sh, msk, ws)
     lo_final, glob_min, glob_max = _row_keys(K, u, m, sh, msk, rkey)
     if glob_max > kinf or glob_min < -kinf - 1:
         return _NAN  # a NaN's key lies beyond the keys of +-inf
     if glob_min == glob_max:
         return -1  # constant map: a single tie group, which completes the graph
-    # Block bounds (keys). No edge below lo_final = max_i min_j U[i, j] <= w_cone is ever needed.
-    # Block 1: edges above the (3m/4)-th largest row maximum (about m edges on random maps);
-    # block 2: above the smallest row maximum; block 3: the rest down to lo_final.
+    # block bounds: the (3m/4)-th largest row maximum, the smallest one, lo_final (see module doc)
     for i in range(m):
         rsel[i] = rkey[i]
     t1 = _select_desc(rsel, m, (3 * m) // 4)
@@ -593,107 +815,65 @@ def _unit_start(
     kst[_THR + nt] = lo_final
     ist[_NTHR] = nt + 1
     ist[_NEXT] = 0
+    ist[_ADDED] = 0
+    ist[_CHECK] = m
     kst[_HI] = glob_max
     for i in range(m):
         parent[i] = i
         deg[i] = 0
         for wd in range(words):
             adj[i, wd] = 0
-    _new_block(U, K, u, m, sh, msk, rkey, cw, cid, deg, stack, ist, kst, tmp, sw, sid)
-    return _run(U, K, u, m, words, sh, msk, rkey, cw, cid, deg, parent, adj, stack, ist, kst, tmp, sw, sid)
+    _new_block(K, u, m, sh, msk, ws)
+    return _run(K, u, m, words, sh, msk, ws)
 
 
 @njit(cache=True, _nrt=False)
-def _unit_resume(
-    maps, K, u, m, words, sh, msk, rkey, cw, cid, deg, parent, adj, stack, ist, kst, tmp, sw, sid, born
-):
-    """Continue unit ``u`` after _group_beta1 decided its pending tie group."""
-    U = maps[u]
+def _unit_resume(K, u, m, words, sh, msk, ws, born):
+    """Continue unit ``u`` once _group_beta1 has decided its pending group."""
+    rkey, cw, ist = ws[0], ws[2], ws[8]
     if born:
-        return _index(U, K, u, m, sh, msk, rkey, np.int64(cid[ist[_GS]]))
-    return _run(U, K, u, m, words, sh, msk, rkey, cw, cid, deg, parent, adj, stack, ist, kst, tmp, sw, sid)
+        return _index(K, u, m, sh, msk, rkey, cw[ist[_GS]])
+    return _run(K, u, m, words, sh, msk, ws)
 
 
 @njit(parallel=True, cache=True, _nrt=True)
-def births(maps, keys, sh, msk, kinf, out, block):
-    """Birth index of every map of ``maps`` (n, m, m), float32 or float64, C-contiguous.
+def births(keys, sh, msk, kinf, out, block):
+    """Birth index of every map of a C-contiguous (n, m, m) float32 / float64 array, read through
+    ``keys``, its int32 / int64 view (``sh``: bit width - 1, ``msk``: the non-sign bits, ``kinf``:
+    the key of +inf, all of that integer type).
 
-    ``keys`` is the same memory viewed as int32 / int64 (``sh``, ``msk``: bit width - 1 and the
-    mask of the non-sign bits, in that integer type; ``kinf``: the key of +inf). Writes ``out[u]``
-    (int64): the 1-based index, -1 (no birth) or -3 (the map holds a NaN). Units are processed in
-    blocks of ``block`` by a ``prange`` loop (scratch memory allocated once per block). The
-    per-unit functions are compiled without reference counting (``_nrt=False``): they allocate
-    nothing, and the atomic reference-count updates of their array arguments would otherwise cost
-    more than the whole scan of a small map.
+    Writes ``out[u]`` (int64): the 1-based index, -1 (no birth) or -3 (the map holds a NaN). Units
+    are processed in blocks of ``block`` by a ``prange`` loop; the scratch memory is allocated once
+    per block of units.
     """
-    n = maps.shape[0]
-    m = maps.shape[1]
+    n = keys.shape[0]
+    m = keys.shape[1]
     E = m * (m - 1) // 2
     words = (m + 63) // 64
     n_blocks = (n + block - 1) // block
     for blk in prange(n_blocks):
         rkey = np.empty(m, dtype=keys.dtype)
         rsel = np.empty(m, dtype=keys.dtype)
-        cw = np.empty(E, dtype=maps.dtype)
+        cw = np.empty(E, dtype=keys.dtype)
         cid = np.empty(E, dtype=np.int32)
+        w2 = np.empty(E, dtype=keys.dtype)
+        ids2 = np.empty(E, dtype=np.int32)
+        hist = np.empty((8, 256), dtype=np.int64)
         deg = np.empty(m, dtype=np.int64)
         parent = np.empty(m, dtype=np.int64)
-        adj = np.empty((m, words), dtype=np.uint64)
-        stack = np.empty(E + 1, dtype=np.int64)
+        adj = np.empty((m + 1, words), dtype=np.uint64)  # row m: scratch of _diameter_at_most_2
+        stack = np.empty(_RADIX_SORT + 1, dtype=np.int64)
         ist = np.zeros(16, dtype=np.int64)
         kst = np.zeros(8, dtype=keys.dtype)
         tmp = np.empty(m * m, dtype=np.int32)
-        sw = np.empty(_RANK_SORT, dtype=maps.dtype)
+        sw = np.empty(_RANK_SORT, dtype=keys.dtype)
         sid = np.empty(_RANK_SORT, dtype=np.int32)
-        stop = min(n, (blk + 1) * block)
-        for u in range(blk * block, stop):
-            res = _unit_start(
-                maps,
-                keys,
-                u,
-                m,
-                words,
-                sh,
-                msk,
-                kinf,
-                rkey,
-                rsel,
-                cw,
-                cid,
-                deg,
-                parent,
-                adj,
-                stack,
-                ist,
-                kst,
-                tmp,
-                sw,
-                sid,
-            )
+        ws = (rkey, rsel, cw, cid, deg, parent, adj, stack, ist, kst, tmp, sw, sid, w2, ids2, hist)
+        for u in range(blk * block, min(n, (blk + 1) * block)):
+            res = _unit_start(keys, u, m, words, sh, msk, kinf, ws)
             while res == _NEED_GF2:
                 gs = ist[_GS]
                 ge = ist[_GE]
                 beta1 = _group_beta1(cid, gs, ge, adj, m, words, (ge - gs + 1) - ist[_UNIONS])
-                res = _unit_resume(
-                    maps,
-                    keys,
-                    u,
-                    m,
-                    words,
-                    sh,
-                    msk,
-                    rkey,
-                    cw,
-                    cid,
-                    deg,
-                    parent,
-                    adj,
-                    stack,
-                    ist,
-                    kst,
-                    tmp,
-                    sw,
-                    sid,
-                    beta1 > 0,
-                )
+                res = _unit_resume(keys, u, m, words, sh, msk, ws, beta1 > 0)
             out[u] = res

@@ -291,7 +291,7 @@ def _births_numba(maps: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
                 else:
                     keys, consts = arr.view(np.int64), _NUMBA_KEYS64
                 block = max(1, min(256, (stop - start) // (16 * threads)))
-                _birth_numba.births(arr, keys, *consts, out[start:stop], block)
+                _birth_numba.births(keys, *consts, out[start:stop], block)
         finally:
             numba.set_parallel_chunksize(old_chunk)
         if (out == -3).any():
