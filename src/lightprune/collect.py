@@ -58,7 +58,7 @@ from .evaluation import inference
 from .graph import output_layers
 
 __all__ = [
-    "PrunableLayer", "find_prunable_layers", "following_norms", "not_prunable", "select_layers", "capture_activations", "ACTIVATIONS",
+    "PrunableLayer", "find_prunable_layers", "trace_leaf_calls", "following_norms", "not_prunable", "select_layers", "capture_activations", "ACTIVATIONS",
     "LAYER_TYPES",
 ]
 
@@ -123,7 +123,7 @@ class _Call:
     out: object
 
 
-def _trace(model: nn.Module, example_inputs: torch.Tensor) -> list[_Call]:
+def trace_leaf_calls(model: nn.Module, example_inputs: torch.Tensor) -> list[_Call]:
     """Run one forward pass recording every leaf-module call (keeps tensors alive, so identity is safe)."""
     calls: list[_Call] = []
     counts: dict[str, int] = {}
@@ -170,7 +170,7 @@ def find_prunable_layers(
         order = [n for n, m in modules.items() if _is_candidate(m)]
         calls: list[_Call] = []
     else:
-        calls = _trace(model, example_inputs)
+        calls = trace_leaf_calls(model, example_inputs)
         seen: list[str] = []
         for c in calls:
             if _is_candidate(c.module) and c.name not in seen:
@@ -239,7 +239,7 @@ def _excluded(model, modules, order, example_inputs, calls) -> dict[str, str]:
 def following_norms(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, str]:
     """``{layer: name of the normalisation module that receives its output}`` for every Conv2d/Linear
     (output layers included), found by the same trace as the capture points."""
-    calls = _trace(model, example_inputs)
+    calls = trace_leaf_calls(model, example_inputs)
     out: dict[str, str] = {}
     for n, m in model.named_modules():
         if _is_candidate(m) and any(c.name == n for c in calls):
@@ -255,7 +255,7 @@ def not_prunable(model: nn.Module, example_inputs: torch.Tensor | None = None) -
     """``{name: why}`` for the Conv2d/Linear layers that :func:`find_prunable_layers` leaves out
     (output layers, attention projections; grouped convs are not listed)."""
     modules = dict(model.named_modules())
-    calls = _trace(model, example_inputs) if example_inputs is not None else []
+    calls = trace_leaf_calls(model, example_inputs) if example_inputs is not None else []
     order = [n for n, m in modules.items() if _is_candidate(m)]
     return _excluded(model, modules, order, example_inputs, calls)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -175,7 +175,7 @@ def measure_latency(
         ctx = inference(model)
     elif callable(model):
         call, device, batch = model, "cpu", (int(example_inputs.shape[0]) if example_inputs is not None else None)
-        ctx = _nullcontext()
+        ctx = nullcontext()
     else:
         raise ConfigError(f"model={type(model).__name__} is not allowed; give an nn.Module or a callable")
     old = torch.get_num_threads()
@@ -190,7 +190,3 @@ def measure_latency(
     q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     return Latency(statistics.median(times), min(times), q[2] - q[0], runs, warmup, batch, n_threads, device)
 
-
-@contextmanager
-def _nullcontext():
-    yield

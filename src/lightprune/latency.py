@@ -58,6 +58,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .collect import trace_leaf_calls
 from .errors import ConfigError
 from .evaluation import inference, measure_latency
 from .graph import Group, dependency_graph, group_items, pruning_group
@@ -544,20 +545,11 @@ class LayerLatencyReport:
 
 
 def _leaf_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[nn.Module, tuple]]:
+    """Each leaf module's first call in one forward pass: ``{name: (module, (input,))}`` (the shared trace)."""
     got: dict[str, tuple[nn.Module, tuple]] = {}
-    handles = []
-    for name, m in model.named_modules():
-        if name and not list(m.children()):
-            def pre(mod, args, _n=name):
-                if _n not in got:
-                    got[_n] = (mod, tuple(a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args))
-            handles.append(m.register_forward_pre_hook(pre))
-    try:
-        with inference(model):
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    for c in trace_leaf_calls(model, x):
+        if c.index == 0 and c.name:
+            got[c.name] = (c.module, (c.inp,))
     return got
 
 
