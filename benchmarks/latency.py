@@ -2,7 +2,7 @@
 
 (a) ResNet-50, ``--size`` 224, ``--batch`` 8: ``lp.plan(strategy="latency", ratio=0.5)`` (l1 scores on
     the random-init weights), then the uniform plan reaching the same *measured* latency (bisection on
-    the uniform ratio, every step measured back-to-back with the original); MACs, parameters and the
+    the uniform ratio, every step timed interleaved with the original); MACs, parameters and the
     importance lost (:func:`lightprune.latency.importance_lost`) of both; the latency table's
     prediction beside every measurement.
 (b) Uniform 50 % on VGG-16, ResNet-50 and MobileNetV2 with ``round_to`` 1, 8 and 16: MACs factor and
@@ -38,7 +38,7 @@ from _doc import replace_section  # noqa: E402  (benchmarks/ is the script's fol
 import lightprune as lp
 from lightprune import latency as lat
 from lightprune.collect import find_prunable_layers
-from lightprune.evaluation import measure_latency
+from lightprune.evaluation import compare_latency, measure_latency
 from lightprune.graph import count_macs_params, find_groups
 
 BEGIN, END = "<!-- latency:begin -->", "<!-- latency:end -->"
@@ -70,9 +70,17 @@ class Bench:
         return measure_latency(model, self.x(self.args.batch), runs=self.args.runs, warmup=self.args.warmup,
                                threads=self.args.threads).median_ms
 
-    def pair(self, base, pruned) -> tuple[float, float]:
-        """Back-to-back: the original, then the pruned network (drifting load cancels in the ratio)."""
-        return self.ms(base), self.ms(pruned)
+    def compare(self, *models):
+        """The networks timed with their runs interleaved (``compare_latency``): per-network median ms
+        and the median of the per-round ratios to the first (a drifting load cancels in the ratio)."""
+        models = [m.to(self.device, self.dtype).eval() for m in models]
+        return compare_latency(models, self.x(self.args.batch), runs=self.args.runs, warmup=self.args.warmup,
+                               threads=self.args.threads)
+
+    def pair(self, base, pruned) -> tuple[float, float, float]:
+        """(original ms, pruned ms, measured reduction = 1 - median per-round ratio)."""
+        cmp = self.compare(base, pruned)
+        return cmp.latencies[0].median_ms, cmp.latencies[1].median_ms, cmp.reduction(1)
 
 
 def pruned_copy(net, plan, x1):
@@ -118,10 +126,9 @@ def part_a(b: Bench, out: dict) -> None:
     for _ in range(a.bisect):
         r = (lo + hi) / 2
         p = lp.plan(net, scores, strategy="uniform", ratio=r, example_inputs=x1)
-        m0, m1 = b.pair(net, pruned_copy(net, p, x1))
+        m0, m1, red = b.pair(net, pruned_copy(net, p, x1))
         pred = table.predict(group_keep(groups, p), full)
         checks.append((f"uniform {r:.3f}", pred * m0 / table.full_ms, m1, m0))
-        red = 1 - m1 / m0
         log(f"uniform r={r:.3f}: measured reduction {red:.3f} (goal {goal:.3f}); predicted {1 - pred / table.full_ms:.3f}")
         if red >= goal:
             hi, best = r, p
@@ -132,7 +139,9 @@ def part_a(b: Bench, out: dict) -> None:
     m_uni = pruned_copy(net, best, x1)
     # (c) the three timed in one run
     log("final measurement:", uptime())
-    t_orig, t_lat, t_uni = b.ms(net), b.ms(m_lat), b.ms(m_uni)
+    cmp = b.compare(net, m_lat, m_uni)
+    t_orig, t_lat, t_uni = (t.median_ms for t in cmp.latencies)
+    out["final_reductions"] = (cmp.reduction(1), cmp.reduction(2))
     mp = [count_macs_params(m, x1) for m in (net, m_lat, m_uni)]
     out["a"] = {
         "orig": (t_orig, *mp[0]), "latency": (t_lat, *mp[1]), "uniform": (t_uni, *mp[2]),
@@ -156,8 +165,8 @@ def part_b(b: Bench, out: dict) -> None:
             p = lp.plan(net, scores, strategy="uniform", ratio=0.5, example_inputs=x1, round_to=rt)
             m = pruned_copy(net, p, x1)
             macs1, params1 = count_macs_params(m, x1)
-            t_before, t1 = b.pair(net, m)
-            rows.append((name, rt, macs0 / macs1, params0 / params1, t_before / t1, t_before, t1, p.global_ratio))
+            t_before, t1, red = b.pair(net, m)
+            rows.append((name, rt, macs0 / macs1, params0 / params1, 1 / (1 - red), t_before, t1, p.global_ratio))
             log(f"{name} round_to={rt}: MACs x{macs0 / macs1:.2f}, speed-up x{t_before / t1:.2f} ({t_before:.1f} -> {t1:.1f} ms)")
         del t0
     out["b"] = rows
@@ -167,7 +176,9 @@ def render(a, out, start_uptime, end_uptime, cmd) -> str:
     lines = ["## Latency", "",
              "The `latency` target, channel rounding and per-layer latency (issue 14); `benchmarks/latency.py`. "
              "Random-init torchvision models, l1 scores. Every time is the median of the runs of the shared timer "
-             "(`lightprune.evaluation.measure_latency`); a reduction is a ratio of two back-to-back measurements.", "",
+             "(`lightprune.evaluation.measure_latency`); a reduction or speed-up is the median of per-round ratios of "
+             "networks timed with their runs interleaved (`lightprune.evaluation.compare_latency`), so a drifting "
+             "machine speed cancels out.", "",
              f"Command: `{cmd}`", "",
              f"Setting: {a.device} ({lat.device_name(a.device)}), {a.dtype}, {a.threads or torch.get_num_threads()} thread(s), "
              f"batch {a.batch}, input {a.size} x {a.size}, {a.runs} runs after {a.warmup} warm-up; torch {torch.__version__}, "
@@ -180,20 +191,20 @@ def render(a, out, start_uptime, end_uptime, cmd) -> str:
         o, la, un = r["orig"], r["latency"], r["uniform"]
         meta = out["lat_meta"]
 
-        def red(t):
-            return f"{100 * (1 - t / o[0]):.1f} %"
+        red_lat, red_uni = out["final_reductions"]
 
         lines += [f"### (a) ResNet-50: `latency` target {a.ratio:.0%} vs uniform at the same latency", "",
                   f"Planning took {out['plan_s']:.0f} s (latency table: {meta['latency_table']}). "
-                  f"Final measurement in one run (c):", "",
+                  f"Final measurement in one run (c), the three networks interleaved, median of "
+                  f"{a.runs} rounds:", "",
                   "| network | ms | latency reduction | MACs (G) | params (M) | importance lost |",
                   "|---|---:|---:|---:|---:|---:|",
                   f"| original | {o[0]:.1f} | - | {o[1] / 1e9:.3f} | {o[2] / 1e6:.2f} | 0 |",
-                  f"| `latency` plan | {la[0]:.1f} | {red(la[0])} | {la[1] / 1e9:.3f} | {la[2] / 1e6:.2f} | {r['imp_lat']:.1f} |",
-                  f"| uniform (ratio {r['uniform_ratio']:.3f}) | {un[0]:.1f} | {red(un[0])} | {un[1] / 1e9:.3f} | {un[2] / 1e6:.2f} | {r['imp_uni']:.1f} |",
+                  f"| `latency` plan | {la[0]:.1f} | {100 * red_lat:.1f} % | {la[1] / 1e9:.3f} | {la[2] / 1e6:.2f} | {r['imp_lat']:.1f} |",
+                  f"| uniform (ratio {r['uniform_ratio']:.3f}) | {un[0]:.1f} | {100 * red_uni:.1f} % | {un[1] / 1e9:.3f} | {un[2] / 1e6:.2f} | {r['imp_uni']:.1f} |",
                   "", f"Target met within 5 % on the final measurement: "
-                  f"**{'yes' if abs((1 - la[0] / o[0]) - a.ratio) <= 0.05 else 'no'}** "
-                  f"({red(la[0])} for {a.ratio:.0%}). The `latency` plan keeps "
+                  f"**{'yes' if abs(red_lat - a.ratio) <= 0.05 else 'no'}** "
+                  f"({100 * red_lat:.1f} % for {a.ratio:.0%}). The `latency` plan keeps "
                   f"{'at least as many' if la[1] >= un[1] else 'fewer'} MACs and "
                   f"{'at least as many' if la[2] >= un[2] else 'fewer'} parameters than the uniform plan.", "",
                   "Search rounds (predicted by the table vs measured):", "",
@@ -203,7 +214,7 @@ def render(a, out, start_uptime, end_uptime, cmd) -> str:
             lines.append(f"| {i + 1} | {rd['target_ms']:.1f} | {rd['predicted_ms']:.1f} | {rd.get('measured_before_ms', 0):.1f} | "
                          f"{rd.get('measured_ms', 0):.1f} | {100 * rd.get('measured_reduction', 0):.1f} % |")
         lines += ["", "Prediction vs measurement for every measured plan (prediction rescaled to the original's "
-                  "back-to-back time):", "", "| plan | predicted ms | measured ms | error |", "|---|---:|---:|---:|"]
+                  "time in the same comparison):", "", "| plan | predicted ms | measured ms | error |", "|---|---:|---:|---:|"]
         for name, pred, meas, _base in r["checks"]:
             lines.append(f"| {name} | {pred:.1f} | {meas:.1f} | {100 * (pred - meas) / meas:+.1f} % |")
         rep = out["report"]

@@ -263,3 +263,52 @@ def test_bad_latency_options_name_the_option():
         lp.plan(net, s, strategy="latency", ratio=0.3, example_inputs=X32, latency_batchsize=8)
     with pytest.raises(ConfigError, match=r"does not take \['normalize'\]"):
         lp.plan(net, s, strategy="latency", ratio=0.3, example_inputs=X32, normalize="rank")
+
+
+# ------------------------------------------------------------------------------ interleaved timing
+def test_compare_latency_interleaves_rounds_and_rotates_the_order():
+    from lightprune.evaluation import compare_latency
+
+    log = []
+    calls = [lambda n=n: log.append(n) for n in "abc"]
+    cmp = compare_latency(calls, runs=4, warmup=0)
+    # round r starts with network r mod 3, then the next ones in order (torch's Timer.timeit makes
+    # two untimed calls before each timed one: consecutive calls of one network are one run)
+    import itertools
+
+    assert "".join(k for k, _ in itertools.groupby(log)) == "abc" + "bca" + "cab" + "abc"
+    assert cmp.ratios[0] == 1.0 and all(t.runs == 4 for t in cmp.latencies)
+
+
+def test_compare_latency_ratio_is_the_median_of_per_round_ratios(monkeypatch):
+    from torch.utils import benchmark
+
+    from lightprune import evaluation
+
+    # a 'machine' that slows down 10x half-way: block-wise timing would see a 10x slower second
+    # network; the per-round ratio is 0.5 in every round
+    clock = {"n": 0}
+
+    class FakeTimer:
+        def __init__(self, stmt, globals, num_threads):
+            self.cost = globals["call"]()
+
+        def timeit(self, number):
+            clock["n"] += 1
+            slow = 10.0 if clock["n"] > 6 else 1.0
+            return type("M", (), {"median": self.cost * slow * number})()
+
+    monkeypatch.setattr(benchmark, "Timer", FakeTimer)
+    cmp = evaluation.compare_latency([lambda: 2.0, lambda: 1.0], runs=6, warmup=0)
+    assert cmp.ratios[1] == pytest.approx(0.5) and cmp.reduction(1) == pytest.approx(0.5)
+
+
+def test_compare_latency_bad_input():
+    from lightprune.evaluation import compare_latency
+
+    with pytest.raises(ConfigError, match="models is empty"):
+        compare_latency([], torch.zeros(1, 3))
+    with pytest.raises(ConfigError, match=r"runs=0 is not allowed"):
+        compare_latency([nn.Linear(3, 2)], torch.zeros(1, 3), runs=0)
+    with pytest.raises(ConfigError, match="example_inputs is needed"):
+        compare_latency([nn.Linear(3, 2)])

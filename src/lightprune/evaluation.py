@@ -6,6 +6,8 @@
   torchmetrics; under DDP each rank feeds its own shard and the states reduce.
 - :func:`measure_latency` — forward time on ``torch.utils.benchmark.Timer`` (warm-up, thread count
   and device stated in the result); also times any callable (e.g. an onnxruntime session).
+- :func:`compare_latency` — several networks timed with their runs interleaved; the per-round
+  ratios (speed-up, latency reduction) stay honest on a machine whose speed drifts.
 - :func:`progress` — the one progress-bar wrapper (tqdm), silent when disabled.
 
 Example::
@@ -31,7 +33,7 @@ from torch import nn
 from .data import split_batch
 from .errors import ConfigError
 
-__all__ = ["inference", "model_device", "evaluate", "Latency", "measure_latency", "progress"]
+__all__ = ["inference", "model_device", "evaluate", "Latency", "LatencyComparison", "measure_latency", "compare_latency", "progress"]
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -140,6 +142,36 @@ class Latency:
                 f"batch {self.batch_size}, {self.threads} threads, {self.device})")
 
 
+def _check_timing(runs: int, warmup: int, threads: int | None) -> None:
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        raise ConfigError(f"runs={runs!r} is not allowed; it must be an integer >= 1")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ConfigError(f"warmup={warmup!r} is not allowed; it must be an integer >= 0")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads={threads!r} is not allowed; it must be an integer >= 1 or None")
+
+
+def _timed_call(model: nn.Module | Callable[[], Any], example_inputs: torch.Tensor | None):
+    """(zero-argument call, device, batch size, context manager) for a module or a callable."""
+    if isinstance(model, nn.Module):
+        if example_inputs is None:
+            raise ConfigError("measure_latency: example_inputs is needed to time an nn.Module")
+
+        def call(_m=model, _x=example_inputs):
+            return _m(_x)
+
+        return call, str(example_inputs.device), int(example_inputs.shape[0]), inference(model)
+    if callable(model):
+        batch = int(example_inputs.shape[0]) if example_inputs is not None else None
+        return model, "cpu", batch, nullcontext()
+    raise ConfigError(f"model={type(model).__name__} is not allowed; give an nn.Module or a callable")
+
+
+def _summary(times: list[float], warmup: int, batch: int | None, threads: int, device: str) -> Latency:
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return Latency(statistics.median(times), min(times), q[2] - q[0], len(times), warmup, batch, threads, device)
+
+
 def measure_latency(
     model: nn.Module | Callable[[], Any],
     example_inputs: torch.Tensor | None = None,
@@ -153,40 +185,76 @@ def measure_latency(
     Uses ``torch.utils.benchmark.Timer`` (which synchronises CUDA) with ``threads`` CPU threads
     (default: the current ``torch.get_num_threads()``): ``warmup`` untimed calls, then ``runs``
     timed calls of one forward each; the median, minimum and interquartile range are reported.
+    To compare networks (a speed-up, a latency reduction), use :func:`compare_latency`, which
+    interleaves their runs.
     """
+    return compare_latency([model], example_inputs, warmup=warmup, runs=runs, threads=threads).latencies[0]
+
+
+@dataclass(frozen=True)
+class LatencyComparison:
+    """Interleaved latencies of several networks (:func:`compare_latency`).
+
+    ``ratios[i]`` is the median over rounds of ``time_i / time_0`` within the same round: the
+    first network is the reference (the original), so ``1 - ratios[i]`` is network i's latency
+    reduction and ``1 / ratios[i]`` its speed-up."""
+
+    latencies: tuple[Latency, ...]
+    ratios: tuple[float, ...]
+
+    def reduction(self, i: int = 1) -> float:
+        return 1.0 - self.ratios[i]
+
+
+def compare_latency(
+    models: Iterable[nn.Module | Callable[[], Any]],
+    example_inputs: torch.Tensor | None = None,
+    *,
+    warmup: int = 3,
+    runs: int = 10,
+    threads: int | None = None,
+) -> LatencyComparison:
+    """Time several networks on the same inputs with their runs interleaved.
+
+    Each of ``runs`` rounds times one forward of every network (the order rotates from round to
+    round), so a machine whose speed drifts (other jobs, frequency scaling) slows every network in
+    a round alike: the per-round ratios to the first network, and their median, stay honest where
+    two back-to-back blocks of runs would not. Each network gets ``warmup`` untimed calls first
+    (and ``torch.utils.benchmark.Timer.timeit`` itself makes two untimed calls before each timed one).
+
+    >>> import torch
+    >>> big, small = torch.nn.Linear(256, 256), torch.nn.Linear(256, 8)
+    >>> cmp = compare_latency([big, small], torch.zeros(64, 256), runs=3, warmup=1)
+    >>> len(cmp.latencies), cmp.ratios[0], cmp.latencies[1].runs
+    (2, 1.0, 3)
+    """
+    from contextlib import ExitStack
+
     from torch.utils.benchmark import Timer
 
-    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
-        raise ConfigError(f"runs={runs!r} is not allowed; it must be an integer >= 1")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ConfigError(f"warmup={warmup!r} is not allowed; it must be an integer >= 0")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ConfigError(f"threads={threads!r} is not allowed; it must be an integer >= 1 or None")
+    _check_timing(runs, warmup, threads)
+    models = list(models)
+    if not models:
+        raise ConfigError("compare_latency: models is empty; give at least one network")
     n_threads = threads or torch.get_num_threads()
-    if isinstance(model, nn.Module):
-        if example_inputs is None:
-            raise ConfigError("measure_latency: example_inputs is needed to time an nn.Module")
-        device = str(example_inputs.device)
-        batch = int(example_inputs.shape[0])
-
-        def call(_m=model, _x=example_inputs):
-            return _m(_x)
-
-        ctx = inference(model)
-    elif callable(model):
-        call, device, batch = model, "cpu", (int(example_inputs.shape[0]) if example_inputs is not None else None)
-        ctx = nullcontext()
-    else:
-        raise ConfigError(f"model={type(model).__name__} is not allowed; give an nn.Module or a callable")
+    calls = [_timed_call(m, example_inputs) for m in models]
     old = torch.get_num_threads()
+    times: list[list[float]] = [[] for _ in models]
     try:
-        with ctx:
-            timer = Timer(stmt="call()", globals={"call": call}, num_threads=n_threads)
+        with ExitStack() as stack:
+            for _, _, _, ctx in calls:
+                stack.enter_context(ctx)
+            timers = [Timer(stmt="call()", globals={"call": c}, num_threads=n_threads) for c, *_ in calls]
             if warmup:
-                timer.timeit(warmup)
-            times = [timer.timeit(1).median * 1000 for _ in range(runs)]
+                for t in timers:
+                    t.timeit(warmup)
+            for r in range(runs):
+                for k in range(len(timers)):
+                    i = (r + k) % len(timers)
+                    times[i].append(timers[i].timeit(1).median * 1000)
     finally:
         torch.set_num_threads(old)
-    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    return Latency(statistics.median(times), min(times), q[2] - q[0], runs, warmup, batch, n_threads, device)
+    lats = tuple(_summary(t, warmup, b, n_threads, d) for t, (_, d, b, _) in zip(times, calls, strict=True))
+    ratios = tuple(statistics.median(ti / t0 for ti, t0 in zip(t, times[0], strict=True)) for t in times)
+    return LatencyComparison(lats, ratios)
 

@@ -60,11 +60,11 @@ from torch import nn
 
 from .collect import trace_leaf_calls
 from .errors import ConfigError
-from .evaluation import inference, measure_latency
+from .evaluation import compare_latency, inference, measure_latency
 from .graph import Group, dependency_graph, group_items, pruning_group
 
 __all__ = [
-    "DEFAULT_GRID", "LayerCost", "parse_dtype", "measure_model", "latency_inputs", "LatencyTable", "LayerLatencyReport", "auto_round_to", "build_latency_table",
+    "DEFAULT_GRID", "LayerCost", "parse_dtype", "measure_model", "measure_pair", "latency_inputs", "LatencyTable", "LayerLatencyReport", "auto_round_to", "build_latency_table",
     "cache_dir", "device_name", "greedy_search", "importance_lost", "layer_latency_report",
 ]
 
@@ -382,6 +382,24 @@ def measure_model(model: nn.Module, example_inputs: torch.Tensor, batch: int, de
     """Whole-network latency (ms) of a copy of ``model`` on ``device`` / ``dtype`` at ``batch``."""
     m = copy.deepcopy(model).to(device, dtype).eval()
     return float(measure(m, latency_inputs(example_inputs, batch, torch.device(device), dtype)))
+
+
+def measure_pair(model: nn.Module, pruned: nn.Module, example_inputs: torch.Tensor, batch: int, device, dtype, *,
+                 measure: Callable[[nn.Module, torch.Tensor], float] | None = None, runs: int = 10, warmup: int = 3,
+                 threads: int | None = None, stat: str = "median") -> tuple[float, float, float]:
+    """(original ms, pruned ms, measured reduction) of copies of both networks on ``device`` / ``dtype``
+    at ``batch``. By default their runs are interleaved (:func:`lightprune.evaluation.compare_latency`)
+    and the reduction is the median of the per-round ratios; with a custom ``measure`` they are timed
+    back to back and the reduction is ``1 - pruned / original``."""
+    dev = torch.device(device)
+    x = latency_inputs(example_inputs, batch, dev, dtype)
+    a, b = (copy.deepcopy(m).to(dev, dtype).eval() for m in (model, pruned))
+    if measure is not None:
+        m0, m1 = float(measure(a, x)), float(measure(b, x))
+        return m0, m1, 1 - m1 / m0
+    cmp = compare_latency([a, b], x, runs=runs, warmup=warmup, threads=threads)
+    m0, m1 = (getattr(t, f"{stat}_ms") for t in cmp.latencies)
+    return float(m0), float(m1), cmp.reduction(1)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -619,7 +619,7 @@ def _latency_target(model, example_inputs, groups, per_layer, criterion, ratio, 
     threads = opts.get("latency_threads")
     tol = float(opts.get("latency_tolerance", 0.02))
     refine = int(opts.get("latency_refine", 3))
-    measure = opts.get("latency_measure")
+    measure = user_measure = opts.get("latency_measure")
     stat = opts.get("latency_stat", "median")
     check_choice("latency_stat", stat, ("median", "min"))
     if measure is None:
@@ -668,11 +668,11 @@ def _latency_target(model, example_inputs, groups, per_layer, criterion, ratio, 
         if verify:
             clone = copy.deepcopy(model)
             prune(clone, p, example_inputs, measure_latency=False)
-            # the original is timed again right before the pruned copy: the reduction is a ratio of two
-            # back-to-back measurements (a drifting machine load cancels out)
-            m0 = lat.measure_model(model, x, batch, device, dtype, measure)
-            m = lat.measure_model(clone, x, batch, device, dtype, measure)
-            rec.update({"measured_before_ms": m0, "measured_ms": m, "measured_reduction": 1 - m / m0})
+            # the original and the pruned copy timed with their runs interleaved: the reduction is the
+            # median of per-round ratios (a drifting machine load cancels out)
+            m0, m, red = lat.measure_pair(model, clone, x, batch, device, dtype, measure=user_measure,
+                                          runs=runs, warmup=warmup, threads=threads, stat=stat)
+            rec.update({"measured_before_ms": m0, "measured_ms": m, "measured_reduction": red})
         rounds.append(rec)
         err = abs(rec.get("measured_reduction", rec["predicted_reduction"]) - ratio)
         if best is None or err < best[0]:
