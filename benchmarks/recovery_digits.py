@@ -10,10 +10,15 @@ trained by configs/compare_criteria.yaml's recipe), pruned uniformly, measured
     python benchmarks/recovery_digits.py                 # prints the markdown section
     python benchmarks/recovery_digits.py --write-docs    # ... and replaces it in docs/benchmarks.md
     python benchmarks/recovery_digits.py --seeds 2       # fewer seeds for part C (quick)
+    python benchmarks/recovery_digits.py --parts C       # one part only (the others from their earlier runs)
 
 Accuracies only (no timing): the numbers do not depend on the machine's load. Every part runs
-``lightprune compare`` (the same engine as the callbacks) in its own run directory under
-``runs/bench_recovery/``; the base model is trained once (part A) and reused by the others.
+``python -m lightprune.cli compare`` (the same engine as the callbacks; the interpreter running this
+script, so ``PYTHONPATH`` picks the code) in its own run directory under ``runs/bench_recovery/``
+(one per part, one per seed of part C). Every finished (criterion, ratio) pair is kept there, so an
+interrupted run resumes where it stopped and a part left out of ``--parts`` is read back from its
+earlier run (its rows are empty when it never ran). The base model is trained once (by whichever
+part runs first) and reused by the others.
 """
 
 from __future__ import annotations
@@ -34,37 +39,88 @@ CRIT_C = ["l1", "fpgm", "feature_entropy"]
 
 
 def compare(run_dir: Path, *args: str) -> list[dict[str, str]]:
-    cmd = [str(Path(sys.executable).parent / "lightprune"), "compare", "--config", "configs/compare_criteria.yaml",
+    cmd = [sys.executable, "-m", "lightprune.cli", "compare", "--config", "configs/compare_criteria.yaml",
            "--run_dir", str(run_dir), "--wandb", "false", "--progress", "false", *args]
     print("$", " ".join(shlex.quote(c) for c in cmd), flush=True)
     subprocess.run(cmd, cwd=ROOT, env={**os.environ, "WANDB_MODE": "offline"}, check=True)
-    with open(run_dir / "results.csv") as fh:
-        return list(csv.DictReader(fh))
+    return read_rows(run_dir)
+
+
+def read_rows(run_dir: Path) -> list[dict[str, str]]:
+    """The result rows of an earlier run of a part (none when it never finished)."""
+    try:
+        with open(run_dir / "results.csv") as fh:
+            return list(csv.DictReader(fh))
+    except OSError:
+        return []
+
+
+def share_scores(src: Path, dst: Path, seed: int, criteria: list[str]) -> None:
+    """Give ``dst`` (a part-C run of ``seed``) the scores ``src`` computed for the criteria that do not
+    depend on the seed (``criterion_class(c).seeded`` False: their scores are identical for every
+    seed), so that each is scored once, not once per seed (feature_entropy: minutes). compare's cache
+    key names the seed for every criterion; it is rewritten to ``seed`` here, everything else kept."""
+    import json
+
+    from lightprune.criteria import criterion_class
+
+    for c in criteria:
+        src_file, dst_file = src / "scores" / f"{c}.json", dst / "scores" / f"{c}.json"
+        if criterion_class(c).seeded or not src_file.exists() or dst_file.exists():
+            continue
+        data = json.loads(src_file.read_text())
+        data["fingerprint"]["seed"] = seed
+        dst_file.parent.mkdir(parents=True, exist_ok=True)
+        dst_file.write_text(json.dumps(data))
 
 
 def f(v: str | float | None) -> float:
     return float("nan") if v in (None, "") else float(v)
 
 
+def parse_parts(text: str) -> set[str]:
+    parts = {p.strip().upper() for p in text.split(",") if p.strip()}
+    if not parts or parts - {"A", "B", "C"}:
+        raise SystemExit(f"--parts={text!r}: give a comma-separated subset of A,B,C")
+    return parts
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=5, help="fine-tuning seeds of part C (default 5)")
+    ap.add_argument("--parts", default="A,B,C", help="parts to run (default A,B,C); the others are read back")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads of every compare run (e.g. 1 on a machine shared with other jobs, where two "
+                         "threads contend for the cores); accuracies do not depend on it")
     ap.add_argument("--write-docs", action="store_true")
     ap.add_argument("--fresh", action="store_true", help="empty runs/bench_recovery first (retrain the base model)")
     args = ap.parse_args()
+    parts = parse_parts(args.parts)
     root = ROOT / "runs" / "bench_recovery"
     if args.fresh and root.exists():
         shutil.rmtree(root)
     base = root / "a_no_ft" / "base.ckpt"
+    ckpt = ("--checkpoint", str(base))
+    common = ("--threads", str(args.threads)) if args.threads else ()
 
-    rows_a = compare(root / "a_no_ft", "--finetune.epochs", "0", "--ratios", "[0.3, 0.5, 0.7]")
-    base_acc = f(rows_a[0]["base_test_acc"])
-    rows_b = compare(root / "b_reconstruct", "--checkpoint", str(base), "--finetune.epochs", "0", "--ratios", "[0.3, 0.5]",
-                     "--reconstruct", "true", "--criteria", "[l1, fpgm, feature_entropy]")
+    def run_or_read(part: str, run_dir: Path, *cargs: str) -> list[dict[str, str]]:
+        if part not in parts:
+            return read_rows(run_dir)
+        if not base.exists() and part != "A":  # train the base model (part A's run directory) first
+            compare(base.parent, *common, "--finetune.epochs", "0", "--ratios", "[0.3, 0.5, 0.7]", "--criteria", "[l1]")
+        return compare(run_dir, *common, *cargs)
+
+    a_args = ("--finetune.epochs", "0", "--ratios", "[0.3, 0.5, 0.7]")
+    rows_a = run_or_read("A", root / "a_no_ft", *a_args)
+    rows_b = run_or_read("B", root / "b_reconstruct", *ckpt, "--finetune.epochs", "0", "--ratios", "[0.3, 0.5]",
+                         "--reconstruct", "true", "--criteria", "[l1, fpgm, feature_entropy]")
     per_seed = []
     for seed in range(args.seeds):
-        per_seed.append(compare(root / f"c_seed{seed}", "--checkpoint", str(base), "--ratios", "[0.5]", "--seed", str(seed),
-                                "--criteria", "[l1, fpgm, feature_entropy]"))
+        if "C" in parts and seed > 0:
+            share_scores(root / "c_seed0", root / f"c_seed{seed}", seed, CRIT_C)
+        per_seed.append(run_or_read("C", root / f"c_seed{seed}", *ckpt, "--ratios", "[0.5]", "--seed", str(seed),
+                                    "--criteria", "[" + ", ".join(CRIT_C) + "]"))
+    base_acc = next((f(r["base_test_acc"]) for rows in (rows_a, rows_b, *per_seed) for r in rows), float("nan"))
 
     out = ["## Accuracy recovery after a prune (digits)", "",
            "Command: `python benchmarks/recovery_digits.py --write-docs` "
@@ -94,9 +150,10 @@ def main() -> None:
         plain = [f(r["test_acc_no_kd"]) for rows in per_seed for r in rows if r["criterion"] == c]
 
         def ms(v):
-            return f"{statistics.mean(v):.4f} ± {statistics.stdev(v) if len(v) > 1 else 0:.4f}"
+            return f"{statistics.mean(v):.4f} ± {statistics.stdev(v) if len(v) > 1 else 0:.4f}" if v else "-"
 
-        out.append(f"| {c} | {ms(kd)} | {ms(plain)} | {'yes' if statistics.mean(kd) >= base_acc else 'no'} |")
+        verdict = ("yes" if statistics.mean(kd) >= base_acc else "no") if kd else "-"
+        out.append(f"| {c} | {ms(kd)} | {ms(plain)} | {verdict} |")
     text = "\n".join(out)
     print(text)
     if args.write_docs:
