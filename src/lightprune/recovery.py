@@ -392,63 +392,35 @@ def _layer_rows(
 
 class _NormalEquations:
     """``XᵀX``, ``XᵀY``, ``‖Y‖²_F`` and the row count of one least-squares problem, accumulated in
-    float64 batch by batch; with ``intercept`` also the column sums of ``X`` and ``Y`` (the products
-    with a column of ones appended to ``X``, which is never materialised). The sums reduce over ranks.
-
-    Example::
-
-        >>> eq = _NormalEquations(1, 1, True, torch.device("cpu"))
-        >>> eq.update(torch.tensor([[1.0], [2.0]]), torch.tensor([[3.0], [5.0]]))
-        >>> eq.gram.tolist(), eq.rhs.tolist(), eq.rows
-        ([[5.0, 3.0], [3.0, 2.0]], [[13.0], [8.0]], 2)
-    """
+    float64 batch by batch (a column of ones appended to ``X`` when ``intercept``); the sums reduce
+    over ranks."""
 
     def __init__(self, inputs: int, outputs: int, intercept: bool, device: torch.device) -> None:
+        d = inputs + intercept
         self.intercept = intercept
-        f64 = {"dtype": torch.float64, "device": device}
-        self.xx = torch.zeros(inputs, inputs, **f64)
-        self.xy = torch.zeros(inputs, outputs, **f64)
-        self.xs = torch.zeros(inputs, **f64)  # column sums (intercept only)
-        self.ys = torch.zeros(outputs, **f64)
-        self.yy = torch.zeros((), **f64)
+        self.gram = torch.zeros(d, d, dtype=torch.float64, device=device)
+        self.rhs = torch.zeros(d, outputs, dtype=torch.float64, device=device)
+        self.yy = torch.zeros((), dtype=torch.float64, device=device)
         self.rows = 0
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        x, y = x.to(self.xx.device, torch.float64), y.to(self.xx.device, torch.float64)
-        xt = x.t()
-        self.xx.addmm_(xt, x)
-        self.xy.addmm_(xt, y)
+        x, y = x.to(self.gram.device, torch.float64), y.to(self.gram.device, torch.float64)
         if self.intercept:
-            self.xs += x.sum(0)
-            self.ys += y.sum(0)
+            x = torch.cat([x, x.new_ones(x.shape[0], 1)], 1)
+        self.gram += x.t() @ x
+        self.rhs += x.t() @ y
         self.yy += (y * y).sum()
         self.rows += x.shape[0]
-
-    @property
-    def gram(self) -> torch.Tensor:
-        """``[X 1]ᵀ[X 1]`` (``XᵀX`` without an intercept)."""
-        if not self.intercept:
-            return self.xx
-        n = torch.full((1, 1), float(self.rows), dtype=self.xx.dtype, device=self.xx.device)
-        return torch.cat([torch.cat([self.xx, self.xs[:, None]], 1), torch.cat([self.xs[None], n], 1)])
-
-    @property
-    def rhs(self) -> torch.Tensor:
-        """``[X 1]ᵀY`` (``XᵀY`` without an intercept)."""
-        return torch.cat([self.xy, self.ys[None]]) if self.intercept else self.xy
 
     def reduce(self) -> None:
         """Sum over the ranks of the default process group (one ``all_reduce``; no-op in one process)."""
         if not _distributed():
             return
-        parts = [self.xx, self.xy, self.xs, self.ys, self.yy.reshape(1)]
-        rows = torch.tensor([self.rows], dtype=torch.float64, device=self.xx.device)
-        flat = _all_reduce_sum(torch.cat([t.reshape(-1) for t in parts] + [rows]))
-        offset = 0
-        for t in parts:
-            t.copy_(flat[offset : offset + t.numel()].view_as(t))
-            offset += t.numel()
-        self.rows = int(flat[offset])
+        g, r = self.gram.numel(), self.rhs.numel()
+        rows = torch.tensor([self.rows], dtype=torch.float64, device=self.gram.device)
+        flat = _all_reduce_sum(torch.cat([self.gram.reshape(-1), self.rhs.reshape(-1), self.yy.reshape(1), rows]))
+        self.gram, self.rhs = flat[:g].view_as(self.gram), flat[g : g + r].view_as(self.rhs)
+        self.yy, self.rows = flat[g + r], int(flat[g + r + 1])
 
 
 def _solve(gram: torch.Tensor, rhs: torch.Tensor, ridge: float, n_weights: int) -> torch.Tensor:
@@ -471,11 +443,10 @@ def _solve(gram: torch.Tensor, rhs: torch.Tensor, ridge: float, n_weights: int) 
     return torch.linalg.lstsq(a.cpu(), rhs.cpu(), driver="gelsd").solution.to(rhs.device)
 
 
-def _rel_error(theta: torch.Tensor, gram: torch.Tensor, rhs: torch.Tensor, yy: torch.Tensor) -> float:
-    """``‖Y − XΘ‖_F / ‖Y‖_F`` from the normal equations ``gram = XᵀX``, ``rhs = XᵀY``, ``yy = ‖Y‖²_F``
-    (no second pass over the data)."""
-    err = yy - 2 * (theta * rhs).sum() + (theta * (gram @ theta)).sum()
-    return float((err.clamp_min(0) / yy.clamp_min(torch.finfo(yy.dtype).tiny)).sqrt())
+def _rel_error(theta: torch.Tensor, eq: _NormalEquations) -> float:
+    """``‖Y − XΘ‖_F / ‖Y‖_F`` from the normal equations (no second pass over the data)."""
+    err = eq.yy - 2 * (theta * eq.rhs).sum() + (theta * (eq.gram @ theta)).sum()
+    return float((err.clamp_min(0) / eq.yy.clamp_min(torch.finfo(eq.yy.dtype).tiny)).sqrt())
 
 
 def _theta_of(layer: nn.Module, intercept: str) -> torch.Tensor:
@@ -717,11 +688,9 @@ def reconstruct(
         eq.reduce()
         if eq.rows == 0:
             raise ConfigError(f"reconstruct: layer {name!r} received no image from batches")
-        gram, rhs = eq.gram, eq.rhs
-        theta = _solve(gram, rhs, float(ridge), n_w)
-        report[name] = LayerFit(_rel_error(_theta_of(pm, intercept), gram, rhs, eq.yy),
-                                _rel_error(theta, gram, rhs, eq.yy), eq.rows, n_w + (intercept != "none"), intercept)
-        del gram, rhs, eq
+        theta = _solve(eq.gram, eq.rhs, float(ridge), n_w)
+        report[name] = LayerFit(_rel_error(_theta_of(pm, intercept), eq), _rel_error(theta, eq), eq.rows,
+                                n_w + (intercept != "none"), intercept)
         with torch.no_grad():
             pm.weight.copy_(theta[:n_w].t().reshape(pm.weight.shape))
             if intercept == "bias":
