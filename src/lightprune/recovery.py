@@ -514,8 +514,9 @@ def _accumulate(
     out_map: torch.Tensor | None, batches: Iterable[Any], *, positions: int | None, seed: int,
     keys: Sequence[str] | None, max_batches: int | None, progress: bool,
 ) -> None:
-    """Stream the batches through both networks (each forward stopped once layer ``name`` has run
-    ``calls`` times) and add the rows of every call to ``eq``. Both networks must be in inference mode."""
+    """Stream the batches through both networks and add the rows of every call of layer ``name`` to
+    ``eq``: the pruned network's forward stops right before its layer's last call (only its inputs are
+    needed), the original's right after its layer's last call. Both must be in inference mode."""
     pm, om = pruned.get_submodule(name), original.get_submodule(name)
     xs: list[torch.Tensor] = []
     ys: list[torch.Tensor] = []
@@ -525,7 +526,7 @@ def _accumulate(
         if len(store) == calls:
             raise _Stop  # nothing after this layer is needed
 
-    handles = [pm.register_forward_hook(lambda m, a, o: grab(xs, a[0])),
+    handles = [pm.register_forward_pre_hook(lambda m, a: grab(xs, a[0])),
                om.register_forward_hook(lambda m, a, o: grab(ys, o))]
     p_dev, o_dev = model_device(pruned), model_device(original)
     try:
