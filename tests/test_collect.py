@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import lightprune as lp
-from lightprune.collect import capture_activations, find_prunable_layers
+from lightprune.collect import all_finite, capture_activations, find_prunable_layers
 from lightprune.errors import ConfigError
 
 
@@ -127,3 +127,20 @@ def test_bad_layer_names():
         find_prunable_layers(model, layers=["classifier.2"])
     with pytest.raises(ConfigError, match="layers contains 'features.1', which is a BatchNorm2d, not a prunable"):
         find_prunable_layers(model, layers=["features.1"])
+
+
+def test_all_finite_finds_every_nan_and_inf_and_tolerates_sum_overflow():
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        x = torch.rand(3, 4, 5, 5).to(dtype)
+        assert all_finite(x)
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            for pos in (0, 7, x.numel() - 1):
+                y = x.clone()
+                y.view(-1)[pos] = bad
+                assert not all_finite(y), (dtype, bad, pos)
+        y = x.clone()
+        y.view(-1)[1], y.view(-1)[2] = float("inf"), -float("inf")  # the sum is NaN
+        assert not all_finite(y)
+        big = torch.full((4, 4), torch.finfo(dtype).max, dtype=dtype)  # finite; its sum overflows
+        assert all_finite(big) and not bool(torch.isfinite(big.double().sum().to(dtype)))
+    assert all_finite(torch.empty(0)) and all_finite(torch.arange(5))

