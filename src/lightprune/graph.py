@@ -286,9 +286,26 @@ def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[i
     The count includes BatchNorm/ReLU/pooling operations; ``example_inputs`` is reduced to one sample.
     """
     import torch_pruning as tp
+    from torch_pruning.utils import op_counter
 
+    from .attention import HeadPrunedMultiheadAttention, _timm_attention_class, attention_macs
     from .evaluation import inference
 
+    def attn_hook(module, inputs, output):
+        x = inputs[0]
+        first = isinstance(module, nn.MultiheadAttention) and not module.batch_first
+        batch, length = (x.shape[1], x.shape[0]) if first else (x.shape[0], x.shape[1])
+        module.__flops__ += batch * attention_macs(module, int(length), int(x.shape[2]))
+
+    # attention modules counted by one formula whatever their head count (torch-pruning's own hooks
+    # assume the attention width equals the embedding width, which a head prune changes)
+    custom = {nn.MultiheadAttention: attn_hook, HeadPrunedMultiheadAttention: attn_hook}
+    if _timm_attention_class() is not None:
+        custom[_timm_attention_class()] = attn_hook
     with inference(model):
-        macs, params = tp.utils.count_ops_and_params(model, example_inputs[:1])
+        op_counter.CUSTOM_MODULES_MAPPING = custom  # read (and reset) by count_ops_and_params
+        try:
+            macs, params = tp.utils.count_ops_and_params(model, example_inputs[:1])
+        finally:
+            op_counter.CUSTOM_MODULES_MAPPING = {}
     return int(macs), int(params)
