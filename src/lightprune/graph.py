@@ -14,6 +14,7 @@ importance classes (Taylor, BN scale) and takes its graphs from here.
 
 from __future__ import annotations
 
+import re
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -257,6 +258,10 @@ def group_blockers(
     out: dict[str, str] = {}
     for g in groups:
         layer = layers[g.root]
+        reached = _reaches(dg, layer.module, attn_mods) if attn_mods else None
+        if reached is not None:  # cheap walk first: the pruning group of a residual stream can take minutes
+            out[g.root] = f"its channels reach the attention module {reached!r} (split into heads)"
+            continue
         pg = pruning_group(dg, layer.module, list(range(min(1, layer.out_channels))))
         for item in pg:
             node = item.dep.target
@@ -273,6 +278,45 @@ def group_blockers(
                 out[g.root] = f"it would remove output channels of {names.get(mod)!r}, which is not a prunable layer"
                 break
     return out
+
+
+# element-wise ops whose operands share channels (``Addmm`` -- a Linear on a 3-D/4-D input -- is not one)
+_COUPLING = re.compile(r"(Add|Sub|Mul|Div)Backward")
+
+
+def _reaches(dg, module: nn.Module, targets: Mapping[int, str]) -> str | None:
+    """The name in ``targets`` (``{id(module or parameter): name}``) of the first graph node the
+    channels of ``module``'s output reach, walking torch-pruning's graph without index mappings:
+    forward through every op except a Conv2d/Linear/attention consumer (which absorbs channels), and
+    backward from an element-wise op (addition, multiplication) to its other operands, which share the
+    channels. None when none is reached. A superset of the pruning group's reach, in time linear in
+    the graph (torch-pruning's own group derivation expands index sets at every reshape)."""
+    import torch_pruning as tp
+
+    start = dg.module2node.get(module)
+    if start is None:
+        return None
+    stack, seen = [(start, True)], set()
+    while stack:
+        node, forward = stack.pop()
+        if (id(node), forward) in seen:
+            continue
+        seen.add((id(node), forward))
+        if node is not start and id(node.module) in targets:
+            return targets[id(node.module)]
+        absorbs = node is not start and _absorbs_channels(node.module)
+        if forward and absorbs:
+            continue
+        if not forward and absorbs:  # a producer: its output carries the channels, go on from there
+            stack.append((node, True))
+            continue
+        if forward or node is start:
+            stack.extend((o, True) for o in node.outputs)
+        if node.type == tp.ops.OPTYPE.ELEMENTWISE and len(node.inputs) > 1 and _COUPLING.match(type(node.grad_fn).__name__):
+            stack.extend((i, False) for i in node.inputs)
+        elif not forward:
+            stack.extend((i, False) for i in node.inputs)
+    return None
 
 
 def check_group(dg, group) -> bool:

@@ -486,13 +486,15 @@ def plan(
         per_layer = {n: v for n, v in per_layer.items() if n in found}
         if layer_scores:
             layer_scores = {n: v for n, v in layer_scores.items() if n in found}
-    groups = find_groups(model, example_inputs, found)
-    # groups whose channels reach attention internals, an output layer or an unwrapped parameter stay whole
-    blocked = group_blockers(model, example_inputs, groups, find_prunable_layers(model, example_inputs))
-    for g in groups:
-        if g.root in blocked:
-            skipped.update({m: f"its group ({g.root!r}) is left whole: {blocked[g.root]}" for m in g.members})
-    groups = [g for g in groups if g.root not in blocked]
+    # layers whose channels reach attention internals or an output layer stay whole (with their coupled
+    # group: the check is symmetric). Checked per layer on one channel *before* the full groups are
+    # derived: on Swin, the full-width groups of the residual stream (every window reshape expands the
+    # index sets) are what took torch-pruning minutes, and they are never planned.
+    one = [Group(n, [n], info.out_channels) for n, info in found.items()]
+    blocked = group_blockers(model, example_inputs, one, find_prunable_layers(model, example_inputs))
+    skipped.update({n: f"it is left whole: {why}" for n, why in blocked.items()})
+    found = {n: info for n, info in found.items() if n not in blocked}
+    groups = find_groups(model, example_inputs, found) if found else []
     if not groups and not heads:
         raise ConfigError(f"no layer of the model can be planned: {skipped}")
     per_layer = {n: v for n, v in per_layer.items() if n not in skipped}
