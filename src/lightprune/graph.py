@@ -6,7 +6,9 @@
 - :func:`out_channel_fn` — the pruning function that removes output channels of a layer;
 - :func:`pruning_group`, :func:`group_items` — the group torch-pruning derives for removing given
   channels of a root layer, as plain ``(module name, module, is_output_side, indices)`` items;
-- :func:`count_macs_params` — MACs and parameters per sample.
+- :func:`count_macs_params` — MACs and parameters per sample (attention modules by
+  :func:`lightprune.attention.attention_macs`, whatever their head count);
+- :func:`group_blockers` — groups a channel plan leaves whole (attention, unplanned outputs).
 
 Nothing else in lightprune imports ``torch_pruning`` except ``criteria/adapters.py``, which wraps its
 importance classes (Taylor, BN scale) and takes its graphs from here.
