@@ -13,7 +13,13 @@ import torchvision
 from torch import nn
 
 import lightprune as lp
-from lightprune.attention import HeadPrunedMultiheadAttention, find_attention, head_scores, head_unprunable, prune_heads
+from lightprune.attention import (
+    HeadPrunedMultiheadAttention,
+    find_attention,
+    head_scores,
+    head_unprunable,
+    prune_heads,
+)
 from lightprune.errors import ConfigError
 from lightprune.graph import count_macs_params
 from lightprune.plan import Plan

@@ -23,11 +23,11 @@ import torch
 from torch import nn
 
 from . import evaluation, recovery
+from .attention import prune_heads
 from .collect import find_prunable_layers
 from .data import split_batch
 from .errors import ConfigError
 from .evaluation import inference, model_device
-from .attention import prune_heads
 from .graph import check_group, count_macs_params, dependency_graph, group_items, pruning_group
 from .plan import Plan
 
