@@ -43,7 +43,7 @@ from .errors import ConfigError
 
 __all__ = [
     "AttentionInfo", "HeadPrunedMultiheadAttention", "find_attention", "head_unprunable", "head_scores",
-    "heads_to_keep", "prune_heads", "attention_macs",
+    "heads_to_keep", "prune_heads", "attention_macs", "attention_types",
 ]
 
 
@@ -237,6 +237,13 @@ class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
         if not self.batch_first:
             out = out.transpose(0, 1)
         return out, weights
+
+
+def attention_types() -> tuple[type[nn.Module], ...]:
+    """The attention classes :func:`attention_macs` counts: ``nn.MultiheadAttention``,
+    :class:`HeadPrunedMultiheadAttention` and timm's ``Attention`` when timm is installed."""
+    timm_attn = _timm_attention_class()
+    return (nn.MultiheadAttention, HeadPrunedMultiheadAttention) + ((timm_attn,) if timm_attn is not None else ())
 
 
 def attention_macs(module: nn.Module, length: int, in_width: int) -> int:

@@ -334,7 +334,7 @@ def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[i
     import torch_pruning as tp
     from torch_pruning.utils import op_counter
 
-    from .attention import HeadPrunedMultiheadAttention, _timm_attention_class, attention_macs
+    from .attention import attention_macs, attention_types
     from .evaluation import inference
 
     def attn_hook(module, inputs, output):
@@ -345,9 +345,7 @@ def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[i
 
     # attention modules counted by one formula whatever their head count (torch-pruning's own hooks
     # assume the attention width equals the embedding width, which a head prune changes)
-    custom = {nn.MultiheadAttention: attn_hook, HeadPrunedMultiheadAttention: attn_hook}
-    if _timm_attention_class() is not None:
-        custom[_timm_attention_class()] = attn_hook
+    custom = {cls: attn_hook for cls in attention_types()}
     with inference(model):
         op_counter.CUSTOM_MODULES_MAPPING = custom  # read (and reset) by count_ops_and_params
         try:
