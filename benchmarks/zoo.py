@@ -71,9 +71,11 @@ def run_one(name: str, size: int) -> dict:
         ok = shape == (1, 10)
         res["lp"] = {"status": "ok" if ok else f"output {shape}", "params": r.params_after / r.params_before,
                      "macs": r.macs_after / r.macs_before, "s": time.perf_counter() - t,
-                     "not_planned": len(p.meta.get("not_planned", {}))}
+                     "not_planned": len(p.meta.get("not_planned", {})),
+                     "heads": [sum(p.num_heads[n] - len(k) for n, k in p.heads.items()), sum(p.num_heads.values())]}
     except Exception as err:  # noqa: BLE001 - reported in the table
         res["lp"] = {"status": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}", "s": time.perf_counter() - t}
+    print("RESULT_LP " + json.dumps(res), flush=True)  # kept if torch-pruning then runs past the time limit
 
     import torch_pruning as tp
 
@@ -108,7 +110,10 @@ def _cell(r: dict | None) -> list[str]:
         return ["-", "-", "-", "-"]
     if "params" not in r:
         return [r["status"].replace("|", "/"), "-", "-", f"{r['s']:.1f}"]
-    status = r["status"] + (f" ({r['not_planned']} layers left whole)" if r.get("not_planned") else "")
+    notes = [f"{r['not_planned']} layers left whole"] if r.get("not_planned") else []
+    if r.get("heads") and r["heads"][1]:
+        notes.append(f"{r['heads'][0]}/{r['heads'][1]} heads removed")
+    status = r["status"] + (f" ({', '.join(notes)})" if notes else "")
     return [status, f"{r['params']:.3f}", f"{r['macs']:.3f}", f"{r['s']:.1f}"]
 
 
@@ -132,8 +137,11 @@ def main(argv: list[str] | None = None) -> None:
                                  capture_output=True, text=True, timeout=args.timeout)
             line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
             res = json.loads(line[7:]) if line else {"model": name, "input": size, "lp": {"status": "crashed: " + (out.stderr.strip().splitlines() or ["?"])[-1][:160], "s": time.perf_counter() - t}}
-        except subprocess.TimeoutExpired:
-            res = {"model": name, "input": size, "lp": {"status": f"time limit ({args.timeout:.0f} s)", "s": args.timeout}}
+        except subprocess.TimeoutExpired as exc:
+            out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+            line = next((ln for ln in out.splitlines() if ln.startswith("RESULT_LP ")), None)
+            limit = {"status": f"time limit ({args.timeout:.0f} s)", "s": args.timeout}
+            res = json.loads(line[10:]) | {"tp": limit} if line else {"model": name, "input": size, "lp": limit}
         rows.append(res)
         print(name, res.get("lp", {}).get("status"), "|", res.get("tp", {}).get("status"), flush=True)
 

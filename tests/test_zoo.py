@@ -132,8 +132,8 @@ def test_a_plan_that_changes_the_output_is_undone():
 
 
 # ------------------------------------------------------------------------------ attention
-def test_timm_vit_prunes_its_mlps_and_leaves_attention_and_residual_stream_whole():
-    net = lp.create_model("timm:deit_tiny_patch16_224", 10, image_size=32).eval()
+def test_timm_vit_prunes_heads_and_mlps_and_leaves_the_residual_stream_whole():
+    net = lp.create_model("timm:deit_tiny_patch16_224", 10, image_size=32, depth=2).eval()
     x = torch.randn(1, 3, 32, 32)
     names = find_prunable_layers(net, x)
     assert "blocks.0.attn.qkv" not in names and "head" not in names and "blocks.0.mlp.fc1" in names
@@ -142,6 +142,9 @@ def test_timm_vit_prunes_its_mlps_and_leaves_attention_and_residual_stream_whole
     r = lp.prune(net, p, x, measure_latency=False)
     assert net(x).shape == (1, 10)
     assert net.blocks[0].mlp.fc1.out_features == round(0.7 * 768)
+    # 3 heads at 30 %: round(0.9) = 1 head removed in each of the 2 blocks (qkv 64 x 3 rows, proj 64 columns)
+    assert len(p.heads) == 2 and all(len(k) == 2 for k in p.heads.values())
+    assert (net.blocks[0].attn.num_heads, net.blocks[0].attn.qkv.out_features, net.blocks[0].attn.proj.in_features) == (2, 384, 128)
     assert r.params_after < r.params_before and r.macs_after < r.macs_before
 
 
@@ -163,9 +166,12 @@ def test_callback_prunes_a_timm_model_in_a_fit_and_the_checkpoint_reloads(tmp_pa
                   num_sanity_val_steps=0, callbacks=[cb, ck])
     t.fit(module, datamodule=DigitsDataModule(image_size=32, channels=1, batch_size=16))
     assert module.model.blocks[0].mlp.fc1.out_features < 768
+    assert [b.attn.num_heads for b in module.model.blocks] == [2, 2]  # 3 heads, 30 %: one removed per block
     state = torch.load(tmp_path / "ck" / "last.ckpt", weights_only=True)
     assert len(state["lightprune"]["plans"]) == 1
+    assert state["lightprune"]["plans"][0]["num_heads"] == {"blocks.0.attn": 3, "blocks.1.attn": 3}
     restored = lp.ClassificationModule.load_from_checkpoint(tmp_path / "ck" / "last.ckpt").eval()
+    assert [b.attn.num_heads for b in restored.model.blocks] == [2, 2]
     x = torch.randn(2, 1, 32, 32)
     assert torch.equal(restored(x), module.eval()(x))
 

@@ -11,6 +11,7 @@ except
   (or when the graph cannot be traced): the last ``Linear`` and the last Conv2d/Linear registered;
 - the projections inside an attention module (``nn.MultiheadAttention``, or a module with a
   ``num_heads`` attribute: torchvision Swin, timm ``Attention``): their outputs are split into heads.
+  Whole heads are planned separately (``plan.heads``, :mod:`lightprune.attention`).
 
 **Where the post-activation output is taken** (one forward pass on example inputs, tracing which
 module consumes which tensor object):

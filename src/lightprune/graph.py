@@ -6,7 +6,9 @@
 - :func:`out_channel_fn` — the pruning function that removes output channels of a layer;
 - :func:`pruning_group`, :func:`group_items` — the group torch-pruning derives for removing given
   channels of a root layer, as plain ``(module name, module, is_output_side, indices)`` items;
-- :func:`count_macs_params` — MACs and parameters per sample.
+- :func:`count_macs_params` — MACs and parameters per sample (attention modules by
+  :func:`lightprune.attention.attention_macs`, whatever their head count);
+- :func:`group_blockers` — groups a channel plan leaves whole (attention, unplanned outputs).
 
 Nothing else in lightprune imports ``torch_pruning`` except ``criteria/adapters.py``, which wraps its
 importance classes (Taylor, BN scale) and takes its graphs from here.
@@ -14,6 +16,7 @@ importance classes (Taylor, BN scale) and takes its graphs from here.
 
 from __future__ import annotations
 
+import re
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -257,6 +260,10 @@ def group_blockers(
     out: dict[str, str] = {}
     for g in groups:
         layer = layers[g.root]
+        reached = _reaches(dg, layer.module, attn_mods) if attn_mods else None
+        if reached is not None:  # cheap walk first: the pruning group of a residual stream can take minutes
+            out[g.root] = f"its channels reach the attention module {reached!r} (split into heads)"
+            continue
         pg = pruning_group(dg, layer.module, list(range(min(1, layer.out_channels))))
         for item in pg:
             node = item.dep.target
@@ -275,6 +282,45 @@ def group_blockers(
     return out
 
 
+# element-wise ops whose operands share channels (``Addmm`` -- a Linear on a 3-D/4-D input -- is not one)
+_COUPLING = re.compile(r"(Add|Sub|Mul|Div)Backward")
+
+
+def _reaches(dg, module: nn.Module, targets: Mapping[int, str]) -> str | None:
+    """The name in ``targets`` (``{id(module or parameter): name}``) of the first graph node the
+    channels of ``module``'s output reach, walking torch-pruning's graph without index mappings:
+    forward through every op except a Conv2d/Linear/attention consumer (which absorbs channels), and
+    backward from an element-wise op (addition, multiplication) to its other operands, which share the
+    channels. None when none is reached. A superset of the pruning group's reach, in time linear in
+    the graph (torch-pruning's own group derivation expands index sets at every reshape)."""
+    import torch_pruning as tp
+
+    start = dg.module2node.get(module)
+    if start is None:
+        return None
+    stack, seen = [(start, True)], set()
+    while stack:
+        node, forward = stack.pop()
+        if (id(node), forward) in seen:
+            continue
+        seen.add((id(node), forward))
+        if node is not start and id(node.module) in targets:
+            return targets[id(node.module)]
+        absorbs = node is not start and _absorbs_channels(node.module)
+        if forward and absorbs:
+            continue
+        if not forward and absorbs:  # a producer: its output carries the channels, go on from there
+            stack.append((node, True))
+            continue
+        if forward or node is start:
+            stack.extend((o, True) for o in node.outputs)
+        if node.type == tp.ops.OPTYPE.ELEMENTWISE and len(node.inputs) > 1 and _COUPLING.match(type(node.grad_fn).__name__):
+            stack.extend((i, False) for i in node.inputs)
+        elif not forward:
+            stack.extend((i, False) for i in node.inputs)
+    return None
+
+
 def check_group(dg, group) -> bool:
     """torch-pruning's check that the group leaves every layer at least one channel."""
     return bool(dg.check_pruning_group(group))
@@ -286,9 +332,24 @@ def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[i
     The count includes BatchNorm/ReLU/pooling operations; ``example_inputs`` is reduced to one sample.
     """
     import torch_pruning as tp
+    from torch_pruning.utils import op_counter
 
+    from .attention import attention_macs, attention_types
     from .evaluation import inference
 
+    def attn_hook(module, inputs, output):
+        x = inputs[0]
+        first = isinstance(module, nn.MultiheadAttention) and not module.batch_first
+        batch, length = (x.shape[1], x.shape[0]) if first else (x.shape[0], x.shape[1])
+        module.__flops__ += batch * attention_macs(module, int(length), int(x.shape[2]))
+
+    # attention modules counted by one formula whatever their head count (torch-pruning's own hooks
+    # assume the attention width equals the embedding width, which a head prune changes)
+    custom = {cls: attn_hook for cls in attention_types()}
     with inference(model):
-        macs, params = tp.utils.count_ops_and_params(model, example_inputs[:1])
+        op_counter.CUSTOM_MODULES_MAPPING = custom  # read (and reset) by count_ops_and_params
+        try:
+            macs, params = tp.utils.count_ops_and_params(model, example_inputs[:1])
+        finally:
+            op_counter.CUSTOM_MODULES_MAPPING = {}
     return int(macs), int(params)

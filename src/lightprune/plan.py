@@ -36,6 +36,9 @@ class Plan:
         groups: member lists of the coupled groups (root first).
         strategy, target_ratio, criterion: how the plan was made.
         meta: plain-data extras.
+        heads: ``{attention module: LongTensor of kept head indices, ascending}`` (whole heads removed,
+            :mod:`lightprune.attention`); empty when no head is planned.
+        num_heads: ``{attention module: heads before pruning}`` for every module in ``heads``.
     """
 
     keep: dict[str, torch.Tensor]
@@ -45,6 +48,8 @@ class Plan:
     target_ratio: float | None = None
     criterion: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    heads: dict[str, torch.Tensor] = field(default_factory=dict)
+    num_heads: dict[str, int] = field(default_factory=dict)
 
     @property
     def ratios(self) -> dict[str, float]:
@@ -72,6 +77,8 @@ class Plan:
             "target_ratio": self.target_ratio,
             "criterion": self.criterion,
             "meta": self.meta,
+            "heads": {n: [int(i) for i in k.tolist()] for n, k in self.heads.items()},
+            "num_heads": {n: int(h) for n, h in self.num_heads.items()},
         }
 
     @classmethod
@@ -87,9 +94,17 @@ class Plan:
                 raise ConfigError(f"Plan.from_dict: layer {n!r} has kept indices but no channel count")
             if len(k) == 0 or k.min() < 0 or k.max() >= channels[n] or len(set(k.tolist())) != len(k):
                 raise ConfigError(f"Plan.from_dict: kept indices of {n!r} must be distinct, in [0, {channels[n]}) and not empty")
+        heads = {n: torch.tensor(sorted(int(i) for i in k), dtype=torch.long) for n, k in (data.get("heads") or {}).items()}
+        num_heads = {n: int(h) for n, h in (data.get("num_heads") or {}).items()}
+        for n, k in heads.items():
+            if n not in num_heads:
+                raise ConfigError(f"Plan.from_dict: attention module {n!r} has kept heads but no 'num_heads' entry")
+            if len(k) == 0 or k.min() < 0 or k.max() >= num_heads[n] or len(set(k.tolist())) != len(k):
+                raise ConfigError(f"Plan.from_dict: kept heads of {n!r} must be distinct, in [0, {num_heads[n]}) and not empty")
         return cls(
             keep, channels, [list(g) for g in data.get("groups", [[n] for n in keep])],
             data.get("strategy", "manual"), data.get("target_ratio"), data.get("criterion"), dict(data.get("meta") or {}),
+            heads, num_heads,
         )
 
     def __str__(self) -> str:
@@ -99,6 +114,8 @@ class Plan:
         for n, k in self.keep.items():
             grp = "" if root_of.get(n, n) == n and len(next((g for g in self.groups if g[0] == n), [n])) == 1 else f"<- {root_of.get(n, n)}" if root_of.get(n, n) != n else "root"
             rows.append(f"  {n:<34}{self.channels[n]:>7}{len(k):>7}{self.ratios[n]:>8.3f}  {grp}")
+        for n, k in self.heads.items():
+            rows.append(f"  {n + ' (heads)':<34}{self.num_heads[n]:>7}{len(k):>7}{1 - len(k) / self.num_heads[n]:>8.3f}")
         return "\n".join(rows)
 
     __repr__ = __str__

@@ -435,7 +435,11 @@ def plan(
             :func:`lightprune.collect.select_layers`); the others keep every channel.
         **options: ``ratios`` (manual), ``round_to`` (an int, None, or ``"auto"``, the default: 8
             on CUDA float16/bfloat16, else 1), ``min_keep_fraction`` (0.01),
-            ``max_layer_ratio`` (0.9, global and latency), ``normalize`` (global).
+            ``max_layer_ratio`` (0.9, global and latency), ``normalize`` (global), ``head_ratio``
+            (fraction of the heads of every head-prunable attention module removed, whole heads, scored
+            by their weights' L1 norm; :mod:`lightprune.attention`): ``"auto"`` (default) is ``ratio``
+            for ``uniform`` / ``global`` / ``afie`` and 0 (every head kept) for the others; the
+            ``flops`` / ``params`` searches keep the heads fixed and search the channel ratio.
             ``latency`` options: ``latency_batch_size`` (default: the batch of ``example_inputs``),
             ``latency_input_size`` (int or (H, W); default: that of ``example_inputs``),
             ``latency_device`` (default: that of ``example_inputs``), ``latency_dtype`` (default: the
@@ -460,6 +464,16 @@ def plan(
     latency_opts = {k: options.pop(k) for k in list(options) if k.startswith("latency_")}
     if latency_opts and strategy != "latency":
         raise ConfigError(f"options {sorted(latency_opts)} are only for strategy='latency'")
+    head_ratio = options.pop("head_ratio", "auto")
+    if head_ratio == "auto":
+        head_ratio = ratio if strategy in HEAD_RATIO_STRATEGIES else 0.0
+    elif not isinstance(head_ratio, (int, float)) or isinstance(head_ratio, bool):
+        raise ConfigError(f"head_ratio={head_ratio!r} is not allowed; give a fraction in [0, 1) or 'auto'")
+    check_fraction("head_ratio", head_ratio)
+    if head_ratio and strategy == "latency":
+        raise ConfigError(f"head_ratio={head_ratio} is not supported with strategy='latency' (its latency table "
+                          "covers channels only); pass head_ratio=0")
+    heads, num_heads, head_skipped = plan_heads(model, head_ratio)
     options["round_to"] = _resolve_round_to(model, example_inputs, options.get("round_to", "auto"), latency_opts)
     per_layer, criterion, layer_scores = _flatten_scores(scores)
     # scores made without inputs may cover a layer the trace shows to be an output layer (a second
@@ -472,14 +486,16 @@ def plan(
         per_layer = {n: v for n, v in per_layer.items() if n in found}
         if layer_scores:
             layer_scores = {n: v for n, v in layer_scores.items() if n in found}
-    groups = find_groups(model, example_inputs, found)
-    # groups whose channels reach attention internals, an output layer or an unwrapped parameter stay whole
-    blocked = group_blockers(model, example_inputs, groups, find_prunable_layers(model, example_inputs))
-    for g in groups:
-        if g.root in blocked:
-            skipped.update({m: f"its group ({g.root!r}) is left whole: {blocked[g.root]}" for m in g.members})
-    groups = [g for g in groups if g.root not in blocked]
-    if not groups:
+    # layers whose channels reach attention internals or an output layer stay whole (with their coupled
+    # group: the check is symmetric). Checked per layer on one channel *before* the full groups are
+    # derived: on Swin, the full-width groups of the residual stream (every window reshape expands the
+    # index sets) are what took torch-pruning minutes, and they are never planned.
+    one = [Group(n, [n], info.out_channels) for n, info in found.items()]
+    blocked = group_blockers(model, example_inputs, one, find_prunable_layers(model, example_inputs))
+    skipped.update({n: f"it is left whole: {why}" for n, why in blocked.items()})
+    found = {n: info for n, info in found.items() if n not in blocked}
+    groups = find_groups(model, example_inputs, found) if found else []
+    if not groups and not heads:
         raise ConfigError(f"no layer of the model can be planned: {skipped}")
     per_layer = {n: v for n, v in per_layer.items() if n not in skipped}
     options.setdefault("tiebreak", {n: filter_l1(info.module) for n, info in found.items()})
@@ -490,9 +506,38 @@ def plan(
         p.meta["input_shape"] = [1, *example_inputs.shape[1:]]
         if skipped:
             p.meta["not_planned"] = skipped
+        _add_heads(p, heads, num_heads, head_ratio, head_skipped)
         return p
     return _target_search(model, example_inputs, groups, per_layer, layer_scores, criterion, strategy, ratio,
-                          base_strategy, tolerance, options, skipped)
+                          base_strategy, tolerance, options, skipped, (heads, num_heads, head_ratio, head_skipped))
+
+
+#: strategies whose ``ratio`` is a channel fraction: ``head_ratio="auto"`` prunes heads at that ratio
+HEAD_RATIO_STRATEGIES = ("uniform", "global", "afie")
+
+
+def plan_heads(model: nn.Module, head_ratio: float) -> tuple[dict[str, torch.Tensor], dict[str, int], dict[str, str]]:
+    """Whole heads to keep in every head-prunable attention module at ``head_ratio``
+    (:mod:`lightprune.attention`: L1 head scores, ``round(head_ratio * H)`` heads removed, half-up, at
+    least one kept). Returns ``(kept heads, heads before, {attention module: why its heads are kept})``."""
+    from .attention import find_attention, head_scores, head_unprunable, heads_to_keep
+
+    if not head_ratio:
+        return {}, {}, {}
+    heads, num_heads = {}, {}
+    for name, info in find_attention(model).items():
+        heads[name] = heads_to_keep(head_scores(info), head_ratio)
+        num_heads[name] = info.num_heads
+    return heads, num_heads, head_unprunable(model)
+
+
+def _add_heads(p: Plan, heads, num_heads, head_ratio, head_skipped) -> Plan:
+    p.heads, p.num_heads = {n: k.clone() for n, k in heads.items()}, dict(num_heads)
+    if heads or head_skipped:
+        p.meta["head_ratio"] = float(head_ratio)
+    if head_skipped:
+        p.meta["heads_not_planned"] = dict(head_skipped)
+    return p
 
 
 def _macs(model: nn.Module, x: torch.Tensor) -> float:
@@ -508,7 +553,7 @@ TARGETS: dict[str, Callable[[nn.Module, torch.Tensor], float]] = {"flops": _macs
 
 
 def _target_search(model, example_inputs, groups, per_layer, layer_scores, criterion, target_name, ratio,
-                   base_strategy, tolerance, options, skipped=None) -> Plan:
+                   base_strategy, tolerance, options, skipped=None, head_plan=None) -> Plan:
     """Bisection on the global channel ratio of ``base_strategy`` until ``measure(pruned copy)`` is at
     most ``(1 - ratio)`` of the original (channel counts are discrete: stops on a bracket < 1e-3)."""
     check_fraction("ratio", ratio)
@@ -519,12 +564,16 @@ def _target_search(model, example_inputs, groups, per_layer, layer_scores, crite
 
     def at(r: float) -> tuple[float, Plan]:
         p = plan_groups(groups, per_layer, strategy=base_strategy, ratio=r, layer_scores=layer_scores, criterion=criterion, **options)
+        if head_plan:
+            _add_heads(p, *head_plan)  # the heads are fixed; the search is on the channel ratio
         clone = copy.deepcopy(model)
         prune(clone, p, example_inputs, measure_latency=False)
         return measure(clone, example_inputs), p
 
     lo, hi = 0.0, 0.99
     best = plan_groups(groups, per_layer, strategy=base_strategy, ratio=0.0, layer_scores=layer_scores, criterion=criterion, **options)
+    if head_plan:
+        _add_heads(best, *head_plan)
     best_value = value0
     for _ in range(30):
         mid = (lo + hi) / 2

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from . import evaluation, recovery
+from .attention import prune_heads
 from .collect import find_prunable_layers
 from .data import split_batch
 from .errors import ConfigError
@@ -143,7 +144,8 @@ def prune(
     """Remove exactly the channels the plan does not keep, in place, with torch-pruning.
 
     Every coupled group is pruned as one (same indices in every member); consumers lose the
-    matching input channels. The output layers never lose outputs (they are never in a plan, a
+    matching input channels. Attention modules in ``plan.heads`` lose the heads not kept
+    (:func:`lightprune.attention.prune_heads`; bias balancing and reconstruction cover channels only). The output layers never lose outputs (they are never in a plan, a
     group that would touch an unplanned Conv2d/Linear output raises, and a prune that changes the
     network's output shape is undone).
 
@@ -185,6 +187,12 @@ def prune(
         width = getattr(mod, "out_channels", getattr(mod, "out_features", None))
         if width != c:
             raise ConfigError(f"the plan expects {c} channels in {layer!r} but the model has {width}")
+    for attn, h in plan.num_heads.items():
+        if attn not in modules:
+            raise ConfigError(f"the plan names attention module {attn!r}, which the model does not have")
+        if getattr(modules[attn], "num_heads", None) != h:
+            raise ConfigError(f"the plan expects {h} heads in {attn!r} but the model has "
+                              f"{getattr(modules[attn], 'num_heads', None)}")
     macs0, params0 = count_macs_params(model, example_inputs)
     lat0 = evaluation.measure_latency(model, example_inputs, runs=latency_runs).to_dict() if measure_latency else None
     before = {n: plan.channels[n] for n in plan.keep}
@@ -246,6 +254,13 @@ def prune(
     # torch-pruning recomputes those offsets from the current shapes when a group is built.
     for root, removed, _ in todo:
         pruning_group(dg, modules[root], removed).prune()
+    try:
+        for attn, kept in plan.heads.items():  # whole heads: inside the module, nothing outside changes width
+            if len(kept) < plan.num_heads[attn]:
+                prune_heads(modules[attn], kept, attn)
+    except ConfigError:
+        model.__dict__.update(backup.__dict__)
+        raise
 
     _check_after(model, backup, plan, modules, example_inputs, out_shape)
     recovered: list[str] = []
@@ -286,6 +301,9 @@ def _check_after(model, backup, plan, modules, example_inputs, out_shape) -> Non
         if _width(modules[layer]) != len(plan.keep[layer]):
             problem = f"{layer!r} has {_width(modules[layer])} channels, the plan keeps {len(plan.keep[layer])}"
             break
+    for attn, kept in plan.heads.items():
+        if problem is None and modules[attn].num_heads != len(kept):
+            problem = f"{attn!r} has {modules[attn].num_heads} heads, the plan keeps {len(kept)}"
     if problem is None:
         try:
             with inference(model):
