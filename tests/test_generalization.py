@@ -33,14 +33,11 @@ def test_shuffle_labels_changes_exactly_the_fraction():
         ShuffledLabelsDigits(-0.1)
 
 
-def _direct_feature_entropy(weights, layer_relu: int, spc: int) -> dict[int, float]:
+def _direct_feature_entropy(weights, layer_relu: int, spc: int, x, y) -> dict[int, float]:
     """Per class: mean over units of H_c of the post-ReLU maps of one conv, computed by hand."""
     net = create_model("cifar_vgg11", 10, in_channels=1, width_mult=0.01)
     net.load_state_dict(weights)
     net.eval()
-    dm = DigitsDataModule(image_size=32, channels=1, seed=0)
-    dm.setup("fit")
-    x, y = dm.train_set.tensors  # the true training labels (the default class_labels="true")
     idx = torch.tensor(class_balanced_indices(y, spc, seed=0))
     maps = []
     handle = net.features[layer_relu].register_forward_hook(lambda m, i, o: maps.append(o.clone()))
@@ -53,7 +50,8 @@ def _direct_feature_entropy(weights, layer_relu: int, spc: int) -> dict[int, flo
 
 def test_generalization_command_files_shuffling_resume_and_entropies(tmp_path, capsys):
     out = tmp_path / "gen"
-    args = ["generalization", "--model_kwargs", "{width_mult: 0.01}", "--levels", "[0, 0.5]", "--steps", "2",
+    args = ["generalization", "--model_kwargs", "{width_mult: 0.01}", "--levels", "[0, 0.5]", "--steps", "1",
+            "--batch_size", "16",
             "--samples_per_class", "3", "--layers", "[features.0, features.4]", "--out", str(out),
             "--progress", "false"]
     main(args)
@@ -70,11 +68,15 @@ def test_generalization_command_files_shuffling_resume_and_entropies(tmp_path, c
     dm.setup("fit")
     assert int((dm.train_labels() != dm.true_train_labels).sum()) == round(0.5 * n_train)
     # the feature entropies of the table = a direct computation on the saved weights
+    plain = DigitsDataModule(image_size=32, channels=1, seed=0)
+    plain.setup("fit")
+    x, y = plain.train_set.tensors  # the true training labels (the default class_labels="true")
+    assert torch.equal(y, dm.true_train_labels)
     for level, folder in ((0.0, "level_000_seed_0"), (0.5, "level_050_seed_0")):
         weights = torch.load(out / folder / "model.pt", weights_only=True)
         for name, relu in (("features.0", 2), ("features.4", 6)):
             layer = next(r for r in nets[level]["layers"] if r["layer"] == name)
-            direct = _direct_feature_entropy(weights, relu, 3)
+            direct = _direct_feature_entropy(weights, relu, 3, x, y)
             for c, h in direct.items():
                 assert layer["class_feature_entropy"][str(c)] == pytest.approx(h, rel=1e-9, abs=1e-12)
             assert layer["feature_entropy"] == pytest.approx(sum(direct.values()) / 10, rel=1e-9)
