@@ -74,11 +74,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=str(ROOT / "runs" / "generalization_digits"))
     ap.add_argument("--quick", action="store_true", help="2 levels, 1 seed, a few steps (smoke run)")
     ap.add_argument("--no-write", action="store_true", help="do not touch docs/")
-    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--samples-per-class", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: least contention on a shared machine)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads)
     settings = dict(
         model="cifar_vgg11", model_kwargs={"width_mult": 0.125}, levels=[0.0, 0.2, 0.5, 1.0],
         seeds=list(range(args.seeds)), epochs=args.epochs, lr=1e-3, batch_size=64, image_size=32, channels=1,

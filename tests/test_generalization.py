@@ -86,3 +86,19 @@ def test_generalization_command_files_shuffling_resume_and_entropies(tmp_path, c
     main(args)
     assert {f: (out / f / "model.pt").stat().st_mtime_ns for f in stamp} == stamp
     assert json.loads((out / "generalization.json").read_text())["networks"] == data["networks"]
+
+
+def test_generalization_help_and_errors(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["generalization", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--levels" in out and "--class_labels" in out and "--ckpt" not in out
+    for flag, value, match in (("--levels", "[0, 1.5]", "levels contains 1.5; every level must be a fraction in [0, 1]"),
+                               ("--class_labels", "noisy", "class_labels='noisy' is not allowed; choose one of: true, training"),
+                               ("--seeds", "[1, 1]", "seeds=[1, 1] is not allowed; give distinct integers")):
+        with pytest.raises(SystemExit) as exc:
+            main(["generalization", flag, value, "--out", str(tmp_path)])
+        assert exc.value.code == 2
+        assert f"lightprune analyze generalization: error: {match}" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing trained
