@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--samples-per-class", type=int, default=30)
+    ap.add_argument("--only-seed", type=int, default=None,
+                    help="train the networks of this seed only (no docs): start one process per seed, then rerun "
+                    "without it to read them all back and write the docs")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: least contention on a shared machine)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -85,6 +88,9 @@ def main(argv: list[str] | None = None) -> None:
         seeds=list(range(args.seeds)), epochs=args.epochs, lr=1e-3, batch_size=64, image_size=32, channels=1,
         samples_per_class=args.samples_per_class, class_labels="true", p=0.1,
     )
+    if args.only_seed is not None:
+        settings["seeds"] = [args.only_seed]
+        args.no_write = True
     if args.quick:
         settings.update(levels=[0.0, 1.0], seeds=[0], steps=5, samples_per_class=5)
     t0 = time.perf_counter()
