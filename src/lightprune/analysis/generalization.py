@@ -241,13 +241,15 @@ class GeneralizationResult:
         ax2.set_xticks(range(len(classes)))
         ax2.set_xticklabels([str(c) for c in classes])
         ax2.set_xlabel(f"class ({self.meta.get('class_labels', 'true')} labels)")
-        ax.set_ylabel("feature entropy (nats, mean over units and classes)")
-        ax2.set_ylabel("feature entropy (nats, mean over units and layers)")
+        ax.set_ylabel("feature entropy (nats)")
+        ax2.set_ylabel("feature entropy (nats)")
+        ax.set_title("per layer (mean over units and classes)", fontsize=9)
+        ax2.set_title("per class (mean over units and layers)", fontsize=9)
         for a in (ax, ax2):
             a.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.suptitle(f"feature entropy on training data vs shuffled training labels ({self.meta.get('model')}, "
-                     f"{self.meta.get('seeds_per_level')} seed(s) per level)")
+                     f"{self.meta.get('seeds_per_level')} seed(s) per level; bars: min-max over seeds)", fontsize=10)
         return save_figure(fig, path)
 
 
