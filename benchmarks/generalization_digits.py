@@ -20,6 +20,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shlex
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 from _doc import replace_section  # noqa: E402  (benchmarks/ is the script's folder)
 
-from lightprune.analysis import generalization_experiment
+from lightprune.analysis import GeneralizationResult, generalization_experiment
 from lightprune.analysis._common import markdown_table
 
 BEGIN, END = "<!-- generalization:begin -->", "<!-- generalization:end -->"
@@ -69,6 +70,30 @@ def ordering_sentence(result) -> str:
     return f"{claim} {verdict} Mean over layers and seeds: {names}."
 
 
+def collect(out: Path, settings: dict) -> GeneralizationResult:
+    """The finished networks of ``out`` trained with ``settings`` (what the experiment reads back on a rerun)."""
+    same = {k: v for k, v in settings.items() if k not in ("levels", "seeds")}
+    same.setdefault("steps", None)
+    networks = []
+    for path in sorted(out.glob("level_*_seed_*/result.json")):
+        saved = json.loads(path.read_text())
+        if {k: saved["settings"].get(k) for k in same} == same:
+            networks.append(saved["network"])
+    if not networks:
+        raise SystemExit(f"no finished network with these settings in {out}")
+    networks.sort(key=lambda n: (n["level"], n["seed"]))
+    seeds = sorted({n["seed"] for n in networks})
+    meta = {**settings, "levels": sorted({n["level"] for n in networks}), "seeds": seeds,
+            "seeds_per_level": f"{min(map(len, _seeds_by_level(networks)))}-{max(map(len, _seeds_by_level(networks)))}",
+            "steps": None, "images": 10 * settings["samples_per_class"]}
+    return GeneralizationResult(networks, meta)
+
+
+def _seeds_by_level(networks: list[dict]) -> list[list[int]]:
+    levels = sorted({n["level"] for n in networks})
+    return [[n["seed"] for n in networks if n["level"] == f] for f in levels]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "runs" / "generalization_digits"))
@@ -80,6 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only-seed", type=int, default=None,
                     help="train the networks of this seed only (no docs): start one process per seed, then rerun "
                     "without it to read them all back and write the docs")
+    ap.add_argument("--collect", action="store_true",
+                    help="train nothing: read back the networks finished in --out (their seeds per level are in "
+                    "the table) and write the docs from them")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: least contention on a shared machine)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -94,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         settings.update(levels=[0.0, 1.0], seeds=[0], steps=5, samples_per_class=5)
     t0 = time.perf_counter()
-    res = generalization_experiment(out=args.out, **settings)
+    res = collect(Path(args.out), settings) if args.collect else generalization_experiment(out=args.out, **settings)
     elapsed = time.perf_counter() - t0
     paths = res.save(args.out)
     text = res.markdown()
@@ -118,9 +146,10 @@ def main(argv: list[str] | None = None) -> None:
         "class counts kept). Feature entropy (nats; mean over units and the 10 classes) on "
         f"{10 * settings['samples_per_class']} *training* images grouped by their true class; layers with maps "
         "of at least 3x3. Train acc: on the labels the network was trained with; test acc: true test labels. "
-        f"Mean ± std over {len(settings['seeds'])} seeds. {platform.processor() or platform.machine()}, "
+        f"Mean ± std over the seeds of each level (column `seeds`). {platform.processor() or platform.machine()}, "
         f"torch {torch.__version__}, {os.cpu_count()} CPU cores shared with other jobs; total "
-        f"{elapsed / 60:.1f} min for the networks trained in this run (training {np.nansum(train_s) / 60:.1f} min).",
+        f"training time summed over the networks {np.nansum(train_s) / 60:.1f} min (networks trained in parallel "
+        "processes, one per seed, on the shared machine).",
         "",
         text,
         sentence,
