@@ -70,6 +70,20 @@ def ordering_sentence(result) -> str:
     return f"{claim} {verdict} Mean over layers and seeds: {names}."
 
 
+def caveat(result) -> str:
+    """What limits the comparison with the paper, from the numbers."""
+    unfit = sorted({round(100 * n["level"]) for n in result.networks if n["level"] > 0 and n["train_acc"] < 0.99})
+    text = ""
+    if unfit:
+        text += (f" Caveat: the networks trained with {', '.join(f'{f} %' for f in unfit)} shuffled labels do not fit "
+                 "their training labels in this budget (train acc column), whereas the paper compares networks that "
+                 "all fit their training set; so the comparison is not yet at equal training accuracy.")
+    if any(n["level"] == 1.0 for n in result.networks):
+        text += (" With 100 % shuffled every training label differs from the true one, so the test accuracy falls "
+                 "below chance (0.1).")
+    return text
+
+
 def collect(out: Path, settings: dict) -> GeneralizationResult:
     """The finished networks of ``out`` trained with ``settings`` (what the experiment reads back on a rerun)."""
     same = {k: v for k, v in settings.items() if k not in ("levels", "seeds")}
@@ -152,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         "processes, one per seed, on the shared machine).",
         "",
         text,
-        sentence,
+        sentence + caveat(res),
         "",
         "Per network:",
         "",
