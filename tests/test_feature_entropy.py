@@ -11,7 +11,7 @@ from torch import nn
 import lightprune as lp
 from lightprune.collect import capture_activations, find_prunable_layers
 from lightprune.errors import ConfigError
-from lightprune.topology import giotto_birth_times
+from lightprune.topology import betti_curves, giotto_birth_times
 
 
 def conv_net():
@@ -28,14 +28,18 @@ def data(n=24, size=7, seed=0):
     return torch.rand(n, 1, size, size, generator=g), torch.arange(n) % 3
 
 
-def reference_importance(net, x, y, layer, p=0.1):
-    """Plain loops: giotto-tda birth indices per image and unit, CRITERIA.md steps 5-6 by hand."""
+def reference_importance(net, x, y, layer, p=0.1, values=None):
+    """Plain loops: giotto-tda birth indices per image and unit (or ``values(maps)``: any
+    characterisation, 0 / -1 = none), CRITERIA.md steps 5-6 by hand."""
     layers = find_prunable_layers(net, x[:1], [layer])
     maps = {}
     with torch.no_grad(), capture_activations(net, layers, lambda n, a: maps.__setitem__(n, a.clone())):
         net(x)
-    births, ambiguous = giotto_birth_times(maps[layer].double())
-    assert not ambiguous.any()
+    if values is None:
+        births, ambiguous = giotto_birth_times(maps[layer].double())
+        assert not ambiguous.any()
+    else:
+        births = values(maps[layer].double())
     n_units = births.shape[1]
     out = []
     for u in range(n_units):
@@ -114,9 +118,25 @@ def test_betti_variants_run_and_differ_from_birth():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mx = lp.score(net, "feature_entropy", [(x, y)], variant="betti_max", progress=False)
-        it = lp.score(net, "feature_entropy", [(x, y)], variant="betti_integral", levels=10, progress=False)
+        it = lp.score(net, "feature_entropy", [(x, y)], variant="betti_integral", axis="weight", levels=10,
+                      progress=False)
     for s in (mx, it):
         assert all(torch.isfinite(v).all() and v.shape == (net[0].out_channels if k == "0" else 5,) for k, v in s.items())
+
+
+@pytest.mark.parametrize("variant,reduce", [("betti_max", "amax"), ("betti_integral", "sum")])
+def test_betti_variants_on_the_index_axis_match_a_direct_computation(variant, reduce):
+    # the default axis is the paper's index axis: the value of a unit map is max_v or sum_v of
+    # beta_1(v) (lightprune.topology.betti_curves), used as is (no levels)
+    net = conv_net()
+    x, y = data(n=9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = lp.score(net, "feature_entropy", [(x, y)], variant=variant, layers=["2"], progress=False)["2"]
+    expected = reference_importance(net, x, y, "2", values=lambda maps: getattr(betti_curves(maps), reduce)(-1))
+    torch.testing.assert_close(got.double(), expected, rtol=1e-12, atol=1e-12)
+    births = reference_importance(net, x, y, "2")
+    assert not torch.equal(expected, births)  # a different characterisation than the birth index
 
 
 @pytest.mark.parametrize(
@@ -125,7 +145,10 @@ def test_betti_variants_run_and_differ_from_birth():
         ({"p": 1.5}, r"p=1.5 is not allowed; it must be a number in \[0, 1\]"),
         ({"variant": "persistence"}, "variant='persistence' is not allowed; choose one of: birth, betti_max, betti_integral"),
         ({"method": "cuda"}, "method='cuda' is not allowed"),
-        ({"levels": 0}, "levels=0 is not allowed"),
+        ({"levels": 0, "variant": "betti_integral", "axis": "weight"}, "levels=0 is not allowed"),
+        ({"levels": 10, "variant": "betti_integral"}, r"levels=10 is not allowed with variant='betti_integral', "
+         r"axis='index'; levels quantise only the weight-axis integral"),
+        ({"axis": "t"}, r"axis='t' is not allowed; choose one of: index, weight"),
     ],
 )
 def test_bad_hyperparameters(kwargs, match):

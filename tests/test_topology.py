@@ -25,6 +25,7 @@ import lightprune.topology as topo
 from lightprune.errors import ConfigError
 from lightprune.topology import (
     betti_curve_features,
+    betti_curves,
     birth_times,
     feature_entropy,
     feature_entropy_score,
@@ -674,18 +675,126 @@ def _betti_reference(maps: torch.Tensor, kind: str, n_bins: int | None) -> list[
     return out
 
 
-def test_betti_curve_features_hand_cases():
+def test_betti_curve_features_hand_cases_weight_axis():
     square = _sym(4, {(0, 1): 5, (1, 2): 5, (2, 3): 5, (0, 3): 5, (0, 2): 1, (1, 3): 1})
     # one bar from t = 0 to t = 1
-    assert betti_curve_features(square, kind="max").item() == 1.0
-    assert betti_curve_features(square, kind="integral").item() == 1.0
+    assert betti_curve_features(square, kind="max", axis="weight").item() == 1.0
+    assert betti_curve_features(square, kind="integral", axis="weight").item() == 1.0
     # two disjoint squares born together, their vertices joined last: beta_1 reaches 2
     two = torch.zeros(8, 8, dtype=torch.float64)
     two[:4, :4] = square
     two[4:, 4:] = square
-    assert betti_curve_features(two, kind="max").item() == 2.0
-    assert betti_curve_features(torch.ones(3, 5, 5), kind="integral").tolist() == [0.0] * 3
-    assert betti_curve_features(torch.rand(2, 2, 2)).tolist() == [0.0, 0.0]
+    assert betti_curve_features(two, kind="max", axis="weight").item() == 2.0
+    assert betti_curve_features(torch.ones(3, 5, 5), kind="integral", axis="weight").tolist() == [0.0] * 3
+    assert betti_curve_features(torch.rand(2, 2, 2), axis="weight").tolist() == [0.0, 0.0]
+
+
+def test_betti_curve_on_the_index_axis_hand_computed():
+    # m = 5, diagonal 0, edge weights (both triangles of U hold them, so each edge is 2 entries):
+    #   w=9: (0,1), (1,2)   entries v = 1..4    -> edges enter at v = 1  (path 0-1-2: beta_1 = 0)
+    #   w=8: (2,3), (0,3)   entries v = 5..8    -> v = 5: square 0-1-2-3-0 closes        beta_1 = 1
+    #   w=7: (1,4), (3,4)   entries v = 9..12   -> v = 9: cycle 1-4-3 + path 3-2-1 (or 3-0-1),
+    #                                              4 and 3 have no common neighbour  beta_1 = 2
+    #   w=6: (0,2)          entries v = 13, 14  -> triangles 012, 023 fill the square:
+    #                                              E - V + C = 7 - 5 + 1 = 3, rank 2      beta_1 = 1
+    #   w=5: (1,3)          entries v = 15, 16  -> triangles 013, 123, 134: with 012, 023 they have
+    #                                              rank 4 (the tetrahedron 0123's faces: 3, plus 134),
+    #                                              E - V + C = 8 - 5 + 1 = 4              beta_1 = 0
+    #   w=2: (0,4), (2,4)   entries v = 17..20  -> common neighbours 1 / 1: stays           beta_1 = 0
+    #   w=0: the diagonal   entries v = 21..25                                             beta_1 = 0
+    U = _sym(5, {(0, 1): 9, (1, 2): 9, (2, 3): 8, (0, 3): 8, (1, 4): 7, (3, 4): 7, (0, 2): 6, (1, 3): 5,
+                 (0, 4): 2, (2, 4): 2})
+    curve = [0] * 4 + [1] * 4 + [2] * 4 + [1] * 2 + [0] * 11
+    assert betti_curves(U).tolist() == curve
+    assert betti_curve_features(U, kind="max").item() == 2.0
+    assert betti_curve_features(U, kind="integral").item() == 4 * 1 + 4 * 2 + 2 * 1  # = 14
+    assert birth_times(U).item() == 5  # the first v with beta_1 > 0
+    # the diagonal counts on the axis: diagonal 10 > every weight shifts the curve by 5 steps
+    shifted = betti_curves(U.clone().fill_diagonal_(10.0)).tolist()
+    assert shifted == [0] * 5 + curve[:20]
+    assert betti_curve_features(U.clone().fill_diagonal_(10.0), kind="integral").item() == 14.0
+    # a cycle born and filled inside one tie group never shows: square + chord (0,2) all at 5
+    tied = _sym(4, {(0, 1): 5, (1, 2): 5, (2, 3): 5, (0, 3): 5, (0, 2): 5, (1, 3): 1})
+    assert betti_curves(tied).tolist() == [0] * 16 and birth_times(tied).item() == -1
+    # the square of the docstrings: born at v = 1, filled when the chords enter at v = 9
+    square = _sym(4, {(0, 1): 5, (1, 2): 5, (2, 3): 5, (0, 3): 5, (0, 2): 1, (1, 3): 1})
+    assert betti_curve_features(square, kind="integral").item() == 8.0
+    assert betti_curves(torch.rand(2, 2, 2)).tolist() == [[0, 0, 0, 0]] * 2
+
+
+def _betti_brute_force(U: np.ndarray) -> list[int]:
+    """beta_1 at every index v = 1..m*m by counting: (E - V + C) - rank_GF2(boundary of the triangles)."""
+    m = U.shape[0]
+    W = np.maximum(U, U.T)
+    flat = U.ravel()
+    step = {(i, j): 1 + int((flat > W[i, j]).sum()) for i in range(m) for j in range(i + 1, m)}
+    curve = []
+    for v in range(1, m * m + 1):
+        edges = [e for e, s in step.items() if s <= v]
+        col = {e: k for k, e in enumerate(edges)}
+        parent = list(range(m))
+
+        def root(a, parent=parent):
+            while parent[a] != a:
+                a = parent[a]
+            return a
+
+        for a, b in edges:
+            parent[root(a)] = root(b)
+        components = len({root(a) for a in range(m)})
+        rows = []
+        for a in range(m):
+            for b in range(a + 1, m):
+                for c in range(b + 1, m):
+                    if all(e in col for e in ((a, b), (b, c), (a, c))):
+                        row = np.zeros(len(edges), dtype=np.uint8)
+                        row[[col[(a, b)], col[(b, c)], col[(a, c)]]] = 1
+                        rows.append(row)
+        rank = 0
+        if rows:  # Gaussian elimination over GF(2)
+            M = np.array(rows)
+            for k in range(M.shape[1]):
+                pivot = np.nonzero(M[rank:, k])[0]
+                if pivot.size == 0:
+                    continue
+                M[[rank, rank + pivot[0]]] = M[[rank + pivot[0], rank]]
+                M[(M[:, k] == 1) & (np.arange(len(M)) != rank)] ^= M[rank]
+                rank += 1
+                if rank == len(M):
+                    break
+        curve.append(len(edges) - m + components - rank)
+    return curve
+
+
+def test_betti_curves_match_counting_and_giotto_tda_on_random_maps():
+    from gtda.homology import VietorisRipsPersistence
+
+    gen = torch.Generator().manual_seed(11)
+    maps = [torch.rand(m, m, generator=gen, dtype=torch.float64) for m in (3, 4, 5, 6) for _ in range(5)]
+    maps += [torch.randint(0, 4, (m, m), generator=gen).double() for m in (4, 5, 6) for _ in range(5)]  # ties
+    maps += [torch.relu(torch.randn(6, 6, generator=gen, dtype=torch.float64)) for _ in range(5)]
+    for U in maps:
+        m = U.shape[0]
+        curve = betti_curves(U)
+        assert curve.tolist() == _betti_brute_force(U.numpy())
+        # giotto-tda: Vietoris-Rips on the step index at which each edge enters
+        W = torch.maximum(U, U.T).numpy()
+        D = 1.0 + (U.numpy().ravel()[None, None, :] > W[:, :, None]).sum(axis=2)
+        np.fill_diagonal(D, 0.0)
+        dgm = VietorisRipsPersistence(metric="precomputed", homology_dimensions=(1,)).fit_transform(D[None])[0]
+        v = np.arange(1, m * m + 1)
+        giotto = ((dgm[:, :1] <= v) & (v < dgm[:, 1:2])).sum(axis=0)
+        assert curve.tolist() == giotto.tolist()
+        assert betti_curve_features(U, kind="max").item() == curve.max().item()
+        assert betti_curve_features(U, kind="integral").item() == curve.sum().item()
+        first = int(torch.nonzero(curve)[0, 0]) + 1 if bool(curve.any()) else -1
+        assert birth_times(U).item() == first
+    # batched call = unit by unit; any strictly increasing transform leaves the index curve unchanged
+    batch = torch.stack([U for U in maps if U.shape[0] == 6][:6]).reshape(2, 3, 6, 6)
+    curves = betti_curves(batch)
+    assert curves.shape == (2, 3, 36)
+    assert torch.equal(curves, torch.stack([betti_curves(U) for U in batch.reshape(6, 6, 6)]).reshape(2, 3, 36))
+    assert torch.equal(betti_curves(torch.exp(3 * batch) - 7), curves)
 
 
 @pytest.mark.parametrize("kind", ["max", "integral"])
@@ -694,12 +803,12 @@ def test_betti_curve_features_match_direct_giotto(kind, n_bins):
     gen = torch.Generator().manual_seed(4)
     maps = torch.relu(torch.randn(3, 8, 14, 14, generator=gen, dtype=torch.float64))
     maps[0] = torch.randint(0, 3, (8, 14, 14), generator=gen).double()
-    feats = betti_curve_features(maps, kind=kind, n_bins=n_bins)
+    feats = betti_curve_features(maps, kind=kind, axis="weight", n_bins=n_bins)
     assert feats.shape == (3, 8) and feats.dtype == torch.float64
     expected = torch.tensor(_betti_reference(maps, kind, n_bins), dtype=torch.float64).reshape(3, 8)
     torch.testing.assert_close(feats, expected, rtol=1e-12, atol=1e-12)
     # the normalised parameter makes the features invariant to a positive rescaling
-    assert torch.equal(betti_curve_features(maps * 4.0, kind=kind, n_bins=n_bins), feats)
+    assert torch.equal(betti_curve_features(maps * 4.0, kind=kind, axis="weight", n_bins=n_bins), feats)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -756,7 +865,15 @@ def test_giotto_and_betti_errors():
     with pytest.raises(ConfigError, match=r"kind='sum' is not allowed; choose one of: max, integral"):
         betti_curve_features(torch.rand(4, 4), kind="sum")
     with pytest.raises(ConfigError, match=r"n_bins=1 is not allowed"):
-        betti_curve_features(torch.rand(4, 4), n_bins=1)
+        betti_curve_features(torch.rand(4, 4), axis="weight", n_bins=1)
+    with pytest.raises(ConfigError, match=r"n_bins=20 is not allowed with axis='index'.*axis='weight'"):
+        betti_curve_features(torch.rand(4, 4), n_bins=20)
+    with pytest.raises(ConfigError, match=r"axis='v' is not allowed; choose one of: index, weight"):
+        betti_curve_features(torch.rand(4, 4), axis="v")
+    with pytest.raises(ConfigError, match=r"n_threads=0 is not allowed"):
+        betti_curves(torch.rand(4, 4), n_threads=0)
+    with pytest.raises(ConfigError, match=r"maps contains NaN"):
+        betti_curves(torch.full((4, 4), float("nan")))
     with pytest.raises(ConfigError, match=r"maps must have a floating dtype"):
         betti_curve_features(torch.ones(4, 4, dtype=torch.int32))
 

@@ -85,16 +85,19 @@ from .errors import ConfigError, check_choice, check_fraction
 __all__ = [
     "BIRTH_METHODS",
     "BETTI_KINDS",
+    "BETTI_AXES",
     "GIOTTO_DISTANCES",
     "birth_times",
     "giotto_birth_times",
     "feature_entropy",
     "feature_entropy_score",
+    "betti_curves",
     "betti_curve_features",
 ]
 
 BIRTH_METHODS: tuple[str, ...] = ("auto", "numba", "torch", "giotto")
 BETTI_KINDS: tuple[str, ...] = ("max", "integral")
+BETTI_AXES: tuple[str, ...] = ("index", "weight")
 GIOTTO_DISTANCES: tuple[str, ...] = ("weights", "ranks")
 
 # Element budgets that bound the memory of one chunk (about 40 bytes per element) and of one
@@ -741,60 +744,156 @@ def feature_entropy_score(births: torch.Tensor, *, p: float = 0.1) -> torch.Tens
 # --------------------------------------------------------------------------------------------
 # Betti-curve variants (paper appendix)
 # --------------------------------------------------------------------------------------------
-def betti_curve_features(
-    maps: torch.Tensor,
-    *,
-    kind: Literal["max", "integral"] = "max",
-    n_bins: int | None = None,
-    n_jobs: int | None = None,
-) -> torch.Tensor:
-    """Maximum or integral of the beta_1 curve of every unit map (CRITERIA.md step 7, giotto-tda).
+def _edge_indices(U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(W, V)`` of one map: ``W = max(U, U^T)`` and ``V[i, j] = 1 + #{entries of U > W[i, j]}``
+    (the index of the step at which edge ``(i, j)`` enters; zero diagonal)."""
+    m = U.shape[0]
+    W = np.maximum(U, U.T)
+    ascending = np.sort(U, axis=None)
+    V = 1 + m * m - np.searchsorted(ascending, W, side="right")
+    np.fill_diagonal(V, 0)
+    return W, V
 
-    Convention: the filtration of :func:`birth_times` is parametrised by the normalised distance
-    ``t = (max W - W) / (max W - min W)`` in ``[0, 1]`` (``W`` over the off-diagonal edges), so
-    the features do not change when a map is scaled by a positive constant or shifted. Persistence
-    comes from ``gtda.homology.VietorisRipsPersistence(metric="precomputed",
-    homology_dimensions=(1,))`` on that distance (giotto computes in float32). The beta_1 curve at
-    ``t`` counts the bars with ``birth <= t < death`` (giotto-tda's ``BettiCurve`` convention).
 
-    * ``n_bins=None`` (default): the curve is taken exactly at the filtration values: ``"max"`` is
-      its maximum, ``"integral"`` is ``int_0^1 beta_1(t) dt = sum of (death - birth)``.
-    * ``n_bins=int``: the curve is sampled by ``gtda.diagrams.BettiCurve`` at ``n_bins`` evenly
-      spaced values of ``[0, 1]``; ``"max"`` is the sampled maximum, ``"integral"`` the
-      trapezoidal integral over ``[0, 1]``.
+def _index_bars(flat: np.ndarray, n_threads: int) -> list[np.ndarray]:
+    """H1 bars ``[birth, death)`` on the index axis of every map of ``flat`` (n, m, m), float64
+    arrays of integers (giotto-ph on the index distance, exact in float32 below ``2**24``)."""
+    from gph import ripser_parallel
 
-    Maps with ``m < 3`` or a constant off-diagonal give 0.
+    m = flat.shape[-1]
+    if m * m >= _FLOAT32_EXACT_INT:
+        raise ConfigError(f"maps with m={m} have more than 2**24 entries; the index axis needs m*m < 2**24")
+    out = []
+    for U in flat:
+        _, V = _edge_indices(U)
+        bars = ripser_parallel(V.astype(np.float32), metric="precomputed", maxdim=1, n_threads=n_threads)
+        bars = bars["dgms"][1].astype(np.float64)
+        out.append(bars[bars[:, 1] > bars[:, 0]])
+    return out
+
+
+def _check_threads(n_threads: object) -> int:
+    if isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1:
+        raise ConfigError(f"n_threads={n_threads!r} is not allowed; it must be an integer >= 1")
+    return n_threads
+
+
+def betti_curves(maps: torch.Tensor, *, n_threads: int = 1) -> torch.Tensor:
+    """The beta_1 curve of every unit map on the paper's index axis (CRITERIA.md step 7).
+
+    ``curve[..., v - 1] = beta_1`` of the clique complex of the edges with weight ``>= a_v``, where
+    ``a_v`` is the ``v``-th largest of the ``m * m`` entries of the map (``v = 1 .. m * m``; the
+    axis of :func:`birth_times`, so the first ``v`` with a non-zero value is the birth index).
+    Exact: giotto-ph persistence of the Vietoris-Rips filtration on the distance
+    ``D[i, j] = 1 + #{entries > max(U[i, j], U[j, i])}`` (the step at which the edge enters;
+    integers, exact in giotto's float32), ``beta_1(v) = #{H1 bars with birth <= v < death}``.
 
     Args:
-        maps: float tensor of shape ``(..., m, m)``.
-        kind: ``"max"`` (default) or ``"integral"``.
-        n_bins: ``None`` (exact, default) or number of samples ``>= 2``.
-        n_jobs: parallel jobs for giotto-tda (``None`` = 1).
+        maps: float tensor of shape ``(..., m, m)`` (NaN rejected, +-inf allowed).
+        n_threads: threads of each giotto-ph call, default 1.
 
     Returns:
-        float64 tensor of shape ``maps.shape[:-2]`` on the maps' device.
-
-    Raises:
-        ConfigError: bad ``maps`` (see :func:`birth_times`), unknown ``kind`` or bad ``n_bins``.
+        int64 tensor of shape ``maps.shape[:-2] + (m * m,)`` on the maps' device (all zero for
+        ``m < 3``).
 
     Example::
 
         >>> import torch
         >>> U = torch.tensor([[0., 5., 1., 5.], [5., 0., 5., 1.], [1., 5., 0., 5.], [5., 1., 5., 0.]])
-        >>> betti_curve_features(U, kind="max").item()   # one 1-cycle, born at t=0, dead at t=1
+        >>> betti_curves(U).tolist()   # the square is born at v = 1, filled when the chords enter (v = 9)
+        [1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0]
+    """
+    maps = _check_maps(maps)
+    n_threads = _check_threads(n_threads)
+    lead, m = maps.shape[:-2], maps.shape[-1]
+    flat = maps.reshape(math.prod(lead), m, m).cpu().to(torch.float64).numpy()
+    curves = np.zeros((flat.shape[0], m * m), dtype=np.int64)
+    if m >= 3 and flat.shape[0]:
+        v = np.arange(1, m * m + 1, dtype=np.float64)
+        for u, bars in enumerate(_index_bars(flat, n_threads)):
+            if bars.size:
+                curves[u] = ((bars[:, :1] <= v) & (v < bars[:, 1:])).sum(axis=0)
+    return torch.from_numpy(curves).reshape(*lead, m * m).to(maps.device)
+
+
+def betti_curve_features(
+    maps: torch.Tensor,
+    *,
+    kind: Literal["max", "integral"] = "max",
+    axis: Literal["index", "weight"] = "index",
+    n_bins: int | None = None,
+    n_jobs: int | None = None,
+) -> torch.Tensor:
+    """Maximum or integral of the beta_1 curve of every unit map (CRITERIA.md step 7).
+
+    ``axis="index"`` (default; the paper's parameter): the curve of :func:`betti_curves`,
+    ``beta_1(v)`` for ``v = 1 .. m * m`` (the ``v``-th step lowers the threshold to the ``v``-th
+    largest entry of the map, the axis of the birth index). ``"max"`` is ``max_v beta_1(v)``,
+    ``"integral"`` is ``sum_v beta_1(v)`` (unit steps) ``= sum over H1 bars of (death - birth)``,
+    an integer. Exact (giotto-ph persistence on integer step indices). Invariant to any strictly
+    increasing transform of the map's values.
+
+    ``axis="weight"`` (the earlier convention, kept as an option): the filtration is parametrised
+    by the normalised distance ``t = (max W - W) / (max W - min W)`` in ``[0, 1]`` (``W`` over the
+    off-diagonal edges), so the features do not change when a map is scaled by a positive
+    constant or shifted. Persistence comes from ``gtda.homology.VietorisRipsPersistence(
+    metric="precomputed", homology_dimensions=(1,))`` on that distance (giotto computes in
+    float32). The beta_1 curve at ``t`` counts the bars with ``birth <= t < death``.
+
+    * ``n_bins=None`` (default): the curve is taken exactly at the filtration values: ``"max"`` is
+      its maximum, ``"integral"`` is ``int_0^1 beta_1(t) dt = sum of (death - birth)``.
+    * ``n_bins=int`` (``axis="weight"`` only): the curve is sampled by ``gtda.diagrams.BettiCurve``
+      at ``n_bins`` evenly spaced values of ``[0, 1]``; ``"max"`` is the sampled maximum,
+      ``"integral"`` the trapezoidal integral over ``[0, 1]``.
+
+    Maps with ``m < 3`` (and, on the weight axis, a constant off-diagonal) give 0.
+
+    Args:
+        maps: float tensor of shape ``(..., m, m)``.
+        kind: ``"max"`` (default) or ``"integral"``.
+        axis: ``"index"`` (default) or ``"weight"``.
+        n_bins: ``None`` (exact, default) or, with ``axis="weight"``, number of samples ``>= 2``.
+        n_jobs: parallel jobs for giotto-tda (``axis="weight"``; ``None`` = 1) or threads of each
+            giotto-ph call (``axis="index"``).
+
+    Returns:
+        float64 tensor of shape ``maps.shape[:-2]`` on the maps' device.
+
+    Raises:
+        ConfigError: bad ``maps`` (see :func:`birth_times`), unknown ``kind`` or ``axis``, bad
+            ``n_bins`` or ``n_bins`` with ``axis="index"``.
+
+    Example::
+
+        >>> import torch
+        >>> U = torch.tensor([[0., 5., 1., 5.], [5., 0., 5., 1.], [1., 5., 0., 5.], [5., 1., 5., 0.]])
+        >>> betti_curve_features(U, kind="max").item()   # one 1-cycle, alive for v = 1 .. 8
         1.0
         >>> betti_curve_features(U, kind="integral").item()
+        8.0
+        >>> betti_curve_features(U, kind="integral", axis="weight").item()   # born at t=0, dead at t=1
         1.0
     """
     check_choice("kind", kind, BETTI_KINDS)
+    check_choice("axis", axis, BETTI_AXES)
     maps = _check_maps(maps)
     if n_bins is not None and (isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 2):
         raise ConfigError(f"n_bins={n_bins!r} is not allowed; use None (exact) or an integer >= 2")
+    if n_bins is not None and axis == "index":
+        raise ConfigError(
+            f"n_bins={n_bins!r} is not allowed with axis='index' (the index curve is exact, one value per step); "
+            "use n_bins=None, or axis='weight' for the sampled curve"
+        )
     lead, m = maps.shape[:-2], maps.shape[-1]
     flat = maps.reshape(math.prod(lead), m, m).cpu().to(torch.float64).numpy()
     n = flat.shape[0]
     out = np.zeros(n, dtype=np.float64)
-    if m >= 3 and n:
+    if m >= 3 and n and axis == "index":
+        for u, bars in enumerate(_index_bars(flat, _check_threads(n_jobs or 1))):
+            if bars.size:
+                births, deaths = bars[None, :, 0], bars[None, :, 1]
+                out[u] = _betti_from_diagrams(np.stack([births, deaths], axis=2), kind, None)[0]
+    elif m >= 3 and n:
         from gtda.homology import VietorisRipsPersistence
 
         iu, ju = np.triu_indices(m, k=1)

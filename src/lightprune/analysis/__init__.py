@@ -3,7 +3,7 @@
 Python API::
 
     from lightprune.analysis import (cumulative_ablation, rescaling_audit, randomness_audit,
-                                     layer_analysis, FeatureEntropyMonitor)
+                                     layer_analysis, FeatureEntropyMonitor, generalization_experiment)
 
 Command line (``lightprune analyze <subcommand> --help``)::
 
@@ -11,6 +11,7 @@ Command line (``lightprune analyze <subcommand> --help``)::
     lightprune analyze rescale    --ckpt model.ckpt --layer features.3
     lightprune analyze randomness --ckpt model.ckpt --layer features.3
     lightprune analyze layers     --ckpt model.ckpt
+    lightprune analyze generalization --seeds '[0, 1, 2]'   # trains networks on shuffled labels
 
 Definitions and how to read the outputs: docs/analysis.md.
 """
@@ -38,6 +39,12 @@ from .audit import (
     rescaling_audit,
     scaled_copy,
 )
+from .generalization import (
+    GeneralizationResult,
+    ShuffledLabelsDigits,
+    generalization_experiment,
+    shuffle_labels,
+)
 from .layers import FeatureEntropyMonitor, LayerAnalysisResult, feature_entropy_stats, layer_analysis
 
 __all__ = [
@@ -62,6 +69,10 @@ __all__ = [
     "feature_entropy_stats",
     "LayerAnalysisResult",
     "FeatureEntropyMonitor",
+    "generalization_experiment",
+    "GeneralizationResult",
+    "ShuffledLabelsDigits",
+    "shuffle_labels",
     "reinitialize",
 ]
 

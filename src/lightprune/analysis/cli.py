@@ -6,10 +6,12 @@ style as ``lightprune compare``: every option typed and documented, ``--config``
     lightprune analyze rescale    --ckpt model.ckpt --layer features.3
     lightprune analyze randomness --ckpt model.ckpt --layer features.3 --repeats 20
     lightprune analyze layers     --ckpt model.ckpt
+    lightprune analyze generalization --seeds '[0, 1, 2]'     # trains its own networks (no --ckpt)
     lightprune analyze ablation --config ablation.yaml          # the same options in a YAML file
     lightprune analyze ablation --ckpt model.ckpt --print_config # a complete config to start from
 
-Every subcommand loads a :class:`~lightprune.ClassificationModule` checkpoint, builds the data
+Every subcommand but ``generalization`` (which trains its own networks on digits with shuffled
+labels) loads a :class:`~lightprune.ClassificationModule` checkpoint, builds the data
 module (digits by default, with the image size / channels / class count stored in the
 checkpoint), writes its tables (CSV + markdown) and plot (PNG) to ``out`` and prints the
 markdown table. Bad input ends with ``error: ...`` naming the argument, the value and what is
@@ -105,6 +107,7 @@ def _random_model(module, seed: int):
 def _options() -> dict[str, tuple[str, str, list[tuple[str, Any, Any, str]]]]:
     from .ablation import NORMALIZERS, ORDER_ALIASES, ORDERS, SCOPES
     from .audit import BN_MODES, DEFAULT_AUDIT_CRITERIA, REINIT_SCOPES
+    from .generalization import CLASS_LABELS, DEFAULT_LEVELS
 
     audit_criteria = "criteria (lightprune.list_criteria()); default: " + ", ".join(DEFAULT_AUDIT_CRITERIA)
     ablation = [
@@ -150,6 +153,28 @@ def _options() -> dict[str, tuple[str, str, list[tuple[str, Any, Any, str]]]]:
         ("p", float, 0.1, "selective-rate threshold"),
         ("seed", int, 0, "seed of the random initialisation"),
     ]
+    generalization = [
+        ("model", str, "cifar_vgg11", "zoo model trained at every level (lightprune.list_models())"),
+        ("model_kwargs", dict | None, None, "its keyword arguments (null: {width_mult: 0.125} for cifar_vgg11)"),
+        ("levels", list[float], list(DEFAULT_LEVELS), "fractions of the training labels shuffled"),
+        ("seeds", list[int], [0], "training seeds: one network per (level, seed)"),
+        ("epochs", int, 30, "training epochs (Adam, no augmentation, no weight decay)"),
+        ("steps", int | None, None, "optimizer steps instead of epochs (smoke runs)"),
+        ("lr", float, 1e-3, "Adam learning rate"),
+        ("batch_size", int, 64, "training batch size"),
+        ("image_size", int, 32, "digits image side"),
+        ("channels", int, 1, "digits channels, 1 or 3"),
+        ("data_seed", int, 0, "seed of the data split and of the scoring draw (the same for every network)"),
+        ("samples_per_class", int, 50, "training images per class for the feature entropy"),
+        ("class_labels", str, "true", f"one of {', '.join(CLASS_LABELS)}: the labels that group the scoring "
+         "images into classes (true: the same groups for every network)"),
+        ("layers", list[str] | None, None, "layers (null: every prunable layer with maps of at least 3x3)"),
+        ("p", float, 0.1, "selective-rate threshold"),
+        ("accelerator", str, "cpu", "Lightning accelerator of the training"),
+        ("out", str | None, None, f"output folder, one sub-folder per network (resumable; null: {DEFAULT_OUT}/generalization)"),
+        ("plot", bool, True, "also write the PNG plot"),
+        ("progress", bool, True, "show progress bars (stderr)"),
+    ]
     return {
         "ablation": (
             "cumulative ablation curves (accuracy, loss, per-class balanced accuracy) per criterion",
@@ -177,6 +202,13 @@ def _options() -> dict[str, tuple[str, str, list[tuple[str, Any, Any, str]]]]:
             "least 3x3, for the trained network and a randomly initialised one of the same architecture.",
             layers,
         ),
+        "generalization": (
+            "feature entropy on training data of networks trained with 0-100 % shuffled labels (paper Fig. 6)",
+            "Train the same network on digits with each fraction of the training labels shuffled (every chosen "
+            "label changes; one network per level and seed), then measure training / test accuracy and the feature "
+            "entropy of every layer per class on training images. A finished network is not retrained on a rerun.",
+            generalization,
+        ),
     }
 
 
@@ -199,7 +231,7 @@ def _model_and_data(sub: str) -> list[tuple[str, Any, Any, str]]:
 
 
 #: the analyses, in the order of ``lightprune analyze --help``
-SUBCOMMANDS = ("ablation", "rescale", "randomness", "layers")
+SUBCOMMANDS = ("ablation", "rescale", "randomness", "layers", "generalization")
 
 
 def build_parser():
@@ -219,7 +251,8 @@ def build_parser():
     for sub, (short, description, options) in _options().items():
         p = ArgumentParser(prog=f"lightprune analyze {sub}", description=description, default_env=False)
         p.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of the options below")
-        for title, rows in (("model and data", _model_and_data(sub)), (sub, options)):
+        groups = ((sub, options),) if sub == "generalization" else (("model and data", _model_and_data(sub)), (sub, options))
+        for title, rows in groups:
             group = p.add_argument_group(title)
             for key, typ, default, text in rows:
                 group.add_argument(f"--{key}", type=typ, default=default, help=text)
@@ -249,6 +282,8 @@ def run(sub: str, options: Mapping[str, Any]) -> dict[str, Path]:
     o = dict(options)
     for name in ("batch_size", "samples_per_class"):
         check_positive_int(name, o[name])
+    if sub == "generalization":
+        return _run_generalization(o)
     if sub in ("rescale", "randomness") and not o.get("layer"):
         raise ConfigError(f"layer={o.get('layer')!r}: give the name of one prunable layer, e.g. --layer features.3")
     out = Path(o["out"] or f"{DEFAULT_OUT}/{sub}")
@@ -286,6 +321,20 @@ def run(sub: str, options: Mapping[str, Any]) -> dict[str, Path]:
     else:
         text = res.markdown()
     print(text)
+    print("written:")
+    for p in paths.values():
+        print(f"  {p}")
+    return paths
+
+
+def _run_generalization(o: dict[str, Any]) -> dict[str, Path]:
+    from .generalization import generalization_experiment
+
+    out = Path(o.pop("out") or f"{DEFAULT_OUT}/generalization")
+    plot = o.pop("plot")
+    res = generalization_experiment(out=out, **o)
+    paths = res.save(out, plot=plot)
+    print(res.markdown())
     print("written:")
     for p in paths.values():
         print(f"  {p}")

@@ -61,7 +61,8 @@ def feature_entropy_stats(
 ) -> list[dict[str, Any]]:
     """Per layer: ``feature_entropy`` and ``selective_rate`` (means over units and classes),
     ``feature_entropy_std`` (std over units of the class-mean entropy), ``no_birth``, ``map_size``,
-    ``channels``; NaN for layers whose maps cannot hold a cycle. The model's mode is restored."""
+    ``channels``, ``class_feature_entropy`` (``{class: mean over units of H_c}``, empty where n/a);
+    NaN for layers whose maps cannot hold a cycle. The model's mode is restored."""
     p = _check_p(p)
     net = unwrap(model)
     device = model_device(net)
@@ -87,7 +88,7 @@ def feature_entropy_stats(
     for n, layer in found.items():
         shape = shapes.get(n, ())
         m = shape[-1] if len(shape) == 3 else 1
-        row: dict[str, Any] = {"layer": n, "channels": layer.out_channels, "map_size": m}
+        row: dict[str, Any] = {"layer": n, "channels": layer.out_channels, "map_size": m, "class_feature_entropy": {}}
         if not births[n]:
             row.update(
                 feature_entropy=float("nan"),
@@ -102,6 +103,7 @@ def feature_entropy_stats(
                 h, e = feature_entropy(b[y_all == c], p=p)
                 hs.append(h)
                 es.append(e)
+                row["class_feature_entropy"][int(c)] = float(h.mean())
             h_units = torch.stack(hs).mean(0)
             row.update(
                 feature_entropy=float(h_units.mean()),
@@ -215,6 +217,7 @@ def layer_analysis(
     rows = []
     for label, m in (("trained", net), ("random", rnd)):
         for r in feature_entropy_stats(m, batches, layers=layers, p=p, progress=progress):
+            r.pop("class_feature_entropy")
             rows.append({"model": label, **r})
     images = sum(int(x.shape[0]) for x, _ in batches)
     return LayerAnalysisResult(

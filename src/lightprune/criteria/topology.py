@@ -10,11 +10,14 @@ importance = ``-mean_c score_c`` over the classes that have images (high entropy
 prune first).
 
 Betti-curve variants (``variant="betti_max"`` / ``"betti_integral"``, paper appendix): the value
-characterising a unit map is the maximum or the integral of its beta_1 curve (giotto-tda, slow:
-meant for small layers and studies) instead of the birth index. "No birth" becomes "value 0"
-(no cycle at all). The maximum is an integer and is used as is; the integral (a length in the
-normalised filtration [0, 1]) is put on ``levels`` equal-width levels (``ceil(levels * value)``,
-so every non-zero integral is >= 1) before the entropy.
+characterising a unit map is the maximum or the integral of its beta_1 curve instead of the birth
+index (giotto-ph persistence, slow: meant for small layers and studies). Default ``axis="index"``:
+the curve on the paper's index axis ``v`` (step ``v`` lowers the threshold to the ``v``-th largest
+entry, the birth index's axis); its maximum and its integral (``sum_v beta_1(v)``) are exact
+integers, used as they are. ``axis="weight"``: the earlier convention, the curve over the
+normalised weight ``t`` in ``[0, 1]``; its integral (a length) is put on ``levels`` equal-width
+levels (``ceil(levels * value)``, so every non-zero integral is >= 1) before the entropy.
+"No birth" becomes "value 0" (no cycle at all) in every variant.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from ..collect import PrunableLayer
 from ..errors import ConfigError, check_choice, check_positive_int
-from ..topology import BIRTH_METHODS, betti_curve_features, birth_times
+from ..topology import BETTI_AXES, BIRTH_METHODS, betti_curve_features, birth_times
 from .base import ActivationCriterion, register_criterion
 
 __all__ = ["FeatureEntropy", "FeatureEntropyMetric", "VARIANTS"]
@@ -37,7 +40,7 @@ __all__ = ["FeatureEntropy", "FeatureEntropyMetric", "VARIANTS"]
 VARIANTS = ("birth", "betti_max", "betti_integral")
 
 
-def _unit_values(act: torch.Tensor, variant: str, method: str, levels: int) -> torch.Tensor:
+def _unit_values(act: torch.Tensor, variant: str, method: str, levels: int, axis: str = "index") -> torch.Tensor:
     """(B, C, m, m) -> (B, C) int32 characterisation (-1 / 0 = no birth / no cycle)."""
     if act.ndim == 2:  # Linear neurons: a scalar is a 1x1 map, which cannot hold a cycle
         return torch.full(act.shape, -1, dtype=torch.int32, device=act.device)
@@ -46,8 +49,8 @@ def _unit_values(act: torch.Tensor, variant: str, method: str, levels: int) -> t
     if variant == "birth":
         return birth_times(act, method=method).to(torch.int32)
     kind = "max" if variant == "betti_max" else "integral"
-    values = betti_curve_features(act.detach().cpu(), kind=kind).to(act.device)
-    if kind == "max":
+    values = betti_curve_features(act.detach().cpu(), kind=kind, axis=axis).to(act.device)
+    if kind == "max" or axis == "index":  # integers already
         v = values.round()
     else:
         v = torch.ceil(values * levels - 1e-9).clamp(min=0)
@@ -60,23 +63,33 @@ class FeatureEntropyMetric(torchmetrics.Metric):
     Args:
         num_channels: C.
         p: selective-rate threshold, default 0.1.
-        variant, method, levels: see :class:`FeatureEntropy`.
+        variant, method, levels, axis: see :class:`FeatureEntropy`.
     """
 
     full_state_update = False
     is_differentiable = False
     higher_is_better = True
 
-    def __init__(self, num_channels: int, p: float = 0.1, variant: str = "birth", method: str = "auto", levels: int = 20, **kw: Any) -> None:
+    def __init__(
+        self,
+        num_channels: int,
+        p: float = 0.1,
+        variant: str = "birth",
+        method: str = "auto",
+        levels: int = 20,
+        axis: str = "index",
+        **kw: Any,
+    ) -> None:
         super().__init__(**kw)
         self.num_channels, self.p, self.variant, self.method, self.levels = num_channels, p, variant, method, levels
+        self.axis = axis
         self.add_state("births", default=[], dist_reduce_fx="cat")
         self.add_state("labels", default=[], dist_reduce_fx="cat")
 
     def update(self, act: torch.Tensor, labels: torch.Tensor) -> None:
         if act.shape[1] != self.num_channels:
             raise ConfigError(f"expected {self.num_channels} channels, got activations of shape {tuple(act.shape)}")
-        self.births.append(_unit_values(act, self.variant, self.method, self.levels))
+        self.births.append(_unit_values(act, self.variant, self.method, self.levels, self.axis))
         self.labels.append(labels.to(torch.int64))
 
     def compute(self) -> torch.Tensor:
@@ -123,12 +136,16 @@ class FeatureEntropy(ActivationCriterion):
         p: selective-rate threshold: a unit with births on fewer than ``p`` of a class's images gets
             ``H = (1 - eps) log N`` (judged ineffective). Default 0.1 (the paper's).
         variant: ``"birth"`` (default, the exact birth-index kernel), ``"betti_max"`` or
-            ``"betti_integral"`` (the appendix's Betti-curve characterisations, via giotto-tda).
+            ``"betti_integral"`` (the appendix's Betti-curve characterisations, via giotto-ph).
         method: birth-index path for ``variant="birth"`` (see
             :func:`lightprune.topology.birth_times`; all give the same indices): ``"auto"``
             (default: the compiled ``"numba"`` kernel for CPU activations, ``"torch"`` for CUDA),
             ``"numba"``, ``"torch"`` or ``"giotto"`` (the persistent-homology reference, slow).
-        levels: levels of the integral for ``"betti_integral"``, default 20.
+        axis: parameter of the Betti curve for the ``betti_*`` variants: ``"index"`` (default, the
+            paper's: ``v``-th step = ``v``-th largest entry; exact integers) or ``"weight"`` (the
+            normalised weight in ``[0, 1]``, the earlier convention).
+        levels: levels of the integral for ``variant="betti_integral", axis="weight"``; default
+            ``None`` = 20. Not allowed with ``axis="index"`` (the index integral is an integer).
 
     Layers whose maps are smaller than 3x3 (or Linear layers) never have a birth: every unit gets
     the same score, and a warning names the layer (feature entropy cannot rank it).
@@ -145,16 +162,31 @@ class FeatureEntropy(ActivationCriterion):
 
     needs_labels = True
 
-    def __init__(self, p: float = 0.1, variant: str = "birth", method: str = "auto", levels: int = 20) -> None:
+    def __init__(
+        self,
+        p: float = 0.1,
+        variant: str = "birth",
+        method: str = "auto",
+        levels: int | None = None,
+        axis: str = "index",
+    ) -> None:
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
             raise ConfigError(f"p={p!r} is not allowed; it must be a number in [0, 1]")
         check_choice("variant", variant, VARIANTS)
         check_choice("method", method, BIRTH_METHODS)
-        check_positive_int("levels", levels)
-        self.p, self.variant, self.method, self.levels = float(p), variant, method, levels
+        check_choice("axis", axis, BETTI_AXES)
+        if levels is not None:
+            check_positive_int("levels", levels)
+            if not (variant == "betti_integral" and axis == "weight"):
+                raise ConfigError(
+                    f"levels={levels!r} is not allowed with variant={variant!r}, axis={axis!r}; levels quantise "
+                    "only the weight-axis integral (variant='betti_integral', axis='weight')"
+                )
+        self.p, self.variant, self.method, self.axis = float(p), variant, method, axis
+        self.levels = 20 if levels is None else levels
 
     def make_state(self, layer: PrunableLayer, num_classes: int | None) -> FeatureEntropyMetric:
-        return FeatureEntropyMetric(layer.out_channels, self.p, self.variant, self.method, self.levels)
+        return FeatureEntropyMetric(layer.out_channels, self.p, self.variant, self.method, self.levels, self.axis)
 
     def score(self, model, layers, batches=None, *, num_classes=None, progress=False):
         scores = super().score(model, layers, batches, num_classes=num_classes, progress=progress)
