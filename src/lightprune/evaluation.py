@@ -201,6 +201,11 @@ class LatencyComparison:
 
     latencies: tuple[Latency, ...]
     ratios: tuple[float, ...]
+    times_ms: tuple[tuple[float, ...], ...] = ()  #: per network, the time of each round
+
+    def round_ratios(self, i: int = 1) -> list[float]:
+        """``time_i / time_0`` of every round."""
+        return [a / b for a, b in zip(self.times_ms[i], self.times_ms[0], strict=True)]
 
     def reduction(self, i: int = 1) -> float:
         return 1.0 - self.ratios[i]
@@ -256,5 +261,5 @@ def compare_latency(
         torch.set_num_threads(old)
     lats = tuple(_summary(t, warmup, b, n_threads, d) for t, (_, d, b, _) in zip(times, calls, strict=True))
     ratios = tuple(statistics.median(ti / t0 for ti, t0 in zip(t, times[0], strict=True)) for t in times)
-    return LatencyComparison(lats, ratios)
+    return LatencyComparison(lats, ratios, tuple(tuple(t) for t in times))
 
