@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -23,10 +25,32 @@ from .data import ScoringSet, resolve_scoring_set
 from .errors import ConfigError
 
 __all__ = [
+    "quiet_lightning",
     "CHECKPOINT_KEY", "PrunedCheckpointMixin", "applied_plans", "eval_batches_for_trainer", "get_network",
     "load_pruned_checkpoint", "rebuild_optimizers", "replay_plans", "resolve_model_attr", "rewrap_ddp", "save_plans",
     "scoring_set_for_trainer",
 ]
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's info lines and the 'few workers' hints while we drive many short Trainers."""
+    names = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning")
+    old = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*The number of training batches.*")
+        warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+        warnings.filterwarnings("ignore", message=".*tensorboardX.*")
+        try:
+            yield
+        finally:
+            for n, lvl in old.items():
+                logging.getLogger(n).setLevel(lvl)
 
 CHECKPOINT_KEY = "lightprune"
 PLANS_ATTR = "lightprune_plans"

@@ -326,7 +326,7 @@ def generalization_experiment(
     """
     import lightning as L
 
-    from ..compare.runner import _quiet_lightning
+    from ..lightning_glue import quiet_lightning
     from ..module import ClassificationModule
 
     levels = _check_levels(levels)
@@ -375,7 +375,7 @@ def generalization_experiment(
         else:
             L.seed_everything(seed, verbose=False)
             t0 = time.perf_counter()
-            with _quiet_lightning():
+            with quiet_lightning():
                 trainer = L.Trainer(
                     max_epochs=epochs if steps is None else -1, max_steps=-1 if steps is None else steps,
                     accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,

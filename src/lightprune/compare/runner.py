@@ -28,8 +28,6 @@ import json
 import logging
 import os
 import time
-import warnings
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, LightpruneError
+from ..lightning_glue import quiet_lightning
 from .config import CompareConfig
 
 __all__ = ["Comparison", "pair_filename", "run_comparison"]
@@ -83,25 +82,6 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-@contextmanager
-def _quiet_lightning():
-    """Silence Lightning's info lines and the 'few workers' hints while we drive many short Trainers."""
-    names = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning")
-    old = {n: logging.getLogger(n).level for n in names}
-    for n in names:
-        logging.getLogger(n).setLevel(logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*The number of training batches.*")
-        warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
-        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
-        warnings.filterwarnings("ignore", message=".*tensorboardX.*")
-        try:
-            yield
-        finally:
-            for n, lvl in old.items():
-                logging.getLogger(n).setLevel(lvl)
 
 
 class Comparison:
@@ -223,7 +203,7 @@ class Comparison:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        with _quiet_lightning():
+        with quiet_lightning():
             cli = self._recipe_cli()
         module, dm = cli.model, cli.datamodule
         self.dm = dm
@@ -239,7 +219,7 @@ class Comparison:
             trainer.loggers = [CSVLogger(save_dir=str(self.run_dir), name="train")]
             trainer.callbacks.append(_EpochEcho(self.echo))
             t0 = time.perf_counter()
-            with _quiet_lightning():
+            with quiet_lightning():
                 trainer.fit(module, datamodule=dm)
             tmp = ckpt.with_suffix(".ckpt.tmp")
             trainer.save_checkpoint(str(tmp))
@@ -536,7 +516,7 @@ class Comparison:
         limit = ft.limit_train_batches
         limit = int(limit) if isinstance(limit, float) and limit > 1 and limit.is_integer() else limit
         t0 = time.perf_counter()
-        with _quiet_lightning():
+        with quiet_lightning():
             trainer = self._trainer(
                 max_epochs=ft.epochs, logger=logger, limit_train_batches=limit, log_every_n_steps=1,
             )
