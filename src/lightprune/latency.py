@@ -238,21 +238,9 @@ def _block(mod: nn.Module, ci: int, co: int, diag: bool) -> nn.Module:
 
 
 def _trace_inputs(model: nn.Module, example_inputs: torch.Tensor, types: tuple[type, ...]) -> dict[str, tuple[int, ...]]:
-    shapes: dict[str, tuple[int, ...]] = {}
-    handles = []
-    for name, m in model.named_modules():
-        if isinstance(m, types):
-            def pre(mod, args, _n=name):
-                if _n not in shapes and args and isinstance(args[0], torch.Tensor):
-                    shapes[_n] = tuple(args[0].shape)
-            handles.append(m.register_forward_pre_hook(pre))
-    try:
-        with inference(model):
-            model(example_inputs[:1])
-    finally:
-        for h in handles:
-            h.remove()
-    return shapes
+    """Input shape of the first call of every leaf module of ``types`` (one traced forward of one input)."""
+    return {c.name: tuple(c.inp.shape) for c in trace_leaf_calls(model, example_inputs[:1])
+            if c.index == 0 and isinstance(c.module, types) and isinstance(c.inp, torch.Tensor)}
 
 
 def _wiring(model: nn.Module, example_inputs: torch.Tensor, groups: Sequence[Group]) -> dict[str, dict[str, Any]]:
