@@ -44,15 +44,23 @@ def _size(name: str, size: int) -> int:
     return max(size, 75) if "inception" in name and size < 75 else (299 if "inception" in name and size == 224 else size)
 
 
-def run_one(name: str, size: int) -> dict:
-    """In the subprocess: both pruners on fresh copies of one model."""
+def run_one(name: str, size: int, threads: int = 0, tp_timeout: float = 0) -> dict:
+    """In the subprocess: both pruners on fresh copies of one model.
+
+    ``tp_timeout`` (seconds, 0: none) bounds torch-pruning's part alone with SIGALRM, so that a model
+    on which ``MetaPruner`` runs for many minutes (Swin) still gets lightprune's row and a finished
+    subprocess; lightprune's own part is bounded by the parent's per-model limit.
+    """
     import copy
+    import signal
 
     import torch
     from torch import nn
 
     import lightprune as lp
 
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     kw = {}
     if name.startswith("vit_") or name.startswith("timm:"):
@@ -79,8 +87,17 @@ def run_one(name: str, size: int) -> dict:
 
     import torch_pruning as tp
 
+    class _Limit(Exception):
+        pass
+
+    def _alarm(*_):
+        raise _Limit(f"time limit ({tp_timeout:.0f} s)")
+
     net = copy.deepcopy(model)
     t = time.perf_counter()
+    if tp_timeout:
+        signal.signal(signal.SIGALRM, _alarm)
+        signal.alarm(int(tp_timeout))
     try:
         from lightprune.graph import count_macs_params
         from lightprune.graph import output_layers as outs
@@ -100,8 +117,12 @@ def run_one(name: str, size: int) -> dict:
         macs_b, params_b = count_macs_params(net, x)
         res["tp"] = {"status": "ok" if shape == (1, 10) else f"output {shape}", "params": params_b / params_a,
                      "macs": macs_b / macs_a, "s": time.perf_counter() - t}
+    except _Limit as err:
+        res["tp"] = {"status": str(err), "s": time.perf_counter() - t}
     except Exception as err:  # noqa: BLE001
         res["tp"] = {"status": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}", "s": time.perf_counter() - t}
+    finally:
+        signal.alarm(0)
     return res
 
 
@@ -122,18 +143,34 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", nargs="*", help="model names (torchvision names, timm:<name>); default: all")
     ap.add_argument("--input-size", type=int, default=224, help="square input side (Inception: 299 at 224, at least 75)")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per model (both pruners)")
+    ap.add_argument("--tp-timeout", type=float, default=300, help="seconds for torch-pruning's part alone (0: none)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads in each subprocess (0: torch's default)")
     ap.add_argument("--doc", default=str(HERE.parent / "docs" / "benchmarks.md"))
+    ap.add_argument("--results", default=str(HERE.parent / "runs" / "zoo.jsonl"),
+                    help="one JSON line per finished model; models already in it are not rerun (delete it to start over)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
-        print("RESULT " + json.dumps(run_one(args.one, args.input_size)))
+        print("RESULT " + json.dumps(run_one(args.one, args.input_size, args.threads, args.tp_timeout)))
         return
+    names = args.models or all_models()
+    results = Path(args.results)
+    done = {}
+    if results.exists():
+        for ln in results.read_text().splitlines():
+            r = json.loads(ln)
+            done[(r["model"], r["input"])] = r
+    results.parent.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name in args.models or all_models():
+    for name in names:
         size = _size(name, args.input_size)
+        if (name, size) in done:
+            rows.append(done[(name, size)])
+            continue
         t = time.perf_counter()
         try:
-            out = subprocess.run([sys.executable, __file__, "--one", name, "--input-size", str(size)],
+            out = subprocess.run([sys.executable, __file__, "--one", name, "--input-size", str(size),
+                                  "--threads", str(args.threads), "--tp-timeout", str(args.tp_timeout)],
                                  capture_output=True, text=True, timeout=args.timeout)
             line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
             res = json.loads(line[7:]) if line else {"model": name, "input": size, "lp": {"status": "crashed: " + (out.stderr.strip().splitlines() or ["?"])[-1][:160], "s": time.perf_counter() - t}}
@@ -142,8 +179,11 @@ def main(argv: list[str] | None = None) -> None:
             line = next((ln for ln in out.splitlines() if ln.startswith("RESULT_LP ")), None)
             limit = {"status": f"time limit ({args.timeout:.0f} s)", "s": args.timeout}
             res = json.loads(line[10:]) | {"tp": limit} if line else {"model": name, "input": size, "lp": limit}
+        res["wall_s"] = time.perf_counter() - t
         rows.append(res)
-        print(name, res.get("lp", {}).get("status"), "|", res.get("tp", {}).get("status"), flush=True)
+        with results.open("a") as fh:
+            fh.write(json.dumps(res) + "\n")
+        print(f"{res['wall_s']:6.1f} s", name, res.get("lp", {}).get("status"), "|", res.get("tp", {}).get("status"), flush=True)
 
     head = ("| model | input | lightprune | params kept | MACs kept | s | torch-pruning | params kept | MACs kept | s |\n"
             "|---|---|---|---|---|---|---|---|---|---|")

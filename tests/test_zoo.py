@@ -45,6 +45,25 @@ class ConvHeadNet(nn.Module):
         return torch.flatten(nn.functional.adaptive_avg_pool2d(torch.relu(self.head(torch.relu(self.conv(x)))), 1), 1)
 
 
+class AuxHeadNet(nn.Module):
+    """GoogLeNet-style: an auxiliary classifier on conv1's output that runs only in training mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.aux_conv = nn.Conv2d(8, 4, 1)
+        self.aux_fc = nn.Linear(4, 10)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.conv1(x))
+        out = self.fc(torch.relu(self.conv2(h)).mean((2, 3)))
+        if self.training:
+            return out, self.aux_fc(torch.relu(self.aux_conv(h)).mean((2, 3)))
+        return out
+
+
 class TwoHeads(nn.Module):
     def __init__(self):
         super().__init__()
@@ -108,6 +127,37 @@ def test_squeezenet_keeps_its_10_outputs():
     assert "classifier.1" not in p.keep
     lp.prune(net, p, x, measure_latency=False)
     assert net(x).shape == (1, 10) and net.classifier[1].out_channels == 10
+
+
+def test_an_auxiliary_head_follows_the_prune_and_still_runs_in_training_mode():
+    torch.manual_seed(0)
+    net = AuxHeadNet().eval()
+    x = torch.randn(1, 3, 8, 8)
+    aux_w = net.aux_conv.weight.detach().clone()
+    plan = lp.plan(net, lp.score(net, "l1"), strategy="uniform", ratio=0.5, example_inputs=x)
+    assert set(plan.keep) == {"conv1", "conv2"}  # the training-only layers are never planned
+    assert "not called by the forward pass" in plan.meta["not_planned"]["aux_conv"]
+    stats = [b.clone() for b in net.buffers()]
+    lp.prune(net, plan, x, measure_latency=False)
+    kept = plan.keep["conv1"]
+    assert net.conv1.out_channels == 4 and net.aux_conv.in_channels == 4  # the aux head's inputs follow
+    assert torch.equal(net.aux_conv.weight, aux_w[:, kept])  # exactly the kept input channels
+    assert net.aux_conv.out_channels == 4 and net.aux_fc.out_features == 10
+    assert not net.training and all(torch.equal(a, b) for a, b in zip(stats, net.buffers()))
+    out, aux = net.train()(torch.randn(2, 3, 8, 8))
+    assert out.shape == aux.shape == (2, 10)
+
+
+def test_googlenet_with_its_auxiliary_heads_prunes_and_trains():
+    import torchvision
+
+    net = torchvision.models.googlenet(weights=None, num_classes=10, init_weights=False).eval()
+    x = torch.randn(1, 3, 64, 64)
+    report = lp.prune(net, lp.plan(net, lp.score(net, "l1"), strategy="uniform", ratio=0.3, example_inputs=x), x,
+                      measure_latency=False)
+    assert report.params_after < 0.8 * report.params_before
+    assert net(x).shape == (1, 10)
+    assert [o.shape for o in net.train()(torch.randn(2, 3, 64, 64))] == [(2, 10)] * 3
 
 
 def test_every_head_of_a_two_headed_network_is_protected():

@@ -55,7 +55,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .evaluation import inference
+from .evaluation import inference, training_mode
 from .graph import output_layers
 
 __all__ = [
@@ -125,8 +125,11 @@ class _Call:
     out: object
 
 
-def trace_leaf_calls(model: nn.Module, example_inputs: torch.Tensor) -> list[_Call]:
-    """Run one forward pass recording every leaf-module call (keeps tensors alive, so identity is safe)."""
+def trace_leaf_calls(model: nn.Module, example_inputs: torch.Tensor, *, train: bool = False) -> list[_Call]:
+    """Run one forward pass recording every leaf-module call (keeps tensors alive, so identity is safe).
+
+    In eval mode; ``train=True``: in training mode, without gradients, leaving no trace
+    (:class:`lightprune.evaluation.training_mode`)."""
     calls: list[_Call] = []
     counts: dict[str, int] = {}
     handles = []
@@ -141,8 +144,12 @@ def trace_leaf_calls(model: nn.Module, example_inputs: torch.Tensor) -> list[_Ca
 
         handles.append(module.register_forward_hook(hook))
     try:
-        with inference(model):
-            model(example_inputs)
+        if train:
+            with training_mode(model), torch.no_grad():
+                model(example_inputs)
+        else:
+            with inference(model):
+                model(example_inputs)
     finally:
         for h in handles:
             h.remove()
@@ -255,11 +262,22 @@ def following_norms(model: nn.Module, example_inputs: torch.Tensor) -> dict[str,
 
 def not_prunable(model: nn.Module, example_inputs: torch.Tensor | None = None) -> dict[str, str]:
     """``{name: why}`` for the Conv2d/Linear layers that :func:`find_prunable_layers` leaves out
-    (output layers, attention projections; grouped convs are not listed)."""
+    (output layers, attention projections; grouped convs are not listed). With ``example_inputs``,
+    also the layers the forward pass on them never calls (an auxiliary head that runs only in
+    training mode, as in GoogLeNet / Inception v3 in eval mode): scores made without inputs cover
+    them, but no trace can plan them."""
     modules = dict(model.named_modules())
     calls = trace_leaf_calls(model, example_inputs) if example_inputs is not None else []
     order = [n for n, m in modules.items() if _is_candidate(m)]
-    return _excluded(model, modules, order, example_inputs, calls)
+    why = _excluded(model, modules, order, example_inputs, calls)
+    if example_inputs is not None:
+        called = {c.name for c in calls}
+        mode = "training" if model.training else "eval"
+        for n in order:
+            if n not in called and n not in why:
+                why[n] = (f"not called by the forward pass on example_inputs (in {mode} mode; e.g. an "
+                          "auxiliary head that runs only in training)")
+    return why
 
 
 def _locate_capture(info: PrunableLayer, calls: list[_Call]) -> None:

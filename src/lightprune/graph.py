@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
+from .evaluation import training_mode
 
 __all__ = [
     "Group",
@@ -38,6 +39,8 @@ __all__ = [
     "check_group",
     "count_macs_params",
     "output_layers",
+    "train_only_layers",
+    "two_samples",
     "channel_groups",
     "group_blockers",
 ]
@@ -98,7 +101,10 @@ def _signature(model: nn.Module, example_inputs: torch.Tensor) -> tuple:
 
 def dependency_graph(model: nn.Module, example_inputs: torch.Tensor, *, fresh: bool = False):
     """torch-pruning ``DependencyGraph`` of ``model`` (built with autograd on, whatever the caller's
-    mode, in eval mode; every module's training flag restored).
+    mode, in eval mode; every module's training flag restored). When the eval-mode forward leaves
+    Conv2d / Linear layers out (auxiliary heads that run only in training, as in GoogLeNet and
+    Inception v3), the graph of a training-mode forward on two samples is used instead, so that
+    those layers' input channels follow a prune (buffers and RNG state restored: no trace left).
 
     The last graph built is reused while it is asked for the same model with the same structure
     (modules, parameter shapes) and input shape; a prune changes the shapes, so the next call rebuilds it.
@@ -116,11 +122,46 @@ def dependency_graph(model: nn.Module, example_inputs: torch.Tensor, *, fresh: b
         model.eval()
         try:
             dg = tp.DependencyGraph().build_dependency(model, example_inputs=x)
+            if _missing_layers(model, dg):
+                # layers the eval-mode forward never calls (GoogLeNet / Inception v3 auxiliary heads):
+                # the graph from a training-mode forward, so that their input channels follow a prune
+                try:
+                    with training_mode(model):
+                        full = tp.DependencyGraph().build_dependency(
+                            model, example_inputs=two_samples(x), forward_fn=lambda mod, inp: mod.train()(inp))
+                except Exception:  # noqa: BLE001 - a model that does not run in training mode keeps its eval graph
+                    full = dg
+                if len(_missing_layers(model, full)) < len(_missing_layers(model, dg)):
+                    dg = full
         finally:
             for m, was in modes:
                 m.training = was
     _LAST[:] = [None, None, None] if fresh else [weakref.ref(model), sig, dg]
     return dg
+
+
+def _missing_layers(model: nn.Module, dg) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m not in dg.module2node]
+
+
+def two_samples(x: torch.Tensor) -> torch.Tensor:
+    """A batch of at least two samples (batch-norm layers in training mode refuse one value per channel)."""
+    return x if x.shape[0] >= 2 else torch.cat([x, x])
+
+
+def train_only_layers(model: nn.Module, example_inputs: torch.Tensor) -> list[str]:
+    """Conv2d / Linear layers that a training-mode forward calls and an eval-mode one does not."""
+    from .collect import trace_leaf_calls
+
+    names = {n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    called = {c.name for c in trace_leaf_calls(model, example_inputs)}
+    if not names - called:
+        return []
+    try:
+        in_train = {c.name for c in trace_leaf_calls(model, two_samples(example_inputs), train=True)}
+    except Exception:  # noqa: BLE001 - a model that does not run in training mode: nothing to check there
+        return []
+    return sorted((names & in_train) - called)
 
 
 def pruning_group(dg, module: nn.Module, idxs: list[int]):

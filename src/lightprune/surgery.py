@@ -27,8 +27,8 @@ from .attention import prune_heads
 from .collect import find_prunable_layers
 from .data import split_batch
 from .errors import ConfigError
-from .evaluation import inference, model_device
-from .graph import check_group, count_macs_params, dependency_graph, group_items, pruning_group
+from .evaluation import inference, model_device, training_mode
+from .graph import check_group, count_macs_params, dependency_graph, group_items, pruning_group, train_only_layers, two_samples
 from .plan import Plan
 
 __all__ = ["PruneReport", "prune", "restore", "count_macs_params", "consumer_input_means"]
@@ -198,6 +198,10 @@ def prune(
     before = {n: plan.channels[n] for n in plan.keep}
     with inference(model):
         out_shape = _output_shapes(model(example_inputs))
+    train_shape = None
+    if train_only_layers(model, example_inputs):  # auxiliary heads: checked in training mode as well
+        with training_mode(model), torch.no_grad():
+            train_shape = _output_shapes(model(two_samples(example_inputs)))
 
     dg = dependency_graph(model, example_inputs, fresh=True)  # pruned through: not shared with the cache
     planned = set(plan.keep)
@@ -262,7 +266,7 @@ def prune(
         model.__dict__.update(backup.__dict__)
         raise
 
-    _check_after(model, backup, plan, modules, example_inputs, out_shape)
+    _check_after(model, backup, plan, modules, example_inputs, out_shape, train_shape)
     recovered: list[str] = []
     fits: dict[str, Any] = {}
     if reconstruct:
@@ -293,9 +297,10 @@ def _output_shapes(out: object) -> object:
     return type(out).__name__
 
 
-def _check_after(model, backup, plan, modules, example_inputs, out_shape) -> None:
+def _check_after(model, backup, plan, modules, example_inputs, out_shape, train_shape=None) -> None:
     """The cheap correctness check after every prune: every planned layer has the planned width, the
-    network runs on the example input and its output shape is unchanged; otherwise undo and raise."""
+    network runs on the example input and its output shape is unchanged (``train_shape``: in training
+    mode too, for networks with training-only layers); otherwise undo and raise."""
     problem = None
     for layer in plan.keep:
         if _width(modules[layer]) != len(plan.keep[layer]):
@@ -305,13 +310,20 @@ def _check_after(model, backup, plan, modules, example_inputs, out_shape) -> Non
         if problem is None and modules[attn].num_heads != len(kept):
             problem = f"{attn!r} has {modules[attn].num_heads} heads, the plan keeps {len(kept)}"
     if problem is None:
+        mode = ""
         try:
             with inference(model):
                 shape = _output_shapes(model(example_inputs))
             if shape != out_shape:
                 problem = f"the network's output shape changed from {out_shape} to {shape}"
+            if problem is None and train_shape is not None:
+                mode = " in training mode"
+                with training_mode(model), torch.no_grad():
+                    shape = _output_shapes(model(two_samples(example_inputs)))
+                if shape != train_shape:
+                    problem = f"the network's training-mode output shape changed from {train_shape} to {shape}"
         except RuntimeError as err:
-            problem = f"the pruned network no longer runs: {str(err).splitlines()[0]}"
+            problem = f"the pruned network no longer runs{mode}: {str(err).splitlines()[0]}"
     if problem is not None:
         model.__dict__.update(backup.__dict__)  # undo: the module tree as it was before the prune
         raise ConfigError(f"the prune was undone: {problem}")
