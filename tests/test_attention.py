@@ -1,4 +1,5 @@
-"""Whole attention heads (issue 16): timm ``Attention`` and torchvision ``nn.MultiheadAttention``.
+"""Whole attention heads (issue 16): timm ``Attention``, torchvision ``nn.MultiheadAttention`` and
+torchvision Swin's shifted-window attention (V1 and V2).
 
 Tiny transformers (2 blocks, 4 heads, 32 px): the exact heads removed, the output against the
 unpruned network with those heads (and the removed MLP units) masked, parameter counts by hand,
@@ -197,19 +198,90 @@ def test_macs_of_unpruned_attention_equal_torch_pruning_count():
         assert count_macs_params(net, X)[0] == tp.utils.count_ops_and_params(net, X[:1])[0]
 
 
-def test_swin_attention_keeps_its_heads_and_says_why():
-    net = torchvision.models.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2], num_heads=[2],
-                                             window_size=[2, 2], num_classes=10).eval()
-    x = torch.randn(1, 3, 16, 16)
-    assert find_attention(net) == {}
-    assert "ShiftedWindowAttention" in head_unprunable(net)["features.1.0.attn"]
-    with pytest.raises(ConfigError, match="cannot remove heads of 'features.1.0.attn': a ShiftedWindowAttention"):
-        prune_heads(net.features[1][0].attn, [0], "features.1.0.attn")
-    # the plan: MLP hidden layers only (the residual stream reaches the attention), found by the graph
-    # walk; deriving torch-pruning's pruning groups of Swin's residual stream ran for minutes
-    p = lp.plan(net, lp.score(net, "l1"), strategy="uniform", ratio=0.5, example_inputs=x)
-    assert list(p.keep) == ["features.1.0.mlp.0", "features.1.1.mlp.0"] and p.heads == {}
-    assert set(p.meta["heads_not_planned"]) == {"features.1.0.attn", "features.1.1.attn"}
-    assert "attention module 'features.1.0.attn'" in p.meta["not_planned"]["features.1.0.mlp.3"]
-    lp.prune(net, p, x, measure_latency=False)
-    assert net(x).shape == (1, 10) and net.features[1][0].mlp[0].out_features == 32
+def tiny_swin(v2: bool):
+    """One stage of 2 blocks (the second shifted), 4 heads of 4 channels, windows of 2 x 2 on a 5 x 5
+    token map (padded to 6 x 6); heads 1 and 3 of both blocks made weak."""
+    from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformerBlockV2
+
+    torch.manual_seed(0)
+    extra = {"block": SwinTransformerBlockV2, "downsample_layer": PatchMergingV2} if v2 else {}
+    net = torchvision.models.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2], num_heads=[H],
+                                             window_size=[2, 2], num_classes=10, **extra).eval()
+    for blk in net.features[1]:
+        _weaken(blk.attn.qkv.weight, blk.attn.proj.weight, [1, 3], 4)
+    return net
+
+
+XS = torch.randn(2, 3, 20, 20, generator=torch.Generator().manual_seed(2))
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["swin", "swin_v2"])
+def test_swin_loses_the_weak_heads_and_matches_the_masked_network(v2):
+    net = tiny_swin(v2)
+    ref = copy.deepcopy(net)
+    assert [i.kind for i in find_attention(net).values()] == ["swin", "swin"]
+    assert net.features[1][1].attn.shift_size == [1, 1]  # the second block's windows are shifted
+    p = lp.plan(net, lp.score(net, "l1"), strategy="uniform", ratio=0.5, example_inputs=XS)
+    assert {n: k.tolist() for n, k in p.heads.items()} == {f"features.1.{b}.attn": [0, 2] for b in (0, 1)}
+    assert list(p.keep) == ["features.1.0.mlp.0", "features.1.1.mlp.0"]
+    r = lp.prune(net, p, XS, measure_latency=False)
+    cls = "HeadPrunedShiftedWindowAttentionV2" if v2 else "HeadPrunedShiftedWindowAttention"
+    for b in (0, 1):
+        a, blk = net.features[1][b].attn, ref.features[1][b]
+        assert type(a).__name__ == cls and a.num_heads == 2 and a.head_dim == 4
+        assert tuple(a.qkv.weight.shape) == (24, 16) and tuple(a.proj.weight.shape) == (16, 8)
+        rows = torch.cat([torch.arange(4) + h * 4 + c * 16 for c in range(3) for h in (0, 2)])
+        assert torch.equal(a.qkv.weight, blk.attn.qkv.weight[rows])
+        if v2:
+            assert a.cpb_mlp[-1].out_features == 2 and a.logit_scale.shape == (2, 1, 1)
+        else:
+            assert torch.equal(a.relative_position_bias_table, blk.attn.relative_position_bias_table[:, [0, 2]])
+        removed = sorted(set(range(64)) - set(p.keep[f"features.1.{b}.mlp.0"].tolist()))
+        _mask(blk.attn.proj.weight, [1, 3], 4, blk.mlp[3], removed)
+    with torch.no_grad():
+        assert torch.allclose(net(XS), ref(XS), atol=1e-5)
+    assert r.params_after < r.params_before and r.macs_after < r.macs_before
+
+
+def test_swin_attention_macs_by_hand():
+    from lightprune.attention import swin_attention_macs
+
+    net = tiny_swin(False)
+    a = net.features[1][0].attn  # 4 heads of 4, qkv and proj biases, windows of 2 x 2
+    # a 5 x 5 map of 16 channels, padded to 6 x 6: 36 tokens, 9 windows of 4 tokens; A = 16
+    # query scaling 36*16 + q/k/v 3*36*16*16 + their bias 3*36*16 + per window and head (2*4*4*4 + 4*4)
+    # + output projection 36*16*(16+1)
+    assert swin_attention_macs(a, 5, 5, 16) == 576 + 27648 + 1728 + 9 * 4 * 144 + 9792
+    prune_heads(a, [0, 2], "a")  # A = 8: every term with A or the head count halves, the rest stays
+    assert swin_attention_macs(a, 5, 5, 16) == 288 + 13824 + 864 + 9 * 2 * 144 + 36 * 16 * 9
+
+
+def test_swin_head_plans_replay_from_weights_only_data():
+    net = tiny_swin(True)
+    p = lp.plan(net, lp.score(net, "l1"), strategy="uniform", ratio=0.5, example_inputs=XS)
+    lp.prune(net, p, XS, measure_latency=False)
+    buf = io.BytesIO()
+    torch.save({"plan": p.to_dict(), "state": net.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    fresh = lp.restore(tiny_swin(True), saved["plan"])
+    fresh.load_state_dict(saved["state"])
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(XS), net(XS))
+
+
+def test_a_swin_subclass_keeps_its_heads_and_says_why():
+    from torchvision.models.swin_transformer import ShiftedWindowAttention
+
+    class Custom(ShiftedWindowAttention):
+        pass
+
+    net = tiny_swin(False)
+    old = net.features[1][0].attn
+    new = Custom(16, [2, 2], [0, 0], H)
+    new.load_state_dict(old.state_dict())
+    net.features[1][0].attn = new
+    assert list(find_attention(net)) == ["features.1.1.attn"]
+    assert "subclass Custom" in head_unprunable(net)["features.1.0.attn"]
+    with pytest.raises(ConfigError, match="cannot remove heads of 'features.1.0.attn': a subclass Custom"):
+        prune_heads(new, [0], "features.1.0.attn")

@@ -13,8 +13,14 @@
   ``attn_dim`` are the kept values and ``head_dim`` is unchanged (its forward reshapes with them).
   Its ``norm`` (``scale_norm``) and ``gate`` lose the same positions.
 
-Other modules with ``num_heads`` (torchvision Swin's ``ShiftedWindowAttention``, whose functional
-forward derives the head width from the input width, timm's window attentions, ...) keep their heads:
+- torchvision Swin's ``ShiftedWindowAttention`` and ``ShiftedWindowAttentionV2`` (``qkv`` Linear of
+  ``3 * dim`` outputs, ``proj`` Linear): torchvision's functional forward derives the head width from
+  the *input* width, so after a prune the class becomes :class:`HeadPrunedShiftedWindowAttention`
+  (or ``...V2``, subclasses with the same parameter names), whose forward takes ``head_dim`` from the
+  module. The relative-position bias table (V1) or the last layer of the continuous position-bias
+  MLP and ``logit_scale`` (V2) lose the removed heads' columns / rows.
+
+Other modules with ``num_heads`` (timm's window attentions, ...) keep their heads:
 :func:`head_unprunable` names them with the reason.
 
 **Head score** (:func:`head_scores`): the L1 norm of the head's weights, whatever the channel
@@ -42,14 +48,16 @@ from torch import nn
 from .errors import ConfigError
 
 __all__ = [
-    "AttentionInfo", "HeadPrunedMultiheadAttention", "find_attention", "head_unprunable", "head_scores",
-    "heads_to_keep", "prune_heads", "attention_macs", "attention_types",
+    "AttentionInfo", "HeadPrunedMultiheadAttention", "HeadPrunedShiftedWindowAttention",
+    "HeadPrunedShiftedWindowAttentionV2", "find_attention", "head_unprunable", "head_scores",
+    "heads_to_keep", "innermost_attention", "prune_heads", "attention_macs", "swin_attention_macs", "attention_types",
 ]
 
 
 @dataclass
 class AttentionInfo:
-    """A head-prunable attention module: ``kind`` ``"mha"`` (``nn.MultiheadAttention``) or ``"timm"``."""
+    """A head-prunable attention module: ``kind`` ``"mha"`` (``nn.MultiheadAttention``), ``"timm"`` or
+    ``"swin"`` (torchvision's shifted-window attention, V1 or V2)."""
 
     name: str
     module: nn.Module
@@ -66,8 +74,25 @@ def _timm_attention_class():
     return Attention
 
 
+def _swin_classes() -> tuple[type[nn.Module], ...]:
+    """torchvision's (ShiftedWindowAttention, ShiftedWindowAttentionV2)."""
+    from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
+
+    return ShiftedWindowAttention, ShiftedWindowAttentionV2
+
+
+def _is_swin(module: nn.Module) -> bool:
+    return isinstance(module, _swin_classes())
+
+
 def _why_not(module: nn.Module) -> str | None:
     """None when the heads of ``module`` can be removed, else why not."""
+    if _is_swin(module):
+        if type(module) not in (*_swin_classes(), HeadPrunedShiftedWindowAttention, HeadPrunedShiftedWindowAttentionV2):
+            return f"a subclass {type(module).__name__} of torchvision's shifted-window attention (its forward is unknown)"
+        if module.qkv.out_features % (3 * module.num_heads) or module.proj.in_features * 3 != module.qkv.out_features:
+            return "its qkv width is not 3 * num_heads * head_dim with proj reading num_heads * head_dim"
+        return None
     if isinstance(module, nn.MultiheadAttention):
         if not module._qkv_same_embed_dim:
             return "its key/value widths differ from the query width (separate projections)"
@@ -87,7 +112,9 @@ def _is_attention(m: nn.Module) -> bool:
     return isinstance(m, nn.MultiheadAttention) or hasattr(m, "num_heads")
 
 
-def _innermost(model: nn.Module) -> dict[str, nn.Module]:
+def innermost_attention(model: nn.Module) -> dict[str, nn.Module]:
+    """The attention modules of ``model`` (``nn.MultiheadAttention`` or anything with ``num_heads``)
+    that hold no other attention module: a ViT encoder block that stores ``num_heads`` is not one."""
     return {
         n: m for n, m in model.named_modules()
         if n and _is_attention(m) and not any(_is_attention(c) for c in m.modules() if c is not m)
@@ -97,16 +124,22 @@ def _innermost(model: nn.Module) -> dict[str, nn.Module]:
 def find_attention(model: nn.Module) -> dict[str, AttentionInfo]:
     """The head-prunable attention modules of ``model`` (registration order)."""
     out: dict[str, AttentionInfo] = {}
-    for name, m in _innermost(model).items():
+    for name, m in innermost_attention(model).items():
         if _why_not(m) is None:
-            out[name] = AttentionInfo(name, m, "mha" if isinstance(m, nn.MultiheadAttention) else "timm",
-                                      int(m.num_heads), int(m.head_dim))
+            kind = "mha" if isinstance(m, nn.MultiheadAttention) else "swin" if _is_swin(m) else "timm"
+            out[name] = AttentionInfo(name, m, kind, int(m.num_heads), _head_dim(m))
     return out
+
+
+def _head_dim(m: nn.Module) -> int:
+    if _is_swin(m) and not hasattr(m, "head_dim"):
+        return m.qkv.out_features // (3 * m.num_heads)
+    return int(m.head_dim)
 
 
 def head_unprunable(model: nn.Module) -> dict[str, str]:
     """``{attention module: why its heads are kept}`` for the attention modules :func:`find_attention` skips."""
-    return {n: why for n, m in _innermost(model).items() if (why := _why_not(m)) is not None}
+    return {n: why for n, m in innermost_attention(model).items() if (why := _why_not(m)) is not None}
 
 
 def _weights(info: AttentionInfo) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,7 +196,7 @@ def prune_heads(module: nn.Module, keep: torch.Tensor | list[int], name: str = "
     if why is not None:
         raise ConfigError(f"cannot remove heads of {name!r}: {why}")
     keep = torch.as_tensor(keep, dtype=torch.long)
-    h, d = int(module.num_heads), int(module.head_dim)
+    h, d = int(module.num_heads), _head_dim(module)
     if len(keep) == 0 or int(keep.min()) < 0 or int(keep.max()) >= h or len(set(keep.tolist())) != len(keep):
         raise ConfigError(f"kept heads of {name!r} must be distinct, in [0, {h}) and not empty; got {keep.tolist()}")
     qkv_rows, cols = _rows(keep, h, d, 3), _rows(keep, h, d, 1)
@@ -174,6 +207,9 @@ def prune_heads(module: nn.Module, keep: torch.Tensor | list[int], name: str = "
         _linear_in(module.out_proj, cols)
         module.__class__ = HeadPrunedMultiheadAttention
         module.num_heads = len(keep)
+        return
+    if _is_swin(module):
+        _prune_swin_heads(module, keep, qkv_rows, cols, d)
         return
     _linear_out(module.qkv, qkv_rows)
     _linear_in(module.proj, cols)
@@ -188,6 +224,82 @@ def prune_heads(module: nn.Module, keep: torch.Tensor | list[int], name: str = "
         norm.normalized_shape = (len(cols),)
     module.num_heads = len(keep)
     module.attn_dim = len(keep) * d
+
+
+def _prune_swin_heads(module: nn.Module, keep: torch.Tensor, qkv_rows: torch.Tensor, cols: torch.Tensor, d: int) -> None:
+    v2 = isinstance(module, _swin_classes()[1])
+    _linear_out(module.qkv, qkv_rows)
+    _linear_in(module.proj, cols)
+    if v2:
+        _linear_out(module.cpb_mlp[-1], keep)
+        module.logit_scale = _select(module.logit_scale, keep, 0)
+    else:
+        module.relative_position_bias_table = _select(module.relative_position_bias_table, keep, 1)
+    module.__class__ = HeadPrunedShiftedWindowAttentionV2 if v2 else HeadPrunedShiftedWindowAttention
+    module.num_heads = len(keep)
+    module.head_dim = d
+
+
+def _shift_mask(hp: int, wp: int, window: list[int], shift: list[int], device, dtype) -> torch.Tensor:
+    """``(windows, n, n)`` additive mask of shifted-window attention: after the cyclic shift, tokens of
+    one window that come from different regions of the map (labelled by where the shift cut the rows
+    and the columns) do not attend to each other (-100, as in the Swin paper's implementation)."""
+
+    def labels(size: int, win: int, sh: int) -> torch.Tensor:
+        i = torch.arange(size, device=device)
+        return ((i >= size - win).long() + (i >= size - sh).long()) if sh > 0 else torch.zeros_like(i)
+
+    lab = labels(hp, window[0], shift[0])[:, None] * 3 + labels(wp, window[1], shift[1])[None, :]
+    lab = lab.view(hp // window[0], window[0], wp // window[1], window[1]).permute(0, 2, 1, 3)
+    lab = lab.reshape(-1, window[0] * window[1])
+    differ = lab[:, None, :] != lab[:, :, None]
+    return torch.zeros(differ.shape, device=device, dtype=dtype).masked_fill(differ, -100.0)
+
+
+def _window_attention(self, x: torch.Tensor) -> torch.Tensor:
+    """Shifted-window attention with ``self.num_heads`` heads of ``self.head_dim`` (input ``(B, H, W, C)``;
+    the output has ``proj.out_features`` channels). V2 (``logit_scale``): cosine attention, no key bias."""
+    b, h_in, w_in, c = x.shape
+    wh, ww = self.window_size
+    x = F.pad(x, (0, 0, 0, (-w_in) % ww, 0, (-h_in) % wh))
+    hp, wp = x.shape[1], x.shape[2]
+    shift = [0 if wh >= hp else self.shift_size[0], 0 if ww >= wp else self.shift_size[1]]
+    if sum(shift):
+        x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+    n, windows = wh * ww, (hp // wh) * (wp // ww)
+    x = x.view(b, hp // wh, wh, wp // ww, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(b * windows, n, c)
+    heads, d = self.num_heads, self.head_dim
+    logit_scale = getattr(self, "logit_scale", None)
+    bias = self.qkv.bias
+    if logit_scale is not None and bias is not None:
+        bias = torch.cat([bias[: heads * d], torch.zeros_like(bias[heads * d : 2 * heads * d]), bias[2 * heads * d :]])
+    q, k, v = F.linear(x, self.qkv.weight, bias).view(b * windows, n, 3, heads, d).permute(2, 0, 3, 1, 4)
+    if logit_scale is not None:
+        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+        attn = attn * torch.clamp(logit_scale, max=math.log(100.0)).exp()
+    else:
+        attn = (q * d**-0.5) @ k.transpose(-2, -1)
+    attn = attn + self.get_relative_position_bias()
+    if sum(shift):
+        mask = _shift_mask(hp, wp, self.window_size, shift, x.device, attn.dtype)
+        attn = (attn.view(b, windows, heads, n, n) + mask[None, :, None]).view(b * windows, heads, n, n)
+    attn = F.dropout(attn.softmax(-1), p=self.attention_dropout, training=self.training)
+    out = F.linear((attn @ v).transpose(1, 2).reshape(b * windows, n, heads * d), self.proj.weight, self.proj.bias)
+    out = F.dropout(out, p=self.dropout, training=self.training)
+    c_out = out.shape[-1]
+    out = out.view(b, hp // wh, wp // ww, wh, ww, c_out).permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c_out)
+    if sum(shift):
+        out = torch.roll(out, shifts=(shift[0], shift[1]), dims=(1, 2))
+    return out[:, :h_in, :w_in, :].contiguous()
+
+
+def _swin_pruned_class(base: type[nn.Module], name: str) -> type[nn.Module]:
+    return type(name, (base,), {
+        "__doc__": f"A torchvision ``{base.__name__}`` that lost heads: ``num_heads`` heads of ``head_dim`` each "
+                   "(input and output width unchanged). Made by :func:`prune_heads`, never built directly.",
+        "__module__": __name__,
+        "forward": _window_attention,
+    })
 
 
 class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
@@ -239,11 +351,32 @@ class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
         return out, weights
 
 
+HeadPrunedShiftedWindowAttention = _swin_pruned_class(_swin_classes()[0], "HeadPrunedShiftedWindowAttention")
+HeadPrunedShiftedWindowAttentionV2 = _swin_pruned_class(_swin_classes()[1], "HeadPrunedShiftedWindowAttentionV2")
+
+
 def attention_types() -> tuple[type[nn.Module], ...]:
     """The attention classes :func:`attention_macs` counts: ``nn.MultiheadAttention``,
-    :class:`HeadPrunedMultiheadAttention` and timm's ``Attention`` when timm is installed."""
+    :class:`HeadPrunedMultiheadAttention`, torchvision's shifted-window attentions (pruned or not) and
+    timm's ``Attention`` when timm is installed."""
     timm_attn = _timm_attention_class()
-    return (nn.MultiheadAttention, HeadPrunedMultiheadAttention) + ((timm_attn,) if timm_attn is not None else ())
+    return (nn.MultiheadAttention, HeadPrunedMultiheadAttention, *_swin_classes()) + (
+        (timm_attn,) if timm_attn is not None else ())
+
+
+def swin_attention_macs(module: nn.Module, height: int, width: int, in_width: int) -> int:
+    """MACs of one sample ``(height, width, in_width)`` through a shifted-window attention module of any
+    head count: the q/k/v projection with its bias and the output projection with its bias on every
+    token of the padded map, per window and head ``Q K^T``, softmax and ``A V`` (the terms of
+    :func:`attention_macs`, window by window; the position-bias MLP of V2 is not counted)."""
+    wh, ww = module.window_size
+    hp, wp = height + (-height) % wh, width + (-width) % ww
+    h, d = int(module.num_heads), _head_dim(module)
+    a, n, tokens = h * d, wh * ww, hp * wp
+    macs = tokens * a + 3 * tokens * in_width * a + (3 * tokens * a if module.qkv.bias is not None else 0)
+    macs += (tokens // n) * h * (2 * n * n * d + n * n)
+    macs += tokens * module.proj.out_features * (a + 1)
+    return int(macs)
 
 
 def attention_macs(module: nn.Module, length: int, in_width: int) -> int:

@@ -230,18 +230,21 @@ def _output_layers(model, modules, order, example_inputs, calls) -> list[str]:
 def _excluded(model, modules, order, example_inputs, calls) -> dict[str, str]:
     """``{name: why}`` for the Conv2d/Linear layers that are not prunable: the output layer(s) and the
     projections inside attention modules (their outputs are split into heads)."""
+    from .attention import innermost_attention
+
     why: dict[str, str] = {}
     for n in _output_layers(model, modules, order, example_inputs, calls):
         why[n] = "the final classifier" if isinstance(modules[n], nn.Linear) else "an output layer of the network"
-    for parent_name, parent in modules.items():
-        if isinstance(parent, nn.MultiheadAttention) or (hasattr(parent, "num_heads") and not parent_name == ""):
-            for child_name, child in parent.named_children():
-                full = f"{parent_name}.{child_name}" if parent_name else child_name
-                if _is_candidate(child) and full not in why:
-                    why[full] = (
-                        f"a {type(child).__name__} inside the attention module {parent_name!r} (its outputs are "
-                        "split into heads, which channel plans do not follow)"
-                    )
+    for parent_name, parent in innermost_attention(model).items():
+        for child_name, child in parent.named_modules():  # every layer inside (Swin V2's position-bias MLP)
+            if not child_name:
+                continue
+            full = f"{parent_name}.{child_name}" if parent_name else child_name
+            if _is_candidate(child) and full not in why:
+                why[full] = (
+                    f"a {type(child).__name__} inside the attention module {parent_name!r} (its outputs are "
+                    "split into heads, which channel plans do not follow)"
+                )
     return why
 
 

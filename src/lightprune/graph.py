@@ -375,11 +375,14 @@ def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[i
     import torch_pruning as tp
     from torch_pruning.utils import op_counter
 
-    from .attention import attention_macs, attention_types
+    from .attention import attention_macs, attention_types, swin_attention_macs
     from .evaluation import inference
 
     def attn_hook(module, inputs, output):
         x = inputs[0]
+        if x.ndim == 4:  # shifted-window attention: (batch, height, width, channels)
+            module.__flops__ += x.shape[0] * swin_attention_macs(module, *(int(s) for s in x.shape[1:]))
+            return
         first = isinstance(module, nn.MultiheadAttention) and not module.batch_first
         batch, length = (x.shape[1], x.shape[0]) if first else (x.shape[0], x.shape[1])
         module.__flops__ += batch * attention_macs(module, int(length), int(x.shape[2]))
