@@ -16,6 +16,7 @@ from torch import nn
 import lightprune as lp
 from lightprune.attention import (
     HeadPrunedMultiheadAttention,
+    attention_types,
     find_attention,
     head_scores,
     head_unprunable,
@@ -229,6 +230,7 @@ def test_swin_loses_the_weak_heads_and_matches_the_masked_network(v2):
     for b in (0, 1):
         a, blk = net.features[1][b].attn, ref.features[1][b]
         assert type(a).__name__ == cls and a.num_heads == 2 and a.head_dim == 4
+        assert type(a) in attention_types()  # its MACs are counted by the formula (an exact-type table)
         assert tuple(a.qkv.weight.shape) == (24, 16) and tuple(a.proj.weight.shape) == (16, 8)
         rows = torch.cat([torch.arange(4) + h * 4 + c * 16 for c in range(3) for h in (0, 2)])
         assert torch.equal(a.qkv.weight, blk.attn.qkv.weight[rows])
@@ -240,7 +242,16 @@ def test_swin_loses_the_weak_heads_and_matches_the_masked_network(v2):
         _mask(blk.attn.proj.weight, [1, 3], 4, blk.mlp[3], removed)
     with torch.no_grad():
         assert torch.allclose(net(XS), ref(XS), atol=1e-5)
-    assert r.params_after < r.params_before and r.macs_after < r.macs_before
+    # MACs: each block's attention loses the formula's difference (a 5 x 5 token map padded to 6 x 6)
+    # and its MLP 32 of 64 hidden units on 25 tokens (torch-pruning's terms: fc1 25 * 16 * 32 and its
+    # bias once, 32; fc2 25 * 32 * 16; the GELU 25 * 32)
+    from lightprune.attention import swin_attention_macs
+
+    lost_attn = 0
+    for b in (0, 1):
+        lost_attn += swin_attention_macs(ref.features[1][b].attn, 5, 5, 16) - swin_attention_macs(
+            net.features[1][b].attn, 5, 5, 16)
+    assert r.macs_before - r.macs_after == lost_attn + 2 * (25 * 16 * 32 + 32 + 25 * 32 * 16 + 25 * 32)
 
 
 def test_swin_attention_macs_by_hand():

@@ -160,6 +160,24 @@ def test_googlenet_with_its_auxiliary_heads_prunes_and_trains():
     assert [o.shape for o in net.train()(torch.randn(2, 3, 64, 64))] == [(2, 10)] * 3
 
 
+def test_maxvit_plans_its_mbconv_and_mlp_layers_quickly_and_keeps_its_attention_whole():
+    # MaxViT's attention has `n_heads`; its MBConv expansion conv sits in a squeeze-excitation loop
+    # (conv_a -> depthwise -> x * SE(x)) that the reach walk once followed back into the residual stream
+    torch.manual_seed(0)
+    net = torchvision.models.MaxVit(input_size=(32, 32), stem_channels=8, partition_size=2, block_channels=[16],
+                                    block_layers=[1], head_dim=8, stochastic_depth_prob=0.0, num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    p = lp.plan(net, lp.score(net, "l1"), strategy="uniform", ratio=0.5, example_inputs=x)
+    mb = "blocks.0.layers.0.layers.MBconv.layers."
+    assert {mb + "conv_a.0", mb + "squeeze_excitation.fc1", "blocks.0.layers.0.layers.window_attention.mlp_layer.1",
+            "blocks.0.layers.0.layers.grid_attention.mlp_layer.1"} <= set(p.keep)
+    assert "attention module" in p.meta["not_planned"][mb + "conv_c"]  # the residual stream stays whole
+    assert "RelativePositionalMultiHeadAttention" in p.meta["heads_not_planned"]["blocks.0.layers.0.layers.window_attention.attn_layer.1"]
+    width = net.get_submodule(mb + "conv_a.0").out_channels
+    lp.prune(net, p, x, measure_latency=False)
+    assert net.get_submodule(mb + "conv_a.0").out_channels == width // 2 and net(x).shape == (1, 10)
+
+
 def test_every_head_of_a_two_headed_network_is_protected():
     net = TwoHeads().eval()
     assert sorted(output_layers(net, X)) == ["box", "cls"]

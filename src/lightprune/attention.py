@@ -20,7 +20,8 @@
   module. The relative-position bias table (V1) or the last layer of the continuous position-bias
   MLP and ``logit_scale`` (V2) lose the removed heads' columns / rows.
 
-Other modules with ``num_heads`` (timm's window attentions, ...) keep their heads:
+Other modules with ``num_heads`` or ``n_heads`` (timm's window attentions, torchvision MaxViT's
+``RelativePositionalMultiHeadAttention``, ...) keep their heads:
 :func:`head_unprunable` names them with the reason.
 
 **Head score** (:func:`head_scores`): the L1 norm of the head's weights, whatever the channel
@@ -104,17 +105,18 @@ def _why_not(module: nn.Module) -> str | None:
         if getattr(module, "attn_dim", None) != module.num_heads * module.head_dim:
             return "its attn_dim is not num_heads * head_dim"
         return None
-    return (f"a {type(module).__name__} (head pruning supports nn.MultiheadAttention and timm's "
-            "vision_transformer.Attention)")
+    return (f"a {type(module).__name__} (head pruning supports nn.MultiheadAttention, timm's "
+            "vision_transformer.Attention and torchvision Swin's ShiftedWindowAttention / V2)")
 
 
 def _is_attention(m: nn.Module) -> bool:
-    return isinstance(m, nn.MultiheadAttention) or hasattr(m, "num_heads")
+    return isinstance(m, nn.MultiheadAttention) or hasattr(m, "num_heads") or hasattr(m, "n_heads")
 
 
 def innermost_attention(model: nn.Module) -> dict[str, nn.Module]:
-    """The attention modules of ``model`` (``nn.MultiheadAttention`` or anything with ``num_heads``)
-    that hold no other attention module: a ViT encoder block that stores ``num_heads`` is not one."""
+    """The attention modules of ``model`` (``nn.MultiheadAttention`` or anything with ``num_heads`` or
+    ``n_heads``, like MaxViT's) that hold no other attention module: a ViT encoder block that stores
+    ``num_heads`` is not one."""
     return {
         n: m for n, m in model.named_modules()
         if n and _is_attention(m) and not any(_is_attention(c) for c in m.modules() if c is not m)
@@ -360,7 +362,8 @@ def attention_types() -> tuple[type[nn.Module], ...]:
     :class:`HeadPrunedMultiheadAttention`, torchvision's shifted-window attentions (pruned or not) and
     timm's ``Attention`` when timm is installed."""
     timm_attn = _timm_attention_class()
-    return (nn.MultiheadAttention, HeadPrunedMultiheadAttention, *_swin_classes()) + (
+    return (nn.MultiheadAttention, HeadPrunedMultiheadAttention, *_swin_classes(), HeadPrunedShiftedWindowAttention,
+            HeadPrunedShiftedWindowAttentionV2) + (
         (timm_attn,) if timm_attn is not None else ())
 
 

@@ -112,6 +112,7 @@ def dependency_graph(model: nn.Module, example_inputs: torch.Tensor, *, fresh: b
     """
     import torch_pruning as tp
 
+    _tolerate_unknown_concat_widths()
     sig = _signature(model, example_inputs)
     ref, last_sig, last_dg = _LAST
     if not fresh and ref is not None and ref() is model and last_sig == sig:
@@ -138,6 +139,31 @@ def dependency_graph(model: nn.Module, example_inputs: torch.Tensor, *, fresh: b
                 m.training = was
     _LAST[:] = [None, None, None] if fresh else [weakref.ref(model), sig, dg]
     return dg
+
+
+def _tolerate_unknown_concat_widths() -> None:
+    """torch-pruning's ``update_concat_index_mapping`` (run whenever a graph is built and whenever a
+    pruning group is derived) sums the inferred input widths of a concatenation before it checks them
+    for None (an unknown width) and raises ``TypeError`` on Swin-S / Swin-B. Its own rule for an
+    unknown width, a few lines later, is to leave the concatenation without an index mapping. This
+    wraps the function once per process so that it follows that rule instead of raising; every other
+    case runs torch-pruning's code unchanged."""
+    from torch_pruning.dependency import index_mapping
+
+    original = index_mapping.update_concat_index_mapping
+    if getattr(original, "_lightprune", False):
+        return
+
+    def update(graph, cat_node):
+        try:
+            return original(graph, cat_node)
+        except TypeError:
+            if None in (getattr(cat_node.module, "concat_sizes", None) or ()):
+                return None
+            raise
+
+    update._lightprune = True
+    index_mapping.update_concat_index_mapping = update
 
 
 def _missing_layers(model: nn.Module, dg) -> list[nn.Module]:
@@ -268,34 +294,23 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor, layers: Mappi
     return out
 
 
-def _is_attention(m: nn.Module) -> bool:
-    return isinstance(m, nn.MultiheadAttention) or hasattr(m, "num_heads")
-
-
-def _attention_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """The innermost attention modules (a transformer block with ``num_heads`` holding an
-    ``nn.MultiheadAttention`` is not one: its MLP is prunable)."""
-    return {
-        n: m for n, m in model.named_modules()
-        if n and _is_attention(m) and not any(_is_attention(c) for c in m.modules() if c is not m)
-    }
-
-
 def group_blockers(
     model: nn.Module, example_inputs: torch.Tensor, groups: list[Group], layers: Mapping[str, Any], dg=None
 ) -> dict[str, str]:
     """``{group root: why}`` for the groups a channel plan must leave whole, because removing their
     channels would also cut into
 
-    - an attention module (``nn.MultiheadAttention``, torchvision Swin / timm ``Attention`` -- any
-      module with ``num_heads``): the residual stream of a transformer feeds every attention block,
+    - an attention module (``nn.MultiheadAttention``, torchvision Swin / MaxViT, timm ``Attention`` --
+      any module with ``num_heads`` or ``n_heads``, :func:`lightprune.attention.innermost_attention`): the residual stream of a transformer feeds every attention block,
       whose embedding width is split into heads (and hard-coded in torchvision's ViT);
       Its parameters count too (torchvision's Swin uses them with ``F.linear``);
     - the output side of a Conv2d/Linear that is not a prunable layer of the plan (an output layer).
     """
+    from .attention import innermost_attention
+
     dg = dg if dg is not None else dependency_graph(model, example_inputs)
     names = {m: n for n, m in model.named_modules()}
-    attn = _attention_modules(model)
+    attn = innermost_attention(model)
     attn_mods = {id(sub): n for n, m in attn.items() for sub in m.modules()}
     attn_mods.update({id(p): n for n, m in attn.items() for p in m.parameters()})  # used functionally (Swin)
     out: dict[str, str] = {}
@@ -347,6 +362,8 @@ def _reaches(dg, module: nn.Module, targets: Mapping[int, str]) -> str | None:
         seen.add((id(node), forward))
         if node is not start and id(node.module) in targets:
             return targets[id(node.module)]
+        if node is start and not forward:  # back at the layer itself (a depthwise / SE loop): its
+            continue  # output was walked already, its input is not its channels
         absorbs = node is not start and _absorbs_channels(node.module)
         if forward and absorbs:
             continue
