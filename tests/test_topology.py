@@ -895,3 +895,30 @@ def test_feature_entropy_errors():
         feature_entropy(torch.zeros(0, 3, dtype=torch.int64))
     with pytest.raises(ConfigError, match=r"births must be a torch.Tensor"):
         feature_entropy([[1, 2]])
+
+
+def test_the_compiled_kernel_keeps_the_callers_thread_count():
+    """In a fresh process where torch is set to 1 thread before numba is loaded: numba's first
+    set_num_threads once reset torch's count to 2, and the next call then ran the kernel on 2 threads."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, time\n"
+        "torch.set_num_threads(1)\n"
+        "from lightprune.topology import birth_times\n"
+        "maps = torch.relu(torch.randn(400, 24, 24, generator=torch.Generator().manual_seed(0)))\n"
+        "birth_times(maps, method='numba')\n"
+        "import numba\n"
+        "from numba import njit, prange\n"
+        "import numpy as np\n"
+        "@njit(parallel=True)\n"
+        "def ids(out):\n"
+        "    for i in prange(out.shape[0]):\n"
+        "        out[i] = numba.get_thread_id()\n"
+        "birth_times(maps, method='numba')\n"
+        "o = np.zeros(256, np.int64); ids(o)\n"
+        "print(torch.get_num_threads(), numba.get_num_threads(), len(set(o.tolist())))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.split() == ["1", "1", "1"]

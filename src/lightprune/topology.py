@@ -275,8 +275,14 @@ def _births_numba(maps: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
         flat = maps.reshape(n, m, m)
         if flat.device.type != "cpu":
             flat = flat.cpu()
-        threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        torch_threads = torch.get_num_threads()
+        threads = max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
         numba.set_num_threads(threads)
+        # numba's OpenMP layer and torch's own OpenMP runtime share symbols: the first
+        # numba.set_num_threads of a process can reset torch's thread count (set to 1 before numba was
+        # loaded, it reads 2 afterwards), and the next call would then run the kernel on 2 threads.
+        # torch's count is put back at once: the kernel and the caller's torch keep the caller's count.
+        _restore_torch_threads(torch_threads)
         old_chunk = numba.set_parallel_chunksize(1)  # blocks of units handed out dynamically
         try:
             if flat.dtype in (torch.float32, torch.float64):
@@ -297,9 +303,15 @@ def _births_numba(maps: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
                 _birth_numba.births(keys, *consts, out[start:stop], block)
         finally:
             numba.set_parallel_chunksize(old_chunk)
+            _restore_torch_threads(torch_threads)
         if (out == -3).any():
             raise ConfigError(_NAN_MESSAGE.format(argument="maps"))
     return torch.from_numpy(out).reshape(lead).to(maps.device)
+
+
+def _restore_torch_threads(threads: int) -> None:
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def _births_chunk(U: torch.Tensor) -> torch.Tensor:
