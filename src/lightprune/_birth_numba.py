@@ -20,7 +20,8 @@ Per unit map (``m x m``), one thread, no allocation except in the rare exact tie
    them, 5-10 % slower on random maps, whose births come later); block 1 = the edges above the
    (3m/4)-th largest row maximum (about m edges on random maps), block 2 = those above the
    smallest row maximum, block 3 = the rest down to ``lo_final`` (a bound is skipped when it is
-   not below the previous one; small maps, ``m (m - 1) / 2 <= 32``: one block). A block is
+   not below the previous one; small maps, ``m (m - 1) / 2 <= 32``: one block; from m = 24 on,
+   the bounds after block 0 are selected only once block 0 is used up). A block is
    gathered in one pass over the rows (rows whose largest key is below the block skipped; the
    entries in range found through 64-bit masks) and each edge is kept once, from its larger
    entry. Cone cut-off: ``w_cone > lo`` iff some vertex is joined to all others by edges above
@@ -75,7 +76,7 @@ _RADIX_SORT = 256  # blocks above this size are sorted at once by a radix sort
 _SMALL_FIRST_BLOCK_M = 24
 
 # Per-unit state between calls: ``ist`` (int64) and ``kst`` (keys).
-_FINAL, _HEIGHT, _POS, _N, _NEXT, _LAST, _GS, _GE, _UNIONS, _NTHR, _ADDED, _CHECK = range(12)
+_FINAL, _HEIGHT, _POS, _N, _NEXT, _LAST, _GS, _GE, _UNIONS, _NTHR, _ADDED, _CHECK, _LAZY = range(13)
 _HI, _LO, _THR = 0, 1, 2  # kst[_THR + t]: lower bound of block t
 _NEED_GF2 = -2  # returned by _unit_start / _unit_resume: the pending group needs _group_beta1
 _NAN = -3  # returned for a map that holds a NaN
@@ -596,6 +597,22 @@ def _no_birth_left(adj, m, words, ist, added, cid, q, n):
     return True
 
 
+@njit(cache=True, _nrt=False, inline="always")
+def _block_bounds(rkey, rsel, m, lo_final, kst, ist, nt):
+    """Bounds of blocks nt, nt + 1, ...: the (3m/4)-th largest row maximum, the smallest one (each
+    kept if below the previous bound and above lo_final), then lo_final."""
+    t1 = _select_desc(rsel, m, (3 * m) // 4)
+    t2 = rkey[0]
+    for i in range(1, m):
+        t2 = rkey[i] if rkey[i] < t2 else t2
+    for t in (t1, t2):
+        if t > lo_final and (nt == 0 or t < kst[_THR + nt - 1]):
+            kst[_THR + nt] = t
+            nt += 1
+    kst[_THR + nt] = lo_final
+    ist[_NTHR] = nt + 1
+
+
 # ------------------------------------------------------------------------------------------------
 # one unit
 # ------------------------------------------------------------------------------------------------
@@ -606,6 +623,9 @@ def _new_block(K, u, m, sh, msk, ws):
     rkey, rsel, cw, cid, deg, parent, adj, stack, ist, kst, tmp, sw, sid, w2, ids2, hist = ws
     t = ist[_NEXT]
     ist[_NEXT] = t + 1
+    if ist[_LAZY] and t == 1:
+        ist[_LAZY] = 0
+        _block_bounds(rkey, rsel, m, kst[_THR + 1], kst, ist, 1)
     lo = kst[_THR + t]
     kst[_LO] = lo
     n = _collect(K, u, m, lo, kst[_HI], sh, msk, rkey, cw, cid, deg, tmp)
@@ -808,18 +828,16 @@ def _unit_start(K, u, m, words, sh, msk, kinf, ws):
     # smallest one, lo_final (see module doc); each kept if below the previous bound and above lo_final
     for i in range(m):
         rsel[i] = rkey[i]
-    t1 = _select_desc(rsel, m, (3 * m) // 4)
-    t0 = _select_desc(rsel, m, m // 3) if m >= _SMALL_FIRST_BLOCK_M else t1
-    t2 = rkey[0]
-    for i in range(1, m):
-        t2 = rkey[i] if rkey[i] < t2 else t2
-    nt = 0
-    for t in (t0, t1, t2):
-        if t > lo_final and (nt == 0 or t < kst[_THR + nt - 1]):
-            kst[_THR + nt] = t
-            nt += 1
-    kst[_THR + nt] = lo_final
-    ist[_NTHR] = nt + 1
+    ist[_LAZY] = 0
+    if m >= _SMALL_FIRST_BLOCK_M:
+        t0 = _select_desc(rsel, m, m // 3)
+        if t0 > lo_final:  # the later bounds only once block 0 is used up (most births lie in it)
+            kst[_THR] = t0
+            kst[_THR + 1] = lo_final
+            ist[_NTHR] = 2
+            ist[_LAZY] = 1
+    if not ist[_LAZY]:
+        _block_bounds(rkey, rsel, m, lo_final, kst, ist, 0)
     ist[_NEXT] = 0
     ist[_ADDED] = 0
     ist[_CHECK] = m
