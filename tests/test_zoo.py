@@ -178,6 +178,14 @@ def test_maxvit_plans_its_mbconv_and_mlp_layers_quickly_and_keeps_its_attention_
     assert net.get_submodule(mb + "conv_a.0").out_channels == width // 2 and net(x).shape == (1, 10)
 
 
+def test_a_network_torch_pruning_cannot_graph_gets_a_clear_error():
+    net = torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(ConfigError, match=r"ShuffleNetV2 cannot be pruned: torch-pruning could not build its "
+                                          r"dependency graph: ZeroDivisionError .*channel shuffle"):
+        lp.plan(net, lp.score(net, "l1"), strategy="uniform", ratio=0.3, example_inputs=x)
+
+
 def test_every_head_of_a_two_headed_network_is_protected():
     net = TwoHeads().eval()
     assert sorted(output_layers(net, X)) == ["box", "cls"]

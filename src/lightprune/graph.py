@@ -122,14 +122,13 @@ def dependency_graph(model: nn.Module, example_inputs: torch.Tensor, *, fresh: b
         x = example_inputs.detach().clone()
         model.eval()
         try:
-            dg = tp.DependencyGraph().build_dependency(model, example_inputs=x)
+            dg = _build(tp, model, x)
             if _missing_layers(model, dg):
                 # layers the eval-mode forward never calls (GoogLeNet / Inception v3 auxiliary heads):
                 # the graph from a training-mode forward, so that their input channels follow a prune
                 try:
                     with training_mode(model):
-                        full = tp.DependencyGraph().build_dependency(
-                            model, example_inputs=two_samples(x), forward_fn=lambda mod, inp: mod.train()(inp))
+                        full = _build(tp, model, two_samples(x), forward_fn=lambda mod, inp: mod.train()(inp))
                 except Exception:  # noqa: BLE001 - a model that does not run in training mode keeps its eval graph
                     full = dg
                 if len(_missing_layers(model, full)) < len(_missing_layers(model, dg)):
@@ -139,6 +138,23 @@ def dependency_graph(model: nn.Module, example_inputs: torch.Tensor, *, fresh: b
                 m.training = was
     _LAST[:] = [None, None, None] if fresh else [weakref.ref(model), sig, dg]
     return dg
+
+
+def _build(tp, model: nn.Module, x: torch.Tensor, **kwargs):
+    """torch-pruning's graph of ``model``; its failures become a :class:`ConfigError` that says where."""
+    try:
+        return tp.DependencyGraph().build_dependency(model, example_inputs=x, **kwargs)
+    except Exception as err:  # noqa: BLE001 - re-raised with the model and the step named
+        import traceback
+
+        frames = [f for f in traceback.extract_tb(err.__traceback__) if "torch_pruning" in f.filename]
+        where = f" in torch-pruning's {frames[-1].name}" if frames else ""
+        hint = (" (a reshape that mixes channels, such as ShuffleNet's channel shuffle, which torch-pruning "
+                "cannot map)" if "reshape" in where else "")
+        raise ConfigError(
+            f"{type(model).__name__} cannot be pruned: torch-pruning could not build its dependency graph: "
+            f"{type(err).__name__}{where}{hint}: {err}"
+        ) from err
 
 
 def _tolerate_unknown_concat_widths() -> None:
