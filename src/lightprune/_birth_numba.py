@@ -279,9 +279,26 @@ def _radix_sort(w, ids, n, w2, ids2, hist, msk):
             ids[i] = ids2[i]
 
 
+_RANK_SELECT = 64  # up to this n, _select_desc counts ranks (branch-free) instead of quickselect
+
+
 @njit(cache=True, _nrt=False)
 def _select_desc(a, n, k):
-    """The k-th largest (0-based) of a[:n] (quickselect; reorders a)."""
+    """The k-th largest (0-based) of a[:n]. Up to _RANK_SELECT values: the smallest value with at
+    most k values above it (rank counting, branch-free: a quickselect's 3-way branches on random
+    keys mispredict about every other element); above: quickselect (reorders a)."""
+    if n <= _RANK_SELECT:
+        best = a[0]
+        first = True
+        for i in range(n):
+            x = a[i]
+            c = 0
+            for j in range(n):
+                c += a[j] > x
+            if c <= k and (first or x < best):
+                best = x
+                first = False
+        return best
     lo = 0
     hi = n
     while hi - lo > 1:
