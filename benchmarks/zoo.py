@@ -173,7 +173,16 @@ def main(argv: list[str] | None = None) -> None:
                                   "--threads", str(args.threads), "--tp-timeout", str(args.tp_timeout)],
                                  capture_output=True, text=True, timeout=args.timeout)
             line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            res = json.loads(line[7:]) if line else {"model": name, "input": size, "lp": {"status": "crashed: " + (out.stderr.strip().splitlines() or ["?"])[-1][:160], "s": time.perf_counter() - t}}
+            lp_line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT_LP ")), None)
+            errors = [ln for ln in out.stderr.strip().splitlines() if "Error" in ln or "Killed" in ln]
+            crash = {"status": f"crashed (exit code {out.returncode}): " + (errors or ["no error message"])[-1][:160],
+                     "s": time.perf_counter() - t}
+            if line:
+                res = json.loads(line[7:])
+            elif lp_line:  # lightprune's part finished, torch-pruning's crashed the process
+                res = json.loads(lp_line[10:]) | {"tp": crash}
+            else:
+                res = {"model": name, "input": size, "lp": crash}
         except subprocess.TimeoutExpired as exc:
             out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
             line = next((ln for ln in out.splitlines() if ln.startswith("RESULT_LP ")), None)
