@@ -175,8 +175,11 @@ def main(argv: list[str] | None = None) -> None:
             line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
             lp_line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT_LP ")), None)
             errors = [ln for ln in out.stderr.strip().splitlines() if "Error" in ln or "Killed" in ln]
-            crash = {"status": f"crashed (exit code {out.returncode}): " + (errors or ["no error message"])[-1][:160],
-                     "s": time.perf_counter() - t}
+            if out.returncode == -9:  # SIGKILL: on this machine, the kernel's out-of-memory killer
+                crash = {"status": "killed (SIGKILL: out of memory)", "s": time.perf_counter() - t}
+            else:
+                crash = {"status": f"crashed (exit code {out.returncode}): " + (errors or ["no error message"])[-1][:160],
+                         "s": time.perf_counter() - t}
             if line:
                 res = json.loads(line[7:])
             elif lp_line:  # lightprune's part finished, torch-pruning's crashed the process
