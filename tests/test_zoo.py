@@ -64,6 +64,25 @@ class AuxHeadNet(nn.Module):
         return out
 
 
+class SplitNet(nn.Module):
+    """CSPNet-style: conv1's channels are split in halves; the second half runs a residual block
+    (conv2, conv3, + the half itself) and both halves are concatenated again."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
+        self.conv3 = nn.Conv2d(6, 4, 3, padding=1)
+        self.conv4 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        a, b = torch.relu(self.conv1(x)).chunk(2, 1)
+        b = self.conv3(torch.relu(self.conv2(b))) + b
+        x = torch.relu(self.conv4(torch.cat([a, b], 1)))
+        return self.fc(x.mean((2, 3)))
+
+
 class TwoHeads(nn.Module):
     def __init__(self):
         super().__init__()
@@ -184,6 +203,21 @@ def test_a_network_torch_pruning_cannot_graph_gets_a_clear_error():
     with pytest.raises(ConfigError, match=r"ShuffleNetV2 cannot be pruned: torch-pruning could not build its "
                                           r"dependency graph: ZeroDivisionError .*channel shuffle"):
         lp.plan(net, lp.score(net, "l1"), strategy="uniform", ratio=0.3, example_inputs=x)
+
+
+def test_layers_coupled_through_a_split_are_left_whole_and_the_rest_is_pruned():
+    # conv3's channel j is conv1's channel 4 + j (a residual on the second half): no single kept-index
+    # set fits both; timm's cspresnet50 has this shape (it raised before)
+    torch.manual_seed(0)
+    net = SplitNet().eval()
+    x = torch.randn(1, 3, 8, 8)
+    p = lp.plan(net, lp.score(net, "l1"), strategy="uniform", ratio=0.5, example_inputs=x)
+    assert set(p.keep) == {"conv2", "conv4"}
+    assert "channel permutation or a split" in p.meta["not_planned"]["conv1"]
+    assert "conv1" in p.meta["not_planned"]["conv3"]
+    lp.prune(net, p, x, measure_latency=False)
+    assert (net.conv1.out_channels, net.conv2.out_channels, net.conv3.out_channels, net.conv4.out_channels) == (8, 3, 4, 4)
+    assert net(x).shape == (1, 10)
 
 
 def test_every_head_of_a_two_headed_network_is_protected():

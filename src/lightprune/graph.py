@@ -223,8 +223,16 @@ def group_items(dg, group, names: Mapping[nn.Module, str]) -> list[GroupItem]:
     return items
 
 
-def find_groups(model: nn.Module, example_inputs: torch.Tensor, layers: Mapping[str, Any]) -> list[Group]:
-    """Coupled groups among ``layers`` (every layer is in exactly one group), in execution order."""
+def find_groups(
+    model: nn.Module, example_inputs: torch.Tensor, layers: Mapping[str, Any], skipped: dict[str, str] | None = None
+) -> list[Group]:
+    """Coupled groups among ``layers`` (every layer is in exactly one group), in execution order.
+
+    Layers coupled with a channel permutation or a split (channel *i* of one is channel *j != i* of
+    the other, or only part of its channels: CSPNet's split-and-concatenate) cannot share one
+    kept-index set: with ``skipped``
+    given, every layer of such a group (and of any group that reaches one of them) is left out and
+    recorded there with the reason; without it, a :class:`ConfigError` is raised."""
     dg = dependency_graph(model, example_inputs)
     names = {m: n for n, m in model.named_modules()}
     seen: set[str] = set()
@@ -233,15 +241,26 @@ def find_groups(model: nn.Module, example_inputs: torch.Tensor, layers: Mapping[
         if name in seen:
             continue
         g = pruning_group(dg, layer.module, list(range(layer.out_channels)))
-        members = [name]
+        members, permuted = [name], None
         for item in g:
             other = names.get(item.dep.target.module)
             if dg.is_out_channel_pruning_fn(item.dep.handler) and other in layers and other != name:
-                if list(item.idxs) != list(item.root_idxs):
-                    raise ConfigError(f"layers {name!r} and {other!r} are coupled with a channel permutation; unsupported")
+                partial = layers[other].out_channels != layer.out_channels  # a split / concatenation
+                if (partial or list(item.idxs) != list(item.root_idxs)) and permuted is None:
+                    permuted = other
                 if other not in members:
                     members.append(other)
         seen.update(members)
+        left = next((m for m in members if skipped is not None and m in skipped), None)
+        if permuted is not None or left is not None:
+            why = (f"it is coupled with {permuted!r} through a channel permutation or a split (channel i of one is "
+                   "another channel of the other), which one kept-index set cannot follow" if permuted is not None
+                   else f"it is coupled with {left!r}, which is left whole")
+            if skipped is None:
+                raise ConfigError(f"layers {name!r} and {permuted or left!r}: {why}")
+            for m in members:
+                skipped.setdefault(m, f"it is left whole: {why}" if m == name else f"it is left whole: coupled with {name!r}")
+            continue
         groups.append(Group(name, members, layer.out_channels))
     cg = channel_groups(model, example_inputs, {g.root: layers[g.root] for g in groups}, dg)
     for g in groups:

@@ -494,7 +494,7 @@ def plan(
     blocked = group_blockers(model, example_inputs, one, find_prunable_layers(model, example_inputs))
     skipped.update({n: f"it is left whole: {why}" for n, why in blocked.items()})
     found = {n: info for n, info in found.items() if n not in blocked}
-    groups = find_groups(model, example_inputs, found) if found else []
+    groups = find_groups(model, example_inputs, found, skipped) if found else []
     if not groups and not heads:
         raise ConfigError(f"no layer of the model can be planned: {skipped}")
     per_layer = {n: v for n, v in per_layer.items() if n not in skipped}
