@@ -56,7 +56,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .evaluation import inference, training_mode
-from .graph import output_layers
+from .graph import output_layers, two_samples
 
 __all__ = [
     "PrunableLayer", "find_prunable_layers", "trace_leaf_calls", "following_norms", "not_prunable", "select_layers", "capture_activations", "all_finite",
@@ -154,6 +154,19 @@ def trace_leaf_calls(model: nn.Module, example_inputs: torch.Tensor, *, train: b
         for h in handles:
             h.remove()
     return calls
+
+
+def train_only_layers(model: nn.Module, example_inputs: torch.Tensor) -> list[str]:
+    """Conv2d / Linear layers that a training-mode forward calls and an eval-mode one does not."""
+    names = {n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    called = {c.name for c in trace_leaf_calls(model, example_inputs)}
+    if not names - called:
+        return []
+    try:
+        in_train = {c.name for c in trace_leaf_calls(model, two_samples(example_inputs), train=True)}
+    except Exception:  # noqa: BLE001 - a model that does not run in training mode: nothing to check there
+        return []
+    return sorted((names & in_train) - called)
 
 
 def find_prunable_layers(

@@ -39,7 +39,6 @@ __all__ = [
     "check_group",
     "count_macs_params",
     "output_layers",
-    "train_only_layers",
     "two_samples",
     "channel_groups",
     "group_blockers",
@@ -189,21 +188,6 @@ def _missing_layers(model: nn.Module, dg) -> list[nn.Module]:
 def two_samples(x: torch.Tensor) -> torch.Tensor:
     """A batch of at least two samples (batch-norm layers in training mode refuse one value per channel)."""
     return x if x.shape[0] >= 2 else torch.cat([x, x])
-
-
-def train_only_layers(model: nn.Module, example_inputs: torch.Tensor) -> list[str]:
-    """Conv2d / Linear layers that a training-mode forward calls and an eval-mode one does not."""
-    from .collect import trace_leaf_calls
-
-    names = {n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    called = {c.name for c in trace_leaf_calls(model, example_inputs)}
-    if not names - called:
-        return []
-    try:
-        in_train = {c.name for c in trace_leaf_calls(model, two_samples(example_inputs), train=True)}
-    except Exception:  # noqa: BLE001 - a model that does not run in training mode: nothing to check there
-        return []
-    return sorted((names & in_train) - called)
 
 
 def pruning_group(dg, module: nn.Module, idxs: list[int]):

@@ -24,11 +24,11 @@ from torch import nn
 
 from . import evaluation, recovery
 from .attention import prune_heads
-from .collect import find_prunable_layers
+from .collect import find_prunable_layers, train_only_layers
 from .data import split_batch
 from .errors import ConfigError
 from .evaluation import inference, model_device, training_mode
-from .graph import check_group, count_macs_params, dependency_graph, group_items, pruning_group, train_only_layers, two_samples
+from .graph import check_group, count_macs_params, dependency_graph, group_items, pruning_group, two_samples
 from .plan import Plan
 
 __all__ = ["PruneReport", "prune", "restore", "count_macs_params", "consumer_input_means"]
