@@ -59,27 +59,21 @@ def inference(model: nn.Module, *, grad: bool = False) -> Iterator[nn.Module]:
             m.training = was
 
 
-class training_mode:  # noqa: N801 - a context manager, named like inference()
-    """Run ``model`` in training mode and leave no trace: its buffers (batch-norm statistics), the
-    training flags of its modules and the global RNG state (dropout) are restored on exit."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def __enter__(self) -> nn.Module:
-        self.modes = [(m, m.training) for m in self.model.modules()]
-        self.buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
-        self.rng = torch.random.fork_rng(devices=[])
-        self.rng.__enter__()
-        return self.model.train()
-
-    def __exit__(self, *exc) -> None:
-        self.rng.__exit__(*exc)
-        with torch.no_grad():
-            for b, saved in self.buffers:
-                b.copy_(saved)
-        for m, was in self.modes:
-            m.training = was
+@contextmanager
+def training_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Training mode for the block, leaving no trace: the module's buffers (batch-norm statistics),
+    each submodule's training flag and the global RNG state (dropout) are restored on exit."""
+    modes = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield model.train()
+        finally:
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
+            for m, was in modes:
+                m.training = was
 
 
 def progress(iterable: Iterable[Any] | None = None, *, enabled: bool = True, desc: str = "", total: int | None = None,

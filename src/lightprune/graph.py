@@ -214,9 +214,9 @@ def find_groups(
 
     Layers coupled with a channel permutation or a split (channel *i* of one is channel *j != i* of
     the other, or only part of its channels: CSPNet's split-and-concatenate) cannot share one
-    kept-index set: with ``skipped``
-    given, every layer of such a group (and of any group that reaches one of them) is left out and
-    recorded there with the reason; without it, a :class:`ConfigError` is raised."""
+    kept-index set: with ``skipped`` given, every layer of such a group (and of any group that
+    reaches one of them) is left out and recorded there with the reason; without it, a
+    :class:`ConfigError` is raised."""
     dg = dependency_graph(model, example_inputs)
     names = {m: n for n, m in model.named_modules()}
     seen: set[str] = set()
@@ -320,8 +320,9 @@ def group_blockers(
     channels would also cut into
 
     - an attention module (``nn.MultiheadAttention``, torchvision Swin / MaxViT, timm ``Attention`` --
-      any module with ``num_heads`` or ``n_heads``, :func:`lightprune.attention.innermost_attention`): the residual stream of a transformer feeds every attention block,
-      whose embedding width is split into heads (and hard-coded in torchvision's ViT);
+      any module with ``num_heads`` or ``n_heads``, :func:`lightprune.attention.innermost_attention`):
+      the residual stream of a transformer feeds every attention block, whose embedding width is
+      split into heads (and hard-coded in torchvision's ViT);
       Its parameters count too (torchvision's Swin uses them with ``F.linear``);
     - the output side of a Conv2d/Linear that is not a prunable layer of the plan (an output layer).
     """
