@@ -189,7 +189,7 @@ def test_killed_mid_finetuning_resumes_with_nothing_lost(tmp_path):
     """A real process is killed (os._exit) during epoch 3, after the prune at epoch 1; resuming from
     last.ckpt ends at the same global step, with the same plan, without a second prune."""
     worker = HERE / "kill_resume_worker.py"
-    env = {**os.environ, "PYTHONPATH": str(HERE), "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "PYTHONPATH": str(HERE)}  # OMP_NUM_THREADS: the worker's share (conftest)
 
     def run(*args):
         return subprocess.run([sys.executable, str(worker), str(tmp_path), *args], capture_output=True, text=True, env=env, timeout=600)

@@ -90,21 +90,17 @@ def test_cli_bad_input_is_clear(tmp_path, override, pattern):
 
 
 @pytest.mark.slow
-def test_train_digits_reaches_95_percent(tmp_path):
-    res = run([str(BIN / "lightprune"), "fit", "--config", TRAIN, "--trainer.enable_progress_bar=false"], tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
-    acc = float(re.search(r"test/acc\s+(\d\.\d{4})", res.stdout).group(1))
-    assert acc >= 0.95, res.stdout
-
-
-@pytest.mark.slow
 def test_quickstart_demo_prunes_half_and_stays_accurate(tmp_path):
-    """The README's main job: train, feature-entropy scoring, 50 % pruning, fine-tuning, table."""
+    """The README's main job: train, feature-entropy scoring, 50 % pruning, fine-tuning, table. Also the
+    check that plain training on digits (the train_digits.yaml recipe, 8 of its 12 epochs here) passes
+    95 % test accuracy: the table's unpruned column is that network before the prune."""
     res = run([str(BIN / "lightprune"), "fit", "--config", QUICK, "--trainer.enable_progress_bar=false"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout
     assert "unpruned" in out and "params" in out and "MACs" in out and "latency" in out, out
     assert "channels kept: 50.0 %" in out
+    unpruned = float(re.search(r"test accuracy \(no fine-tuning\)\s+(\d+\.\d+) %", out).group(1))
+    assert unpruned >= 95.0, out
     final = float(re.search(r"test/acc\s+(\d\.\d{4})", out).group(1))
     assert final >= 0.95, out
 

@@ -177,8 +177,7 @@ def checkpoints(tmp_path_factory):
 def test_cli_exports_a_pruned_checkpoint_that_runs_with_onnxruntime_alone(checkpoints, tmp_path):
     _, ckpt, width = checkpoints
     out, report_json = tmp_path / "out" / "model.onnx", tmp_path / "report.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     res = subprocess.run(
         [sys.executable, "-m", "lightprune.cli", "export", "--ckpt", str(ckpt), "--out", str(out),
          "--batch-sizes", "1,7", "--latency-runs", "2", "--json", str(report_json)],

@@ -162,7 +162,7 @@ def test_an_auxiliary_head_follows_the_prune_and_still_runs_in_training_mode():
     assert net.conv1.out_channels == 4 and net.aux_conv.in_channels == 4  # the aux head's inputs follow
     assert torch.equal(net.aux_conv.weight, aux_w[:, kept])  # exactly the kept input channels
     assert net.aux_conv.out_channels == 4 and net.aux_fc.out_features == 10
-    assert not net.training and all(torch.equal(a, b) for a, b in zip(stats, net.buffers()))
+    assert not net.training and all(torch.equal(a, b) for a, b in zip(stats, net.buffers(), strict=True))
     out, aux = net.train()(torch.randn(2, 3, 8, 8))
     assert out.shape == aux.shape == (2, 10)
 
