@@ -537,6 +537,38 @@ def test_partial_first_pass_agrees_with_full_sort():
     assert (full[100:150] == -1).all()
 
 
+@pytest.mark.parametrize("m", [24, 40, 56, 64])
+def test_units_without_birth_end_early_and_exactly(m, digits_maps):
+    """Real maps upsampled to 24 <= m <= 64, where many units have no birth: the compiled kernel ends
+    those early by the future-pair certificate (_birth_numba._future_pairs: every pair above w_cone
+    has a common neighbour already). Same indices as the torch kernel on all units and as giotto on
+    a subset; the subset holds units without a birth."""
+    maps = F.interpolate(digits_maps[0][:, :8], size=m, mode="bilinear").reshape(-1, m, m)  # post-ReLU
+    ours = birth_times(maps, method="numba")
+    assert torch.equal(ours, birth_times(maps, method="torch"))
+    assert (ours == -1).float().mean() >= 0.2  # the case under test is common on these maps
+    sub = torch.cat([maps[ours == -1][:24], maps[ours != -1][:24]])
+    assert_matches_giotto(sub, f"no_birth_{m}")
+
+
+@pytest.mark.parametrize("m", [24, 40, 64])
+def test_late_births_after_a_hub_are_not_ended_early(m):
+    """A hub vertex joined first to most vertices: their edges have a common neighbour (the hub), and
+    the births come late, among the vertices outside the hub's reach, after the kernel's first
+    no-birth checks. A certificate that skipped a pair would end such units with -1."""
+    gen = torch.Generator().manual_seed(m)
+    maps = torch.relu(torch.randn(64, m, m, generator=gen))
+    reach = (3 * m) // 4
+    maps[:, 0, 1:reach] = 10 + torch.rand(64, reach - 1, generator=gen)  # the hub: vertex 0
+    maps[:, reach:] *= 0.01  # the vertices outside the hub's reach: their edges come last
+    maps[:, :, reach:] *= 0.01
+    ours = birth_times(maps, method="numba")
+    assert torch.equal(ours, birth_times(maps, method="torch"))
+    born = ours[ours > 0].float()
+    assert len(born) >= 48 and born.median() > m * m / 4  # late births, after the hub's edges
+    assert_matches_giotto(maps[:16], f"hub_{m}")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("m", [56, 112])
 def test_large_maps_match_giotto(m, digits_maps):

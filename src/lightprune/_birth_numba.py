@@ -38,6 +38,10 @@ Per unit map (``m x m``), one thread, no allocation except in the rare exact tie
    ``topology._group_beta1``). Early exit at the first group that leaves ``beta_1 > 0``. Whenever
    the number of edges added has doubled, a check that every edge that can still come has a common
    neighbour already (then ``beta_1`` stays 0: no birth) ends the scan of units without a birth.
+   For 24 <= m <= 64 the pairs that can still come are known exactly before the last block: the
+   entries above the exact ``w_cone``, as one 64-bit mask per row, made once at the first check
+   (:func:`_future_pairs`), checked whenever the edges added have grown by half. On real maps at
+   m = 56 this ends the units without a birth after about half the edges the cone cut-off needs.
 5. Index: ``1 + #{entries > w_birth}`` (rows whose largest key is below skipped).
 
 Memory per thread (allocated once per block of units by :func:`births`): about
@@ -76,7 +80,7 @@ _RADIX_SORT = 256  # blocks above this size are sorted at once by a radix sort
 _SMALL_FIRST_BLOCK_M = 24
 
 # Per-unit state between calls: ``ist`` (int64) and ``kst`` (keys).
-_FINAL, _HEIGHT, _POS, _N, _NEXT, _LAST, _GS, _GE, _UNIONS, _NTHR, _ADDED, _CHECK, _LAZY = range(13)
+_FINAL, _HEIGHT, _POS, _N, _NEXT, _LAST, _GS, _GE, _UNIONS, _NTHR, _ADDED, _CHECK, _LAZY, _FUT = range(14)
 _HI, _LO, _THR = 0, 1, 2  # kst[_THR + t]: lower bound of block t
 _NEED_GF2 = -2  # returned by _unit_start / _unit_resume: the pending group needs _group_beta1
 _NAN = -3  # returned for a map that holds a NaN
@@ -592,17 +596,76 @@ def _diameter_at_most_2(adj, m, words):
     return True
 
 
+@njit(cache=True, _nrt=False)
+def _future_pairs(K, u, m, sh, msk, fut):
+    """m <= 64: w_cone (exact: max over c of min over j != c of W[c, j]) and fut[a] = bit mask of the
+    columns b != a with key(U[a, b]) > w_cone. Every edge that can still matter (weight above
+    w_cone: from w_cone on some vertex is joined to all others, and beta_1 stays 0) is then a bit of
+    fut[a] or of fut[b]."""
+    w_cone = 0
+    have = False
+    for c in range(m):
+        rmin = 0
+        first = True
+        for j in range(m):
+            if j != c:
+                x = _key(K[u, c, j], sh, msk)
+                y = _key(K[u, j, c], sh, msk)
+                x = x if x > y else y
+                if first or x < rmin:
+                    rmin = x
+                    first = False
+                if have and rmin <= w_cone:  # c cannot raise the maximum
+                    break
+        if not have or rmin > w_cone:
+            w_cone = rmin
+            have = True
+    one = np.uint64(1)
+    for a in range(m):
+        bits = np.uint64(0)
+        for j in range(m):  # a compare per entry, gathered into a bit mask
+            bits |= np.uint64(_key(K[u, a, j], sh, msk) > w_cone) << np.uint64(j)
+        fut[a] = bits & ~(one << np.uint64(a))
+
+
+@njit(cache=True, _nrt=False)
+def _future_covered(adj, m, fut):
+    """m <= 64: True if every pair (a, b) of fut[a] that is not an edge yet has a common neighbour,
+    i.e. b is in the 2-neighbourhood of a (the union of the neighbourhoods of a's neighbours)."""
+    for a in range(m):
+        need = fut[a] & ~adj[a, 0]
+        if need == 0:
+            continue
+        cover = np.uint64(0)
+        bits = adj[a, 0]
+        while bits:
+            cover |= adj[_lowest_bit_index(bits), 0]
+            bits &= bits - np.uint64(1)
+        if need & ~cover:
+            return False
+    return True
+
+
 @njit(cache=True, _nrt=False, inline="always")
-def _no_birth_left(adj, m, words, ist, added, cid, q, n):
-    """After a group that leaves beta_1 = 0, whenever the number of edges added has doubled since
-    the last check: True if every edge that can still come has a common neighbour already. Common
-    neighbours stay, so no later edge is a trigger and beta_1 stays 0 to the end (the cone cut-off
-    is the case of a vertex joined to all others). In the last block the edges that can still come
-    are the rest of the block (cid[q:n], in any order); before it, any non-adjacent pair
-    (:func:`_diameter_at_most_2`)."""
+def _no_birth_left(K, u, m, words, sh, msk, ws, added, q, n):
+    """After a group that leaves beta_1 = 0, whenever the number of edges added has doubled (grown by
+    half, for the bit masks below) since the last check: True if every edge that can still come has
+    a common neighbour already. Common neighbours stay, so no later edge is a trigger and beta_1
+    stays 0 to the end (the cone cut-off is the case of a vertex joined to all others). In the last block the edges that can
+    still come are the rest of the block (cid[q:n], in any order); before it, every pair whose
+    weight is above w_cone and that is not an edge yet (24 <= m <= 64: the bit masks of
+    :func:`_future_pairs`, made at the first such check; other m: any non-adjacent pair,
+    :func:`_diameter_at_most_2`)."""
+    cid, adj, ist, fut = ws[3], ws[6], ws[8], ws[16]
     ist[_ADDED] += added
     if ist[_ADDED] < ist[_CHECK]:
         return False
+    if not ist[_LAST] and words == 1 and m >= _SMALL_FIRST_BLOCK_M:
+        ist[_CHECK] = ist[_ADDED] + ist[_ADDED] // 2 + 1
+        if not ist[_FUT]:
+            _future_pairs(K, u, m, sh, msk, fut)
+            ist[_FUT] = 1
+        return _future_covered(adj, m, fut)
     ist[_CHECK] = 2 * ist[_ADDED]
     if not ist[_LAST]:
         return _diameter_at_most_2(adj, m, words)
@@ -637,7 +700,7 @@ def _block_bounds(rkey, rsel, m, lo_final, kst, ist, nt):
 def _new_block(K, u, m, sh, msk, ws):
     """Gather the next block of edges, apply the cone cut-off to it, sort it or prepare its
     incremental quicksort."""
-    rkey, rsel, cw, cid, deg, parent, adj, stack, ist, kst, tmp, sw, sid, w2, ids2, hist = ws
+    rkey, rsel, cw, cid, deg, parent, adj, stack, ist, kst, tmp, sw, sid, w2, ids2, hist, fut = ws
     t = ist[_NEXT]
     ist[_NEXT] = t + 1
     if ist[_LAZY] and t == 1:
@@ -701,7 +764,7 @@ def _run(K, u, m, words, sh, msk, ws):
     a path that existed before it, is no boundary), else _group_beta1 gives beta_1 with S as the
     group (returns _NEED_GF2; the caller resumes with _unit_resume).
     """
-    rkey, rsel, cw, cid, deg, parent, adj, stack, ist, kst, tmp, sw, sid, w2, ids2, hist = ws
+    rkey, rsel, cw, cid, deg, parent, adj, stack, ist, kst, tmp, sw, sid, w2, ids2, hist, fut = ws
     mask = np.int64(0xFFFF)
     while True:
         n = ist[_N]
@@ -749,7 +812,7 @@ def _run(K, u, m, words, sh, msk, ws):
                         kept += 1
                 held = kept
             if held == 0:
-                if _no_birth_left(adj, m, words, ist, q - gs, cid, q, n):
+                if _no_birth_left(K, u, m, words, sh, msk, ws, q - gs, q, n):
                     return -1
                 continue
             if held == 1:  # the last edge of the (reordered) group closes a cycle: born
@@ -824,7 +887,7 @@ def _small_block(K, u, m, sh, msk, kinf, ws):
 @njit(cache=True, _nrt=False)
 def _unit_start(K, u, m, words, sh, msk, kinf, ws):
     """Start unit ``u``: NaN and constant maps, block bounds, first block, then :func:`_run`."""
-    rkey, rsel, cw, cid, deg, parent, adj, stack, ist, kst, tmp, sw, sid, w2, ids2, hist = ws
+    rkey, rsel, cw, cid, deg, parent, adj, stack, ist, kst, tmp, sw, sid, w2, ids2, hist, fut = ws
     if m * (m - 1) // 2 <= _RANK_SORT:
         res = _small_block(K, u, m, sh, msk, kinf, ws)
         if res != 0:
@@ -858,6 +921,7 @@ def _unit_start(K, u, m, words, sh, msk, kinf, ws):
     ist[_NEXT] = 0
     ist[_ADDED] = 0
     ist[_CHECK] = m
+    ist[_FUT] = 0
     kst[_HI] = glob_max
     for i in range(m):
         parent[i] = i
@@ -909,7 +973,8 @@ def births(keys, sh, msk, kinf, out, block):
         tmp = np.empty(m * m, dtype=np.int32)
         sw = np.empty(_RANK_SORT, dtype=keys.dtype)
         sid = np.empty(_RANK_SORT, dtype=np.int32)
-        ws = (rkey, rsel, cw, cid, deg, parent, adj, stack, ist, kst, tmp, sw, sid, w2, ids2, hist)
+        fut = np.empty(64, dtype=np.uint64)  # m <= 64: _future_pairs
+        ws = (rkey, rsel, cw, cid, deg, parent, adj, stack, ist, kst, tmp, sw, sid, w2, ids2, hist, fut)
         for u in range(blk * block, min(n, (blk + 1) * block)):
             res = _unit_start(keys, u, m, words, sh, msk, kinf, ws)
             while res == _NEED_GF2:
