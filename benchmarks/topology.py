@@ -311,6 +311,7 @@ def scratch_bytes(m: int, itemsize: int = 4) -> int:
         + 257 * 8  # quicksort stack
         + m * m * 4  # candidate entries of a block
         + 32 * (itemsize + 4)  # rank-sort buffers
+        + 64 * 8  # future-pair masks (24 <= m <= 64)
         + 16 * 8
         + 8 * itemsize  # state
     )

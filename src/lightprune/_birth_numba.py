@@ -44,11 +44,11 @@ Per unit map (``m x m``), one thread, no allocation except in the rare exact tie
    m = 56 this ends the units without a birth after about half the edges the cone cut-off needs.
    Small maps (m <= 8) are scanned with one bit mask per vertex for its neighbours and one for its
    component (:func:`_tiny_scan`) until a tie group of two or more edges, which sends the unit to
-   the general scan; 1.13-1.22x on m = 4 to 8.
+   the general scan; 1.12-1.22x on m = 4 to 8.
 5. Index: ``1 + #{entries > w_birth}`` (rows whose largest key is below skipped).
 
 Memory per thread (allocated once per block of units by :func:`births`): about
-``4 m^2 + 2 E (itemsize + 4) + 16 KiB`` bytes (``E = m (m - 1) / 2``; 0.6 MB at m = 224 in
+``4 m^2 + 2 E (itemsize + 4) + 17 KiB`` bytes (``E = m (m - 1) / 2``; 0.6 MB at m = 224 in
 float32); no (m*m)^2 structure. :func:`_group_beta1` allocates ``O(m^2 + rows)`` more while it runs.
 """
 
@@ -888,7 +888,7 @@ def _small_block(K, u, m, sh, msk, kinf, ws):
     return 0
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@njit(cache=True, _nrt=False)
 def _tiny_scan(K, u, m, sh, msk, cw, cid, n, nbr, comp):
     """Small maps (m <= 8), the sorted block of _small_block without ties: the scan with one bit mask
     per vertex for its neighbours and one for its component (a union relabels at most 8 vertices),
@@ -1000,7 +1000,6 @@ def births(keys, sh, msk, kinf, out, block):
     E = m * (m - 1) // 2
     words = (m + 63) // 64
     n_blocks = (n + block - 1) // block
-    small = E <= _RANK_SORT
     for blk in prange(n_blocks):
         rkey = np.empty(m, dtype=keys.dtype)
         rsel = np.empty(m, dtype=keys.dtype)
@@ -1021,13 +1020,7 @@ def births(keys, sh, msk, kinf, out, block):
         fut = np.empty(64, dtype=np.uint64)  # m <= 64: _future_pairs
         ws = (rkey, rsel, cw, cid, deg, parent, adj, stack, ist, kst, tmp, sw, sid, w2, ids2, hist, fut)
         for u in range(blk * block, min(n, (blk + 1) * block)):
-            res = _TIE
-            if small:  # inlined here: a call with the scratch arrays costs more than a 4 x 4 map
-                res = _small_block(keys, u, m, sh, msk, kinf, ws)
-                if res == 0:
-                    res = _tiny_scan(keys, u, m, sh, msk, cw, cid, ist[_N], deg, parent)
-            if res == _TIE:
-                res = _unit_start(keys, u, m, words, sh, msk, kinf, ws)
+            res = _unit_start(keys, u, m, words, sh, msk, kinf, ws)
             while res == _NEED_GF2:
                 gs = ist[_GS]
                 ge = ist[_GE]
