@@ -655,10 +655,10 @@ def _no_birth_left(K, u, m, words, sh, msk, ws, added, q, n):
     """After a group that leaves beta_1 = 0, whenever the number of edges added has doubled (grown by
     half, for the bit masks below) since the last check: True if every edge that can still come has
     a common neighbour already. Common neighbours stay, so no later edge is a trigger and beta_1
-    stays 0 to the end (the cone cut-off is the case of a vertex joined to all others). In the last block the edges that can
-    still come are the rest of the block (cid[q:n], in any order); before it, every pair whose
-    weight is above w_cone and that is not an edge yet (24 <= m <= 64: the bit masks of
-    :func:`_future_pairs`, made at the first such check; other m: any non-adjacent pair,
+    stays 0 to the end (the cone cut-off is the case of a vertex joined to all others). In the last
+    block the edges that can still come are the rest of the block (cid[q:n], in any order); before
+    it, every pair whose weight is above w_cone and that is not an edge yet (24 <= m <= 64: the bit
+    masks of :func:`_future_pairs`, made at the first such check; other m: any non-adjacent pair,
     :func:`_diameter_at_most_2`)."""
     cid, adj, ist, fut = ws[3], ws[6], ws[8], ws[16]
     ist[_ADDED] += added
