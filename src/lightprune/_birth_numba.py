@@ -407,6 +407,25 @@ def _collect(K, u, m, lo, hi, sh, msk, rkey, cw, cid, deg, tmp):
 
 
 @njit(cache=True, _nrt=False, inline="always")
+def _weight_min(K, u, m, c, sh, msk, floor):
+    """min over j != c of the key of W[c, j] = max(U[c, j], U[j, c]) (vertex c's lightest edge); the
+    scan stops early, with a value <= floor, once the minimum is known to be <= floor."""
+    j0 = 1 if c == 0 else 0
+    x = _key(K[u, c, j0], sh, msk)
+    y = _key(K[u, j0, c], sh, msk)
+    rmin = x if x > y else y
+    for j in range(j0 + 1, m):
+        if rmin <= floor:
+            break
+        if j != c:
+            x = _key(K[u, c, j], sh, msk)
+            y = _key(K[u, j, c], sh, msk)
+            x = x if x > y else y
+            rmin = x if x < rmin else rmin
+    return rmin
+
+
+@njit(cache=True, _nrt=False, inline="always")
 def _index(K, u, m, sh, msk, rkey, thr):
     """1 + number of entries whose key is above ``thr``."""
     count = 1
@@ -601,29 +620,15 @@ def _diameter_at_most_2(adj, m, words):
 
 
 @njit(cache=True, _nrt=False)
-def _future_pairs(K, u, m, sh, msk, fut):
-    """m <= 64: w_cone (exact: max over c of min over j != c of W[c, j]) and fut[a] = bit mask of the
-    columns b != a with key(U[a, b]) > w_cone. Every edge that can still matter (weight above
-    w_cone: from w_cone on some vertex is joined to all others, and beta_1 stays 0) is then a bit of
-    fut[a] or of fut[b]."""
-    w_cone = 0
-    have = False
+def _future_pairs(K, u, m, sh, msk, lo_final, fut):
+    """m <= 64: w_cone (exact: the largest lightest edge of a vertex, :func:`_weight_min`; lo_final
+    is a lower bound of it) and fut[a] = bit mask of the columns b != a with key(U[a, b]) > w_cone.
+    Every edge that can still matter (weight above w_cone: from w_cone on some vertex is joined to
+    all others, and beta_1 stays 0) is then a bit of fut[a] or of fut[b]."""
+    w_cone = lo_final
     for c in range(m):
-        rmin = 0
-        first = True
-        for j in range(m):
-            if j != c:
-                x = _key(K[u, c, j], sh, msk)
-                y = _key(K[u, j, c], sh, msk)
-                x = x if x > y else y
-                if first or x < rmin:
-                    rmin = x
-                    first = False
-                if have and rmin <= w_cone:  # c cannot raise the maximum
-                    break
-        if not have or rmin > w_cone:
-            w_cone = rmin
-            have = True
+        rmin = _weight_min(K, u, m, c, sh, msk, w_cone)  # stops once c cannot raise w_cone
+        w_cone = rmin if rmin > w_cone else w_cone
     one = np.uint64(1)
     for a in range(m):
         bits = np.uint64(0)
@@ -660,14 +665,14 @@ def _no_birth_left(K, u, m, words, sh, msk, ws, added, q, n):
     it, every pair whose weight is above w_cone and that is not an edge yet (24 <= m <= 64: the bit
     masks of :func:`_future_pairs`, made at the first such check; other m: any non-adjacent pair,
     :func:`_diameter_at_most_2`)."""
-    cid, adj, ist, fut = ws[3], ws[6], ws[8], ws[16]
+    cid, adj, ist, kst, fut = ws[3], ws[6], ws[8], ws[9], ws[16]
     ist[_ADDED] += added
     if ist[_ADDED] < ist[_CHECK]:
         return False
     if not ist[_LAST] and words == 1 and m >= _SMALL_FIRST_BLOCK_M:
         ist[_CHECK] = ist[_ADDED] + ist[_ADDED] // 2 + 1
         if not ist[_FUT]:
-            _future_pairs(K, u, m, sh, msk, fut)
+            _future_pairs(K, u, m, sh, msk, kst[_THR + ist[_NTHR] - 1], fut)  # the last bound: lo_final
             ist[_FUT] = 1
         return _future_covered(adj, m, fut)
     ist[_CHECK] = 2 * ist[_ADDED]
@@ -718,14 +723,8 @@ def _new_block(K, u, m, sh, msk, ws):
     cone = False
     w_cone = lo
     for c in range(m):
-        if deg[c] == m - 1:
-            rmin = kst[_HI]  # c became full in this block: one of its edges is <= hi
-            for j in range(m):
-                if j != c:
-                    x = _key(K[u, c, j], sh, msk)
-                    y = _key(K[u, j, c], sh, msk)
-                    x = x if x > y else y
-                    rmin = x if x < rmin else rmin
+        if deg[c] == m - 1:  # all of c's edges are above lo: the scan never stops early
+            rmin = _weight_min(K, u, m, c, sh, msk, lo)
             if not cone or rmin > w_cone:
                 w_cone = rmin
             cone = True
@@ -889,10 +888,10 @@ def _small_block(K, u, m, sh, msk, kinf, ws):
 
 
 @njit(cache=True, _nrt=False)
-def _tiny_scan(K, u, m, sh, msk, cw, cid, n, nbr, comp):
+def _tiny_scan(K, u, m, sh, msk, rkey, cw, cid, n, nbr, comp):
     """Small maps (m <= 8), the sorted block of _small_block without ties: the scan with one bit mask
-    per vertex for its neighbours and one for its component (a union relabels at most 8 vertices),
-    and the index counted over the whole map. Returns the index, -1, or _TIE at the first tie group
+    per vertex for its neighbours and one for its component (a union relabels at most 8 vertices).
+    Returns the index, -1, or _TIE at the first tie group
     of two or more edges (the caller then runs the general scan from the start). ``nbr`` and
     ``comp``: int64 scratch of m entries (the bit masks)."""
     one = np.int64(1)
@@ -910,11 +909,7 @@ def _tiny_scan(K, u, m, sh, msk, cw, cid, n, nbr, comp):
         bit_b = one << b
         if comp[a] & bit_b:
             if (nbr[a] & nbr[b]) == 0:  # joins two connected vertices without a common neighbour
-                count = 1
-                for i in range(m):
-                    for j in range(m):
-                        count += _key(K[u, i, j], sh, msk) > x
-                return count
+                return _index(K, u, m, sh, msk, rkey, x)
         else:
             joined = comp[a] | comp[b]
             for v in range(m):
@@ -933,7 +928,7 @@ def _unit_start(K, u, m, words, sh, msk, kinf, ws):
         res = _small_block(K, u, m, sh, msk, kinf, ws)
         if res != 0:
             return res
-        res = _tiny_scan(K, u, m, sh, msk, cw, cid, ist[_N], deg, parent)
+        res = _tiny_scan(K, u, m, sh, msk, rkey, cw, cid, ist[_N], deg, parent)
         if res != _TIE:
             return res
         ist[_ADDED] = 0
