@@ -57,6 +57,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from lightprune._simd import count_above_keys, lowest_bit, rank_desc, row_bits_keys, row_max_min_keys
+
 # Hot functions are compiled with _nrt=False: they allocate nothing, and the atomic reference-count
 # updates numba otherwise makes on every array argument cost more than the scan of a small map.
 # Those called once per unit or per edge are inlined (inline="always"): passing some twenty array
@@ -93,11 +95,10 @@ _TIE = -4  # returned by _tiny_scan: a tie group of two or more edges, left to t
 # ------------------------------------------------------------------------------------------------
 # small helpers
 # ------------------------------------------------------------------------------------------------
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _lowest_bit_index(word):
     """Index of the lowest set bit of a non-zero uint64."""
-    low = word & (~word + np.uint64(1))
-    return _DEBRUIJN_TABLE[(low * _DEBRUIJN) >> np.uint64(58)]
+    return lowest_bit(word)
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -296,17 +297,9 @@ def _select_desc(a, n, k):
     most k values above it (rank counting, branch-free: a quickselect's 3-way branches on random
     keys mispredict about every other element); above: quickselect (reorders a)."""
     if n <= _RANK_SELECT:
-        best = a[0]
-        first = True
         for i in range(n):
-            x = a[i]
-            c = 0
-            for j in range(n):
-                c += a[j] > x
-            if c <= k and (first or x < best):
-                best = x
-                first = False
-        return best
+            if rank_desc(a, n, i) == k:
+                return a[i]
     lo = 0
     hi = n
     while hi - lo > 1:
@@ -345,13 +338,9 @@ def _row_keys(K, u, m, sh, msk, rkey):
     glob_min = _key(K[u, 0, 0], sh, msk)
     glob_max = glob_min
     best_min = glob_min
+    base = u * m * m
     for i in range(m):
-        kmax = _key(K[u, i, 0], sh, msk)
-        kmin = kmax
-        for j in range(1, m):  # integer max / min: vectorised
-            k = _key(K[u, i, j], sh, msk)
-            kmax = k if k > kmax else kmax
-            kmin = k if k < kmin else kmin
+        kmax, kmin = row_max_min_keys(K, base + i * m, m, sh, msk)
         rkey[i] = kmax
         best_min = kmin if kmin > best_min or i == 0 else best_min
         glob_min = kmin if kmin < glob_min else glob_min
@@ -360,13 +349,10 @@ def _row_keys(K, u, m, sh, msk, rkey):
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _row_candidates(K, u, i, j0, length, lo, hi, sh, msk, tmp, k):
+def _row_candidates(K, u, m, i, j0, length, lo, hi, sh, msk, tmp, k):
     """Append to tmp (from k) the ids (i << 16 | j) of the entries of row i, columns
     j0 .. j0 + length - 1, whose key lies in (lo, hi]."""
-    bits = np.uint64(0)
-    for t in range(length):  # a compare per entry, gathered into a bit mask (vectorised)
-        x = _key(K[u, i, j0 + t], sh, msk)
-        bits |= np.uint64((x > lo) & (x <= hi)) << np.uint64(t)
+    bits = row_bits_keys(K, (u * m + i) * m + j0, length, lo, hi, sh, msk)
     base = (i << _SHIFT) | j0
     while bits:
         tmp[k] = base + _lowest_bit_index(bits)
@@ -385,10 +371,10 @@ def _collect(K, u, m, lo, hi, sh, msk, rkey, cw, cid, deg, tmp):
             continue
         j0 = 0
         while j0 + 64 <= m:
-            k = _row_candidates(K, u, i, j0, 64, lo, hi, sh, msk, tmp, k)
+            k = _row_candidates(K, u, m, i, j0, 64, lo, hi, sh, msk, tmp, k)
             j0 += 64
         if j0 < m:
-            k = _row_candidates(K, u, i, j0, m - j0, lo, hi, sh, msk, tmp, k)
+            k = _row_candidates(K, u, m, i, j0, m - j0, lo, hi, sh, msk, tmp, k)
     n = 0
     mask = np.int64(0xFFFF)
     for c in range(k):  # branch-free: keep the entry that carries the edge's weight
@@ -431,8 +417,7 @@ def _index(K, u, m, sh, msk, rkey, thr):
     count = 1
     for r in range(m):
         if rkey[r] > thr:
-            for c in range(m):
-                count += _key(K[u, r, c], sh, msk) > thr
+            count += count_above_keys(K, (u * m + r) * m, m, thr, sh, msk)
     return count
 
 
@@ -630,10 +615,8 @@ def _future_pairs(K, u, m, sh, msk, lo_final, fut):
         rmin = _weight_min(K, u, m, c, sh, msk, w_cone)  # stops once c cannot raise w_cone
         w_cone = rmin if rmin > w_cone else w_cone
     one = np.uint64(1)
-    for a in range(m):
-        bits = np.uint64(0)
-        for j in range(m):  # a compare per entry, gathered into a bit mask
-            bits |= np.uint64(_key(K[u, a, j], sh, msk) > w_cone) << np.uint64(j)
+    for a in range(m):  # msk: the largest value of the key type
+        bits = row_bits_keys(K, (u * m + a) * m, m, w_cone, msk, sh, msk)
         fut[a] = bits & ~(one << np.uint64(a))
 
 

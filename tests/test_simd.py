@@ -1,0 +1,112 @@
+"""The SIMD intrinsics of lightprune._simd against plain loops, on float32 and float64 keys,
+row lengths around the vector widths (1 .. 70), offsets that start mid-array, and -0.0 / +-inf."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+from numba import njit  # noqa: E402
+
+from lightprune import _simd  # noqa: E402
+from lightprune._birth_numba import _key  # noqa: E402
+from lightprune.topology import _NUMBA_KEYS32, _NUMBA_KEYS64  # noqa: E402
+
+_KEYS = {np.float32: (np.int32, _NUMBA_KEYS32), np.float64: (np.int64, _NUMBA_KEYS64)}
+
+
+def _maps(dtype, n_entries, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(n_entries).astype(dtype)
+    x[rng.random(n_entries) < 0.3] = 0.0  # ties, as after a ReLU
+    x[rng.random(n_entries) < 0.05] = -0.0
+    x[rng.random(n_entries) < 0.01] = np.inf
+    x[rng.random(n_entries) < 0.01] = -np.inf
+    return x
+
+
+@njit
+def _simd_all(K, n, lo, hi, sh, msk, out):
+    r = 0
+    for off in range(0, K.shape[0] - n + 1, 7):
+        a, b = _simd.row_max_min_keys(K, off, n, sh, msk)
+        out[r, 0] = a
+        out[r, 1] = b
+        out[r, 2] = _simd.row_bits_keys(K, off, min(n, 64), lo, hi, sh, msk)
+        out[r, 3] = _simd.count_above_keys(K, off, n, lo, sh, msk)
+        r += 1
+    return r
+
+
+@njit
+def _loops_all(K, n, lo, hi, sh, msk, out):
+    r = 0
+    for off in range(0, K.shape[0] - n + 1, 7):
+        a = _key(K[off], sh, msk)
+        b = a
+        bits = np.uint64(0)
+        count = 0
+        for t in range(n):
+            k = _key(K[off + t], sh, msk)
+            a = max(a, k)
+            b = min(b, k)
+            if t < 64 and lo < k <= hi:
+                bits |= np.uint64(1) << np.uint64(t)
+            count += k > lo
+        out[r, 0] = a
+        out[r, 1] = b
+        out[r, 2] = bits
+        out[r, 3] = count
+        r += 1
+    return r
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_intrinsics_equal_plain_loops(dtype):
+    ity, (sh, msk, _) = _KEYS[dtype]
+    K = _maps(dtype, 300, 0).view(ity)
+    keys = np.array([_key(b, sh, msk) for b in K[:40]], dtype=ity)
+    for n in [1, 2, 7, 8, 9, 14, 15, 16, 17, 31, 32, 33, 56, 63, 64, 65, 70]:
+        for lo, hi in [(keys.min(), keys.max()), (np.median(keys), keys.max()), (keys[3], keys[5])]:
+            lo, hi = ity(min(lo, hi)), ity(max(lo, hi))
+            got = np.zeros((300, 4), np.int64)
+            want = np.zeros((300, 4), np.int64)
+            rows = _simd_all(K, n, lo, hi, ity(sh), ity(msk), got)
+            assert rows == _loops_all(K, n, lo, hi, ity(sh), ity(msk), want) > 0
+            np.testing.assert_array_equal(got[:rows], want[:rows], err_msg=f"n={n} lo={lo} hi={hi}")
+
+
+@njit
+def _ranks(w, n, out):
+    for i in range(n):
+        out[i] = _simd.rank_desc(w, n, i)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_rank_desc_is_the_stable_decreasing_order(dtype):
+    rng = np.random.default_rng(1)
+    for n in [1, 2, 5, 8, 15, 16, 17, 40, 64, 100]:
+        w = rng.integers(-5, 5, n).astype(dtype)  # many ties
+        got = np.zeros(n, np.int64)
+        _ranks(w, n, got)
+        order = np.argsort(-w.astype(np.int64), kind="stable")
+        want = np.empty(n, np.int64)
+        want[order] = np.arange(n)
+        np.testing.assert_array_equal(got, want, err_msg=f"n={n}")
+
+
+@njit
+def _bit_ops(xs, out):
+    for i in range(xs.shape[0]):
+        out[i, 0] = _simd.lowest_bit(xs[i])
+        out[i, 1] = _simd.popcount(xs[i])
+
+
+def test_lowest_bit_and_popcount():
+    rng = np.random.default_rng(2)
+    xs = rng.integers(1, 2**63, 500, dtype=np.uint64) << rng.integers(0, 40, 500).astype(np.uint64)
+    xs = np.concatenate([xs[xs != 0], np.uint64(1) << np.arange(64, dtype=np.uint64)])
+    out = np.zeros((len(xs), 2), np.int64)
+    _bit_ops(xs, out)
+    for x, (low, cnt) in zip(xs.tolist(), out.tolist(), strict=True):
+        assert low == (x & -x).bit_length() - 1
+        assert cnt == bin(x).count("1")
