@@ -110,3 +110,24 @@ def test_lowest_bit_and_popcount():
     for x, (low, cnt) in zip(xs.tolist(), out.tolist(), strict=True):
         assert low == (x & -x).bit_length() - 1
         assert cnt == bin(x).count("1")
+
+
+@njit
+def _argmaxes(w, out):
+    r = 0
+    for lo in range(0, len(w), 3):
+        for hi in range(lo + 1, len(w) + 1, 5):
+            out[r] = _simd.argmax_from(w, lo, hi)
+            r += 1
+    return r
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_argmax_from_is_the_first_largest(dtype):
+    rng = np.random.default_rng(3)
+    w = rng.integers(-4, 4, 90).astype(dtype)  # ties everywhere
+    out = np.zeros(90 * 90, np.int64)
+    r = _argmaxes(w, out)
+    want = [lo + int(np.argmax(w[lo:hi])) for lo in range(0, 90, 3) for hi in range(lo + 1, 91, 5)]
+    assert r == len(want) > 100
+    np.testing.assert_array_equal(out[:r], want)

@@ -10,9 +10,10 @@ compares *keys* (``_key``: the integer order of the keys is the order of the flo
 +0.0 share a key, so equal floats have equal keys). A NaN has a key beyond those of +-inf, which is
 how NaN is detected, in the one pass that reads the whole map anyway.
 
-Per unit map (``m x m``), one thread, no allocation except in the rare exact tie-group count:
+Per unit map (``m x m``), one thread, no allocation except in the rare exact tie-group count. The
+passes over the rows of a map (and the rank counts) are explicit SIMD (:mod:`lightprune._simd`):
 
-1. Row pass (vectorised integer max / min): the largest key of every row; ``lo_final = max_i
+1. Row pass (integer max / min): the largest key of every row; ``lo_final = max_i
    min_j U[i, j]``, a lower bound of ``w_cone`` (``W[c, j] >= U[c, j]``): no edge of weight
    ``<= lo_final`` can matter; a constant map has no birth.
 2. Blocks of edges, heaviest first: from m = 24 on, block 0 = the edges above the (m/3)-th
@@ -28,8 +29,9 @@ Per unit map (``m x m``), one thread, no allocation except in the rare exact tie
    the block's lower bound ``lo``; then ``w_cone`` is exact from that vertex's row and column, the
    block keeps the edges above it and is the last one.
 3. Sorting, only as far as the scan goes (partial selection, no sort of all m (m - 1) / 2 edges):
-   blocks of up to 32 edges by rank counting (branch-free), up to 256 by an incremental quicksort
-   (3-way partitions, each tie group one segment), larger ones by an LSD radix sort of the keys.
+   blocks of up to 64 edges by rank counting (:func:`lightprune._simd.rank_desc`), up to 256 one
+   edge at a time as the scan reaches it (the largest of the rest, :func:`_take`), larger ones by
+   an LSD radix sort of the keys.
 4. Scan, one tie group at a time with ``beta_1 = 0`` before it (see :func:`_run`): union-find for
    "already connected", bitset rows of the adjacency (``ceil(m / 64)`` uint64 words per vertex)
    for "a common neighbour"; triggers inside a group are set aside and retried after the rest of
@@ -48,7 +50,7 @@ Per unit map (``m x m``), one thread, no allocation except in the rare exact tie
 5. Index: ``1 + #{entries > w_birth}`` (rows whose largest key is below skipped).
 
 Memory per thread (allocated once per block of units by :func:`births`): about
-``4 m^2 + 2 E (itemsize + 4) + 17 KiB`` bytes (``E = m (m - 1) / 2``; 0.6 MB at m = 224 in
+``4 m^2 + 2 E (itemsize + 4) + 15 KiB`` bytes (``E = m (m - 1) / 2``; 0.6 MB at m = 224 in
 float32); no (m*m)^2 structure. :func:`_group_beta1` allocates ``O(m^2 + rows)`` more while it runs.
 """
 
@@ -57,35 +59,29 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from lightprune._simd import count_above_keys, lowest_bit, rank_desc, row_bits_keys, row_max_min_keys
+from lightprune._simd import (
+    argmax_from,
+    count_above_keys,
+    lowest_bit,
+    rank_desc,
+    row_bits_keys,
+    row_max_min_keys,
+)
 
 # Hot functions are compiled with _nrt=False: they allocate nothing, and the atomic reference-count
 # updates numba otherwise makes on every array argument cost more than the scan of a small map.
 # Those called once per unit or per edge are inlined (inline="always"): passing some twenty array
 # arguments per call costs a fifth of the time of a 4 x 4 or 8 x 8 map.
 
-# ctz of a power of two via a de Bruijn sequence (numba has no public count-trailing-zeros)
-_DEBRUIJN = np.uint64(0x03F79D71B4CB0A89)
-_DEBRUIJN_TABLE = np.array(
-    [
-        0, 1, 48, 2, 57, 49, 28, 3, 61, 58, 50, 42, 38, 29, 17, 4,
-        62, 55, 59, 36, 53, 51, 43, 22, 45, 39, 33, 30, 24, 18, 12, 5,
-        63, 47, 56, 27, 60, 41, 37, 16, 54, 35, 52, 21, 44, 32, 23, 11,
-        46, 26, 40, 15, 34, 20, 31, 10, 25, 14, 19, 9, 13, 8, 7, 6,
-    ],
-    dtype=np.int64,
-)  # fmt: skip
-
 _SHIFT = 16  # edge id = (i << 16) | j, with U[i, j] the entry that carries the edge's weight
-_SMALL = 16  # quicksort segments up to this length are finished by insertion sort
-_RANK_SORT = 32  # blocks up to this size are sorted at once by rank counting
+_RANK_SORT = 64  # blocks up to this size are sorted at once by rank counting (SIMD)
 _RADIX_SORT = 256  # blocks above this size are sorted at once by a radix sort
 # from this m on, a first block of the edges above the (m/3)-th largest row maximum (smaller maps:
 # the extra pass over the rows costs more than the edges it saves)
 _SMALL_FIRST_BLOCK_M = 24
 
 # Per-unit state between calls: ``ist`` (int64) and ``kst`` (keys).
-_FINAL, _HEIGHT, _POS, _N, _NEXT, _LAST, _GS, _GE, _UNIONS, _NTHR, _ADDED, _CHECK, _LAZY, _FUT = range(14)
+_FINAL, _POS, _N, _NEXT, _LAST, _GS, _GE, _UNIONS, _NTHR, _ADDED, _CHECK, _LAZY, _FUT = range(13)
 _HI, _LO, _THR = 0, 1, 2  # kst[_THR + t]: lower bound of block t
 _NEED_GF2 = -2  # returned by _unit_start / _unit_resume: the pending group needs _group_beta1
 _NAN = -3  # returned for a map that holds a NaN
@@ -134,30 +130,6 @@ def _add_edge(adj, a, b):
 # sorting (decreasing keys, edge ids alongside)
 # ------------------------------------------------------------------------------------------------
 @njit(cache=True, _nrt=False)
-def _swap(w, ids, i, j):
-    tw = w[i]
-    w[i] = w[j]
-    w[j] = tw
-    ti = ids[i]
-    ids[i] = ids[j]
-    ids[j] = ti
-
-
-@njit(cache=True, _nrt=False)
-def _insertion_sort_desc(w, ids, lo, hi):
-    for i in range(lo + 1, hi):
-        x = w[i]
-        e = ids[i]
-        j = i - 1
-        while j >= lo and w[j] < x:
-            w[j + 1] = w[j]
-            ids[j + 1] = ids[j]
-            j -= 1
-        w[j + 1] = x
-        ids[j + 1] = e
-
-
-@njit(cache=True, _nrt=False)
 def _median3(a, b, c):
     if a < b:
         if b < c:
@@ -168,69 +140,25 @@ def _median3(a, b, c):
     return c if b < c else b
 
 
-@njit(cache=True, _nrt=False)
-def _partition3(w, ids, lo, hi, pivot):
-    """3-way partition of [lo, hi): [lo, lt) > pivot, [lt, gt) == pivot, [gt, hi) < pivot."""
-    lt = lo
-    i = lo
-    gt = hi
-    while i < gt:
-        x = w[i]
-        if x > pivot:
-            _swap(w, ids, i, lt)
-            lt += 1
-            i += 1
-        elif x < pivot:
-            gt -= 1
-            _swap(w, ids, i, gt)
-        else:
-            i += 1
-    return lt, gt
-
-
-@njit(cache=True, _nrt=False)
-def _ensure(w, ids, pos, state, stack):
-    """Incremental quicksort: make position ``pos`` final (positions < pos already are).
-
-    ``state[_FINAL]``: end of the final prefix; ``state[_HEIGHT]``: stack height; ``stack[:height]``
-    holds segment ends (decreasing): every element before a stored end is >= every element after.
-    """
-    if pos < state[_FINAL]:
-        return
-    top = state[_HEIGHT]
-    while True:
-        end = stack[top - 1]
-        while end <= pos:  # boundaries already passed
-            top -= 1
-            end = stack[top - 1]
-        lo = pos
-        if end - lo <= _SMALL:
-            _insertion_sort_desc(w, ids, lo, end)
-            state[_FINAL] = end
-            top -= 1
-            break
-        lt, gt = _partition3(w, ids, lo, end, _median3(w[lo], w[(lo + end) // 2], w[end - 1]))
-        if gt < end:
-            stack[top] = gt
-            top += 1
-        if lt == lo:  # the block equal to the pivot comes first: final
-            state[_FINAL] = gt
-            break
-        stack[top] = lt
-        top += 1
-    state[_HEIGHT] = top
+@njit(cache=True, _nrt=False, inline="always")
+def _take(w, ids, q, state):
+    """Make position q final: move the largest of w[q:n] (and its id) there."""
+    t = argmax_from(w, q, state[_N])
+    x = w[t]
+    w[t] = w[q]
+    w[q] = x
+    e = ids[t]
+    ids[t] = ids[q]
+    ids[q] = e
+    state[_FINAL] = q + 1
 
 
 @njit(cache=True, _nrt=False, inline="always")
 def _rank_sort(w, ids, n, sw, sid):
     """Sort w[:n] / ids[:n] by decreasing key in place: rank counting, branch-free (small n)."""
     for i in range(n):
-        x = w[i]
-        c = 0
-        for j in range(n):
-            y = w[j]
-            c += (y > x) | ((y == x) & (j < i))
-        sw[c] = x
+        c = rank_desc(w, n, i)
+        sw[c] = w[i]
         sid[c] = ids[i]
     for i in range(n):
         w[i] = sw[i]
@@ -648,7 +576,7 @@ def _no_birth_left(K, u, m, words, sh, msk, ws, added, q, n):
     it, every pair whose weight is above w_cone and that is not an edge yet (24 <= m <= 64: the bit
     masks of :func:`_future_pairs`, made at the first such check; other m: any non-adjacent pair,
     :func:`_diameter_at_most_2`)."""
-    cid, adj, ist, kst, fut = ws[3], ws[6], ws[8], ws[9], ws[16]
+    cid, adj, ist, kst, fut = ws[3], ws[6], ws[7], ws[8], ws[15]
     ist[_ADDED] += added
     if ist[_ADDED] < ist[_CHECK]:
         return False
@@ -690,9 +618,9 @@ def _block_bounds(rkey, rsel, m, lo_final, kst, ist, nt):
 # ------------------------------------------------------------------------------------------------
 @njit(cache=True, _nrt=False, inline="always")
 def _new_block(K, u, m, sh, msk, ws):
-    """Gather the next block of edges, apply the cone cut-off to it, sort it or prepare its
-    incremental quicksort."""
-    rkey, rsel, cw, cid, deg, parent, adj, stack, ist, kst, tmp, sw, sid, w2, ids2, hist, fut = ws
+    """Gather the next block of edges, apply the cone cut-off to it, sort it (or leave it to
+    :func:`_take`)."""
+    rkey, rsel, cw, cid, deg, parent, adj, ist, kst, tmp, sw, sid, w2, ids2, hist, fut = ws
     t = ist[_NEXT]
     ist[_NEXT] = t + 1
     if ist[_LAZY] and t == 1:
@@ -730,10 +658,8 @@ def _new_block(K, u, m, sh, msk, ws):
     elif n > _RADIX_SORT:
         _radix_sort(cw, cid, n, w2, ids2, hist, msk)
         ist[_FINAL] = n
-    else:  # incremental quicksort: sorted only as far as the scan goes
+    else:  # selected one at a time, only as far as the scan goes (_take)
         ist[_FINAL] = 0
-        ist[_HEIGHT] = 1
-        stack[0] = n
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -750,14 +676,14 @@ def _run(K, u, m, words, sh, msk, ws):
     a path that existed before it, is no boundary), else _group_beta1 gives beta_1 with S as the
     group (returns _NEED_GF2; the caller resumes with _unit_resume).
     """
-    rkey, rsel, cw, cid, deg, parent, adj, stack, ist, kst, tmp, sw, sid, w2, ids2, hist, fut = ws
+    rkey, rsel, cw, cid, deg, parent, adj, ist, kst, tmp, sw, sid, w2, ids2, hist, fut = ws
     mask = np.int64(0xFFFF)
     while True:
         n = ist[_N]
         q = ist[_POS]
         while q < n:
             if q >= ist[_FINAL]:
-                _ensure(cw, cid, q, ist, stack)
+                _take(cw, cid, q, ist)
             wg = cw[q]
             gs = q
             held = 0  # triggers set aside, kept in cid[gs : gs + held]
@@ -779,7 +705,7 @@ def _run(K, u, m, words, sh, msk, ws):
                 if q >= n:
                     break
                 if q >= ist[_FINAL]:
-                    _ensure(cw, cid, q, ist, stack)
+                    _take(cw, cid, q, ist)
                 if cw[q] != wg:
                     break
             changed = held > 0
@@ -825,7 +751,7 @@ def _run(K, u, m, words, sh, msk, ws):
 def _small_block(K, u, m, sh, msk, kinf, ws):
     """Small maps (m (m - 1) / 2 <= _RANK_SORT edges): all edges above w_cone in one sorted block,
     read directly (row maxima and NaN / constant maps as in _row_keys). Returns 0, or -1 / _NAN."""
-    rkey, rmin, cw, cid, ist, sw, sid = ws[0], ws[1], ws[2], ws[3], ws[8], ws[11], ws[12]
+    rkey, rmin, cw, cid, ist, sw, sid = ws[0], ws[1], ws[2], ws[3], ws[7], ws[10], ws[11]
     glob_min = _key(K[u, 0, 0], sh, msk)
     glob_max = glob_min
     for i in range(m):
@@ -906,7 +832,7 @@ def _tiny_scan(K, u, m, sh, msk, rkey, cw, cid, n, nbr, comp):
 @njit(cache=True, _nrt=False)
 def _unit_start(K, u, m, words, sh, msk, kinf, ws):
     """Start unit ``u``: NaN and constant maps, block bounds, first block, then :func:`_run`."""
-    rkey, rsel, cw, cid, deg, parent, adj, stack, ist, kst, tmp, sw, sid, w2, ids2, hist, fut = ws
+    rkey, rsel, cw, cid, deg, parent, adj, ist, kst, tmp, sw, sid, w2, ids2, hist, fut = ws
     if m * (m - 1) // 2 <= _RANK_SORT:
         res = _small_block(K, u, m, sh, msk, kinf, ws)
         if res != 0:
@@ -957,7 +883,7 @@ def _unit_start(K, u, m, words, sh, msk, kinf, ws):
 @njit(cache=True, _nrt=False)
 def _unit_resume(K, u, m, words, sh, msk, ws, born):
     """Continue unit ``u`` once _group_beta1 has decided its pending group."""
-    rkey, cw, ist = ws[0], ws[2], ws[8]
+    rkey, cw, ist = ws[0], ws[2], ws[7]
     if born:
         return _index(K, u, m, sh, msk, rkey, cw[ist[_GS]])
     return _run(K, u, m, words, sh, msk, ws)
@@ -989,14 +915,13 @@ def births(keys, sh, msk, kinf, out, block):
         deg = np.empty(m, dtype=np.int64)
         parent = np.empty(m, dtype=np.int64)
         adj = np.empty((m + 1, words), dtype=np.uint64)  # row m: scratch of _diameter_at_most_2
-        stack = np.empty(_RADIX_SORT + 1, dtype=np.int64)
         ist = np.zeros(16, dtype=np.int64)
         kst = np.zeros(8, dtype=keys.dtype)
         tmp = np.empty(m * m, dtype=np.int32)
         sw = np.empty(_RANK_SORT, dtype=keys.dtype)
         sid = np.empty(_RANK_SORT, dtype=np.int32)
         fut = np.empty(64, dtype=np.uint64)  # m <= 64: _future_pairs
-        ws = (rkey, rsel, cw, cid, deg, parent, adj, stack, ist, kst, tmp, sw, sid, w2, ids2, hist, fut)
+        ws = (rkey, rsel, cw, cid, deg, parent, adj, ist, kst, tmp, sw, sid, w2, ids2, hist, fut)
         for u in range(blk * block, min(n, (blk + 1) * block)):
             res = _unit_start(keys, u, m, words, sh, msk, kinf, ws)
             while res == _NEED_GF2:

@@ -75,6 +75,12 @@ def _reduce(builder, v, op):
     return builder.call(fn, [v])
 
 
+def _sum_i64(builder, v):
+    """Sum of the lanes of an integer vector, as i64."""
+    total = _reduce(builder, v, "add")
+    return builder.sext(total, _I64) if v.type.element.width < 64 else total
+
+
 def _ptr(context, builder, aryty, ary, off):
     data = context.make_array(aryty)(context, builder, value=ary).data
     return builder.gep(data, [off])
@@ -135,24 +141,20 @@ def row_max_min_keys(typingctx, K, off, n, sh, msk):
         first = _splat(builder, builder.load(base), vt)  # masked-off lanes: the first entry
         k0 = _key_vec(builder, first, sh, msk)
 
-        def step(j, accs):
-            k = _key_vec(builder, _full_load(builder, builder.gep(base, [j]), vt), sh, msk)
+        def fold(v, accs):
+            k = _key_vec(builder, v, sh, msk)
             hi, lo = accs
             return [
                 builder.select(builder.icmp_signed(">", k, hi), k, hi),
                 builder.select(builder.icmp_signed("<", k, lo), k, lo),
             ]
+
+        def step(j, accs):
+            return fold(_full_load(builder, builder.gep(base, [j]), vt), accs)
 
         def tail(j, rem, accs):
-            v = _masked_load(builder, builder.gep(base, [j]), _lane_mask(builder, rem, vt.count), first)
-            return step_on(_key_vec(builder, v, sh, msk), accs)
-
-        def step_on(k, accs):
-            hi, lo = accs
-            return [
-                builder.select(builder.icmp_signed(">", k, hi), k, hi),
-                builder.select(builder.icmp_signed("<", k, lo), k, lo),
-            ]
+            lm = _lane_mask(builder, rem, vt.count)
+            return fold(_masked_load(builder, builder.gep(base, [j]), lm, first), accs)
 
         hi, lo = _chunk_loop(builder, n, vt.count, [k0, k0], step, tail)
         return context.make_tuple(
@@ -220,7 +222,7 @@ def count_above_keys(typingctx, K, off, n, thr, sh, msk):
             return [add(_key_vec(builder, v, sh, msk), accs[0], lm)]
 
         (acc,) = _chunk_loop(builder, n, vt.count, [zero], step, tail)
-        return builder.sext(_reduce(builder, acc, "add"), _I64) if ity.width < 64 else _reduce(builder, acc, "add")
+        return _sum_i64(builder, acc)
 
     return sig, codegen
 
@@ -259,7 +261,7 @@ def rank_desc(typingctx, w, n, i):
             return [add(j, _masked_load(builder, builder.gep(base, [j]), lm, zero), accs[0], lm)]
 
         (acc,) = _chunk_loop(builder, n, L, [zero], step, tail)
-        return builder.sext(_reduce(builder, acc, "add"), _I64) if ity.width < 64 else _reduce(builder, acc, "add")
+        return _sum_i64(builder, acc)
 
     return sig, codegen
 
@@ -284,5 +286,44 @@ def popcount(typingctx, x):
     def codegen(context, builder, sig, args):
         fn = builder.module.declare_intrinsic("llvm.ctpop", [_I64], fnty=ir.FunctionType(_I64, [_I64]))
         return builder.call(fn, [args[0]])
+
+    return sig, codegen
+
+
+@intrinsic
+def argmax_from(typingctx, w, lo, hi):
+    """Position of the largest of the 1-D keys ``w[lo:hi]`` (``lo < hi``), the first one if tied."""
+    dt = w.dtype
+    sig = types.int64(w, lo, hi)
+
+    def codegen(context, builder, sig, args):
+        ary, lo, hi = _args(context, builder, sig, args, dt, (1, 2), ())
+        ity = ir.IntType(dt.bitwidth)
+        L = _lanes(ity)
+        vt = ir.VectorType(ity, L)
+        pt = ir.VectorType(_I64, L)
+        base = _ptr(context, builder, sig.args[0], ary, lo)
+        first = _splat(builder, builder.load(base), vt)  # masked-off lanes: the first key, position 0
+        lanes = _const_vec(pt, range(L))
+
+        def fold(j, v, accs):
+            best, pos = accs
+            better = builder.icmp_signed(">", v, best)  # strict: each lane keeps its first maximum
+            here = builder.add(lanes, _splat(builder, j, pt))
+            return [builder.select(better, v, best), builder.select(better, here, pos)]
+
+        def step(j, accs):
+            return fold(j, _full_load(builder, builder.gep(base, [j]), vt), accs)
+
+        def tail(j, rem, accs):
+            lm = _lane_mask(builder, rem, L)
+            return fold(j, _masked_load(builder, builder.gep(base, [j]), lm, first), accs)
+
+        n = builder.sub(hi, lo)
+        best, pos = _chunk_loop(builder, n, L, [first, _const_vec(pt, [0] * L)], step, tail)
+        top = _splat(builder, _reduce(builder, best, "smax"), vt)
+        big = _const_vec(pt, [2**62] * L)
+        where = builder.select(builder.icmp_signed("==", best, top), pos, big)
+        return builder.add(lo, _reduce(builder, where, "smin"))
 
     return sig, codegen
