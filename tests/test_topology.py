@@ -334,6 +334,29 @@ def test_numba_equals_torch_on_post_relu_maps(seed, m, zero_fraction):
     assert torch.equal(birth_times(maps, method="numba"), birth_times(maps, method="torch"))
 
 
+@pytest.mark.parametrize("values", [2, 3, 6, 1000])
+def test_four_by_four_closed_form_matches_giotto(values):
+    # m = 4 has its own closed form in the compiled kernel (a 4-cycle without chords): every
+    # kind of tie between the six edges, the diagonal and -0.0 / +0.0, in float32 and float64
+    rng = np.random.default_rng(values)
+    maps = rng.integers(0, values, (3000, 4, 4)).astype(np.float64) - values // 3
+    maps[rng.random(maps.shape) < 0.05] = -0.0
+    births = assert_matches_giotto(torch.from_numpy(maps), "four_by_four")
+    assert (births > 0).any() and (births == -1).any()
+    assert torch.equal(birth_times(torch.from_numpy(maps).float(), method="numba"), births)
+
+
+def test_four_by_four_cycle_by_hand():
+    # edges 01, 12, 23, 30 of weight 5, 4, 3, 2, chords 02 = 1 and 13 = 1: born when 30 closes the
+    # 4-cycle at weight 2; entries above 2: the four upper entries 5, 4, 3 and the diagonal 9
+    U = torch.tensor([[9.0, 5, 1, 0], [0, 0, 4, 1], [0, 0, 0, 3], [2, 0, 0, 0]])
+    assert birth_times(U, method="numba").item() == 5 == birth_times(U, method="torch").item()
+    U[0, 2] = 2.5  # a chord above the last cycle edge: the 4-cycle is filled, no birth
+    assert birth_times(U, method="numba").item() == -1 == birth_times(U, method="torch").item()
+    U[0, 2] = 2.0  # the chord in the same tie group as the last cycle edge: filled too
+    assert birth_times(U, method="numba").item() == -1 == birth_times(U, method="torch").item()
+
+
 @examples(150)
 @given(
     seed=seeds,
@@ -734,8 +757,21 @@ def test_betti_curve_on_the_index_axis_hand_computed():
     #                                              E - V + C = 8 - 5 + 1 = 4              beta_1 = 0
     #   w=2: (0,4), (2,4)   entries v = 17..20  -> common neighbours 1 / 1: stays           beta_1 = 0
     #   w=0: the diagonal   entries v = 21..25                                             beta_1 = 0
-    U = _sym(5, {(0, 1): 9, (1, 2): 9, (2, 3): 8, (0, 3): 8, (1, 4): 7, (3, 4): 7, (0, 2): 6, (1, 3): 5,
-                 (0, 4): 2, (2, 4): 2})
+    U = _sym(
+        5,
+        {
+            (0, 1): 9,
+            (1, 2): 9,
+            (2, 3): 8,
+            (0, 3): 8,
+            (1, 4): 7,
+            (3, 4): 7,
+            (0, 2): 6,
+            (1, 3): 5,
+            (0, 4): 2,
+            (2, 4): 2,
+        },
+    )
     curve = [0] * 4 + [1] * 4 + [2] * 4 + [1] * 2 + [0] * 11
     assert betti_curves(U).tolist() == curve
     assert betti_curve_features(U, kind="max").item() == 2.0
@@ -813,7 +849,9 @@ def test_betti_curves_match_counting_and_giotto_tda_on_random_maps():
         W = torch.maximum(U, U.T).numpy()
         D = 1.0 + (U.numpy().ravel()[None, None, :] > W[:, :, None]).sum(axis=2)
         np.fill_diagonal(D, 0.0)
-        dgm = VietorisRipsPersistence(metric="precomputed", homology_dimensions=(1,)).fit_transform(D[None])[0]
+        dgm = VietorisRipsPersistence(metric="precomputed", homology_dimensions=(1,)).fit_transform(D[None])[
+            0
+        ]
         v = np.arange(1, m * m + 1)
         giotto = ((dgm[:, :1] <= v) & (v < dgm[:, 1:2])).sum(axis=0)
         assert curve.tolist() == giotto.tolist()
@@ -825,7 +863,9 @@ def test_betti_curves_match_counting_and_giotto_tda_on_random_maps():
     batch = torch.stack([U for U in maps if U.shape[0] == 6][:6]).reshape(2, 3, 6, 6)
     curves = betti_curves(batch)
     assert curves.shape == (2, 3, 36)
-    assert torch.equal(curves, torch.stack([betti_curves(U) for U in batch.reshape(6, 6, 6)]).reshape(2, 3, 36))
+    assert torch.equal(
+        curves, torch.stack([betti_curves(U) for U in batch.reshape(6, 6, 6)]).reshape(2, 3, 36)
+    )
     assert torch.equal(betti_curves(torch.exp(3 * batch) - 7), curves)
 
 
@@ -952,5 +992,7 @@ def test_the_compiled_kernel_keeps_the_callers_thread_count():
         "o = np.zeros(256, np.int64); ids(o)\n"
         "print(torch.get_num_threads(), numba.get_num_threads(), len(set(o.tolist())))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
     assert out.stdout.split() == ["1", "1", "1"]

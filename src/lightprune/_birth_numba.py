@@ -829,10 +829,61 @@ def _tiny_scan(K, u, m, sh, msk, rkey, cw, cid, n, nbr, comp):
     return -1
 
 
+@njit(cache=True, _nrt=False, inline="always")
+def _w4(K, u, i, j, sh, msk):
+    x = _key(K[u, i, j], sh, msk)
+    y = _key(K[u, j, i], sh, msk)
+    return x if x > y else y
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _cycle4(c0, c1, c2, c3, d0, d1, best):
+    """The largest threshold t of the 4-cycle with edges c* and chords d0, d1: its edges are in
+    and its chords out for every t in (max(d0, d1), min(c*)]; keeps the larger of that and best."""
+    low = min(min(c0, c1), min(c2, c3))
+    return low if low > max(d0, d1) and low > best else best
+
+
+@njit(cache=True, _nrt=False)
+def _four(K, u, sh, msk, kinf, none):
+    """m = 4 in closed form. On 4 vertices beta_1 > 0 exactly when the graph is a 4-cycle without
+    chords (a triangle is filled, and so are a 4-cycle with one or two chords). With the edges
+    above and at a threshold t in the graph, the birth weight is the largest t at which the graph
+    is one of the three 4-cycles (each the complement of a perfect matching, its chords):
+    ``min(cycle) > max(chords)``, then t = min(cycle). ``none``: a key below every key."""
+    lo = _key(K[u, 0, 0], sh, msk)
+    hi = lo
+    for i in range(4):
+        for j in range(4):
+            k = _key(K[u, i, j], sh, msk)
+            lo = k if k < lo else lo
+            hi = k if k > hi else hi
+    if hi > kinf or lo < -kinf - 1:
+        return _NAN
+    w01 = _w4(K, u, 0, 1, sh, msk)
+    w02 = _w4(K, u, 0, 2, sh, msk)
+    w03 = _w4(K, u, 0, 3, sh, msk)
+    w12 = _w4(K, u, 1, 2, sh, msk)
+    w13 = _w4(K, u, 1, 3, sh, msk)
+    w23 = _w4(K, u, 2, 3, sh, msk)
+    best = _cycle4(w02, w03, w12, w13, w01, w23, none)
+    best = _cycle4(w01, w03, w12, w23, w02, w13, best)
+    best = _cycle4(w01, w02, w13, w23, w03, w12, best)
+    if best == none:
+        return -1
+    count = 1
+    for i in range(4):
+        for j in range(4):
+            count += _key(K[u, i, j], sh, msk) > best
+    return count
+
+
 @njit(cache=True, _nrt=False)
 def _unit_start(K, u, m, words, sh, msk, kinf, ws):
     """Start unit ``u``: NaN and constant maps, block bounds, first block, then :func:`_run`."""
     rkey, rsel, cw, cid, deg, parent, adj, ist, kst, tmp, sw, sid, w2, ids2, hist, fut = ws
+    if m == 4:
+        return _four(K, u, sh, msk, kinf, -kinf - 2)
     if m * (m - 1) // 2 <= _RANK_SORT:
         res = _small_block(K, u, m, sh, msk, kinf, ws)
         if res != 0:
