@@ -131,3 +131,48 @@ def test_argmax_from_is_the_first_largest(dtype):
     want = [lo + int(np.argmax(w[lo:hi])) for lo in range(0, 90, 3) for hi in range(lo + 1, 91, 5)]
     assert r == len(want) > 100
     np.testing.assert_array_equal(out[:r], want)
+
+
+@njit
+def _collect_simd(K, m, lo, hi, sh, msk, cw, cid, deg):
+    n = 0
+    for u in range(K.shape[0]):
+        for i in range(m):
+            n = _simd.collect_row_keys(K, u, m, i, lo, hi, sh, msk, cw, cid, n, deg)
+    return n
+
+
+@njit
+def _collect_loops(K, m, lo, hi, sh, msk, cw, cid, deg):
+    n = 0
+    for u in range(K.shape[0]):
+        for i in range(m):
+            for j in range(m):
+                x = _key(K[u, i, j], sh, msk)
+                y = _key(K[u, j, i], sh, msk)
+                if j != i and lo < x <= hi and (x > y or (x == y and i < j)):
+                    cw[n] = x
+                    cid[n] = (i << 16) | j
+                    deg[i] += 1
+                    deg[j] += 1
+                    n += 1
+    return n
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m", [3, 8, 14, 16, 17, 33, 56, 70])
+def test_collect_row_keys_equals_plain_loops(dtype, m):
+    ity, (sh, msk, _) = _KEYS[dtype]
+    K = np.round(_maps(dtype, 5 * m * m, m), 1).reshape(5, m, m).view(ity)  # rounded: ties
+    keys = np.sort([_key(b, sh, msk) for b in K.ravel()])
+    q = [keys[int(f * (len(keys) - 1))] for f in (0.25, 0.5, 0.75)]
+    for lo, hi in [(keys[0] - 1, keys[-1]), (q[0], q[2]), (q[1], q[1] + 1)]:
+        out = []
+        for fn in (_collect_simd, _collect_loops):
+            cw = np.zeros(5 * m * m, ity)
+            cid = np.zeros(5 * m * m, np.int32)
+            deg = np.zeros(m, np.int64)
+            n = fn(K, m, ity(lo), ity(hi), ity(sh), ity(msk), cw, cid, deg)
+            out.append((n, cw[:n].tolist(), cid[:n].tolist(), deg.tolist()))
+        assert out[0] == out[1]
+        assert out[0][0] > 0 or lo == q[1]

@@ -61,6 +61,7 @@ from numba import njit, prange
 
 from lightprune._simd import (
     argmax_from,
+    collect_row_keys,
     count_above_keys,
     lowest_bit,
     rank_desc,
@@ -76,6 +77,7 @@ from lightprune._simd import (
 _SHIFT = 16  # edge id = (i << 16) | j, with U[i, j] the entry that carries the edge's weight
 _RANK_SORT = 64  # blocks up to this size are sorted at once by rank counting (SIMD)
 _RADIX_SORT = 256  # blocks above this size are sorted at once by a radix sort
+_GATHER_M = 32  # up to this m, a block is gathered with the column entries read by SIMD gathers
 # from this m on, a first block of the edges above the (m/3)-th largest row maximum (smaller maps:
 # the extra pass over the rows costs more than the edges it saves)
 _SMALL_FIRST_BLOCK_M = 24
@@ -292,7 +294,16 @@ def _row_candidates(K, u, m, i, j0, length, lo, hi, sh, msk, tmp, k):
 @njit(cache=True, _nrt=False, inline="always")
 def _collect(K, u, m, lo, hi, sh, msk, rkey, cw, cid, deg, tmp):
     """The edges whose weight's key lies in (lo, hi] into cw (keys) / cid (ids), each edge once,
-    from its larger entry (ties: from i < j); degrees counted in ``deg``. Returns their number."""
+    from its larger entry (ties: from i < j); degrees counted in ``deg``. Returns their number.
+    Up to m = _GATHER_M in one SIMD step per row (:func:`lightprune._simd.collect_row_keys`, which
+    gathers the column entries); larger maps list the row entries in range first (``tmp``) and
+    read their column entries one by one (cheaper when a row of 64 holds few)."""
+    if m <= _GATHER_M:
+        n = 0
+        for i in range(m):
+            if rkey[i] > lo:
+                n = collect_row_keys(K, u, m, i, lo, hi, sh, msk, cw, cid, n, deg)
+        return n
     k = 0
     for i in range(m):
         if rkey[i] <= lo:

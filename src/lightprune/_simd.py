@@ -327,3 +327,126 @@ def argmax_from(typingctx, w, lo, hi):
         return builder.add(lo, _reduce(builder, where, "smin"))
 
     return sig, codegen
+
+
+def _declare(builder, name, ret, params):
+    fn = builder.module.globals.get(name)
+    if fn is None:
+        fn = ir.Function(builder.module, ir.FunctionType(ret, params), name=name)
+    return fn
+
+
+def _compress_store(builder, v, ptr, mask):
+    vt = v.type
+    name = f"llvm.masked.compressstore.v{vt.count}i{vt.element.width}"
+    fn = _declare(builder, name, ir.VoidType(), [vt, ptr.type, ir.VectorType(_I1, vt.count)])
+    builder.call(fn, [v, ptr, mask])
+
+
+def _masked_gather(builder, ptrs, mask, passthru):
+    vt = passthru.type
+    name = f"llvm.masked.gather.v{vt.count}i{vt.element.width}.v{vt.count}p0"
+    fn = _declare(builder, name, vt, [ptrs.type, _I32, ir.VectorType(_I1, vt.count), vt])
+    return builder.call(fn, [ptrs, ir.Constant(_I32, vt.element.width // 8), mask, passthru])
+
+
+def _masked_store(builder, v, ptr, mask):
+    vt = v.type
+    name = f"llvm.masked.store.v{vt.count}i{vt.element.width}.p0"
+    fn = _declare(builder, name, ir.VoidType(), [vt, ptr.type, _I32, ir.VectorType(_I1, vt.count)])
+    builder.call(fn, [v, ptr, ir.Constant(_I32, vt.element.width // 8), mask])
+
+
+@intrinsic
+def collect_row_keys(typingctx, K, u, m, i, lo, hi, sh, msk, cw, cid, n, deg):
+    """Append the edges of row ``i`` of map ``u`` (``m x m``, raw bits) whose weight's key lies in
+    ``(lo, hi]`` and whose weight is carried by ``U[i, j]`` (``key(U[i, j]) > key(U[j, i])``, ties:
+    ``i < j``; never j = i): keys to ``cw[n:]``, ids ``i << 16 | j`` to ``cid[n:]`` (int32), in
+    increasing j; ``deg[i]`` and ``deg[j]`` (int64) count them. Returns the new ``n``. The column
+    entries ``U[j, i]`` are gathered only for chunks of the row that hold an entry in range."""
+    dt = K.dtype
+    sig = types.int64(K, u, m, i, lo, hi, sh, msk, cw, cid, n, deg)
+
+    def codegen(context, builder, sig, args):
+        ary, u, m, i, lo, hi, sh, msk, cwa, cida, n, dega = _args(
+            context, builder, sig, args, dt, (1, 2, 3, 10), (4, 5, 6, 7)
+        )
+        ity = ir.IntType(dt.bitwidth)
+        L = _lanes(ity)
+        vt = ir.VectorType(ity, L)
+        it = ir.VectorType(_I64, L)
+        c = lambda x: ir.Constant(_I64, x)  # noqa: E731
+        mm = builder.mul(m, m)
+        unit = _ptr(context, builder, sig.args[0], ary, builder.mul(u, mm))
+        row = builder.gep(unit, [builder.mul(i, m)])
+        colbase = builder.gep(unit, [i])  # U[0, i]; U[j, i] = colbase + j * m
+        cw_ptr = _ptr(context, builder, sig.args[8], cwa, c(0))
+        cid_ptr = _ptr(context, builder, sig.args[9], cida, c(0))
+        deg_ptr = _ptr(context, builder, sig.args[11], dega, c(0))
+        lov = _splat(builder, lo, vt)
+        hiv = _splat(builder, hi, vt)
+        iv = _splat(builder, i, it)
+        lanes = _const_vec(it, range(L))
+        zero = _const_vec(vt, [0] * L)
+        ptr_vt = ir.VectorType(colbase.type, L)
+        colint = _splat(builder, builder.ptrtoint(colbase, _I64), it)
+        stride = _splat(builder, builder.mul(m, c(ity.width // 8)), it)
+        id_t = ir.IntType(32)
+
+        pre = builder.basic_block
+        head = builder.append_basic_block("col.head")
+        body = builder.append_basic_block("col.body")
+        hit = builder.append_basic_block("col.hit")
+        nxt = builder.append_basic_block("col.next")
+        done = builder.append_basic_block("col.done")
+        builder.branch(head)
+        builder.position_at_end(head)
+        j0 = builder.phi(_I64)
+        nn = builder.phi(_I64)
+        j0.add_incoming(c(0), pre)
+        nn.add_incoming(n, pre)
+        builder.cbranch(builder.icmp_signed("<", j0, m), body, done)
+
+        builder.position_at_end(body)
+        jv = builder.add(lanes, _splat(builder, j0, it))
+        lm = builder.icmp_signed("<", jv, _splat(builder, m, it))
+        x = _key_vec(builder, _masked_load(builder, builder.gep(row, [j0]), lm, zero), sh, msk)
+        inr = builder.and_(
+            builder.and_(builder.icmp_signed(">", x, lov), builder.icmp_signed("<=", x, hiv)), lm
+        )
+        inr = builder.and_(inr, builder.icmp_signed("!=", jv, iv))
+        any_in = builder.icmp_signed("!=", builder.bitcast(inr, ir.IntType(L)), ir.Constant(ir.IntType(L), 0))
+        builder.cbranch(any_in, hit, nxt)
+
+        builder.position_at_end(hit)
+        ptrs = builder.inttoptr(builder.add(colint, builder.mul(jv, stride)), ptr_vt)
+        y = _key_vec(builder, _masked_gather(builder, ptrs, inr, zero), sh, msk)
+        tie_first = builder.and_(builder.icmp_signed("==", x, y), builder.icmp_signed("<", iv, jv))
+        keep = builder.and_(inr, builder.or_(builder.icmp_signed(">", x, y), tie_first))
+        ids = builder.trunc(
+            builder.or_(builder.shl(iv, _splat(builder, c(16), it)), jv), ir.VectorType(id_t, L)
+        )
+        _compress_store(builder, x, builder.gep(cw_ptr, [nn]), keep)
+        _compress_store(builder, ids, builder.gep(cid_ptr, [nn]), keep)
+        kz = builder.zext(keep, it)
+        dptr = builder.gep(deg_ptr, [j0])
+        dv = _masked_load(builder, dptr, lm, _const_vec(it, [0] * L))
+        _masked_store(builder, builder.add(dv, kz), dptr, lm)
+        cnt = _reduce(builder, kz, "add")
+        di = builder.gep(deg_ptr, [i])
+        builder.store(builder.add(builder.load(di), cnt), di)
+        n_hit = builder.add(nn, cnt)
+        builder.branch(nxt)
+
+        builder.position_at_end(nxt)
+        n_next = builder.phi(_I64)
+        n_next.add_incoming(nn, body)
+        n_next.add_incoming(n_hit, hit)
+        j0.add_incoming(builder.add(j0, c(L)), nxt)
+        nn.add_incoming(n_next, nxt)
+        builder.branch(head)
+
+        builder.position_at_end(done)
+        return nn
+
+    return sig, codegen
