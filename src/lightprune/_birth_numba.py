@@ -21,11 +21,12 @@ passes over the rows of a map (and the rank counts) are explicit SIMD (:mod:`lig
    them, 5-10 % slower on random maps, whose births come later); block 1 = the edges above the
    (3m/4)-th largest row maximum (about m edges on random maps), block 2 = those above the
    smallest row maximum, block 3 = the rest down to ``lo_final`` (a bound is skipped when it is
-   not below the previous one; small maps, ``m (m - 1) / 2 <= 32``: one block; from m = 24 on,
-   the bounds after block 0 are selected only once block 0 is used up). A block is
-   gathered in one pass over the rows (rows whose largest key is below the block skipped; the
-   entries in range found through 64-bit masks) and each edge is kept once, from its larger
-   entry. Cone cut-off: ``w_cone > lo`` iff some vertex is joined to all others by edges above
+   not below the previous one; small maps, ``m (m - 1) / 2 <= 64``: one block; from m = 24 on,
+   the bounds after block 0 are selected only once block 0 is used up; above m = 16 the order
+   statistics are those of 16 evenly spaced row maxima, 1.05-1.13x at m >= 40). A block is
+   gathered in one pass over the rows (rows whose largest key is below the block skipped; up to
+   m = 32 one SIMD step per row with the column entries gathered, larger maps the entries in
+   range found through 64-bit masks) and each edge is kept once, from its larger entry. Cone cut-off: ``w_cone > lo`` iff some vertex is joined to all others by edges above
    the block's lower bound ``lo``; then ``w_cone`` is exact from that vertex's row and column, the
    block keeps the edges above it and is the last one.
 3. Sorting, only as far as the scan goes (partial selection, no sort of all m (m - 1) / 2 edges):
@@ -77,6 +78,8 @@ from lightprune._simd import (
 _SHIFT = 16  # edge id = (i << 16) | j, with U[i, j] the entry that carries the edge's weight
 _RANK_SORT = 64  # blocks up to this size are sorted at once by rank counting (SIMD)
 _RADIX_SORT = 256  # blocks above this size are sorted at once by a radix sort
+# the block bounds are order statistics of this many evenly spaced row maxima (all of them for smaller m)
+_SAMPLES = 16
 _GATHER_M = 32  # up to this m, a block is gathered with the column entries read by SIMD gathers
 # from this m on, a first block of the edges above the (m/3)-th largest row maximum (smaller maps:
 # the extra pass over the rows costs more than the edges it saves)
@@ -612,7 +615,8 @@ def _no_birth_left(K, u, m, words, sh, msk, ws, added, q, n):
 def _block_bounds(rkey, rsel, m, lo_final, kst, ist, nt):
     """Bounds of blocks nt, nt + 1, ...: the (3m/4)-th largest row maximum, the smallest one (each
     kept if below the previous bound and above lo_final), then lo_final."""
-    t1 = _select_desc(rsel, m, (3 * m) // 4)
+    ns = m if m <= _SAMPLES else _SAMPLES
+    t1 = _select_desc(rsel, ns, (3 * ns) // 4)
     t2 = rkey[0]
     for i in range(1, m):
         t2 = rkey[i] if rkey[i] < t2 else t2
@@ -916,11 +920,12 @@ def _unit_start(K, u, m, words, sh, msk, kinf, ws):
         return -1  # constant map: a single tie group, which completes the graph
     # block bounds: the (m/3)-th (m >= _SMALL_FIRST_BLOCK_M) and (3m/4)-th largest row maxima, the
     # smallest one, lo_final (see module doc); each kept if below the previous bound and above lo_final
-    for i in range(m):
-        rsel[i] = rkey[i]
+    ns = m if m <= _SAMPLES else _SAMPLES
+    for t in range(ns):  # evenly spaced samples of the row maxima
+        rsel[t] = rkey[(t * m) // ns]
     ist[_LAZY] = 0
     if m >= _SMALL_FIRST_BLOCK_M:
-        t0 = _select_desc(rsel, m, m // 3)
+        t0 = _select_desc(rsel, ns, ns // 3)
         if t0 > lo_final:  # the later bounds only once block 0 is used up (most births lie in it)
             kst[_THR] = t0
             kst[_THR + 1] = lo_final
