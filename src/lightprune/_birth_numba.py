@@ -764,35 +764,35 @@ def _run(K, u, m, words, sh, msk, ws):
 
 @njit(cache=True, _nrt=False, inline="always")
 def _small_block(K, u, m, sh, msk, kinf, ws):
-    """Small maps (m (m - 1) / 2 <= _RANK_SORT edges): all edges above w_cone in one sorted block,
-    read directly (row maxima and NaN / constant maps as in _row_keys). Returns 0, or -1 / _NAN."""
+    """Small maps (m (m - 1) / 2 <= _RANK_SORT edges): all edges above w_cone in one sorted block
+    (row maxima and NaN / constant maps as in _row_keys, the edges read as in _collect). Returns 0,
+    or -1 / _NAN."""
     rkey, rmin, cw, cid, ist, sw, sid = ws[0], ws[1], ws[2], ws[3], ws[7], ws[10], ws[11]
     glob_min = _key(K[u, 0, 0], sh, msk)
     glob_max = glob_min
+    base = u * m * m
     for i in range(m):
-        kmax = _key(K[u, i, 0], sh, msk)
-        for j in range(m):
-            k = _key(K[u, i, j], sh, msk)
-            kmax = k if k > kmax else kmax
-            glob_min = k if k < glob_min else glob_min
+        kmax, kmin = row_max_min_keys(K, base + i * m, m, sh, msk)
         rkey[i] = kmax
         glob_max = kmax if kmax > glob_max else glob_max
+        glob_min = kmin if kmin < glob_min else glob_min
         rmin[i] = kmax
     if glob_max > kinf or glob_min < -kinf - 1:
         return _NAN
     if glob_min == glob_max:
         return -1
     n = 0
-    for i in range(m):
-        for j in range(i + 1, m):
-            x = _key(K[u, i, j], sh, msk)
-            y = _key(K[u, j, i], sh, msk)
-            x = x if x > y else y
-            cw[n] = x
-            cid[n] = (i << _SHIFT) | j
-            n += 1
-            rmin[i] = x if x < rmin[i] else rmin[i]
-            rmin[j] = x if x < rmin[j] else rmin[j]
+    deg = ws[4]
+    for i in range(m):  # every edge (all keys lie above glob_min - 1)
+        n = collect_row_keys(K, u, m, i, glob_min - 1, glob_max, sh, msk, cw, cid, n, deg)
+    mask = np.int64(0xFFFF)
+    for q in range(n):
+        x = cw[q]
+        e = np.int64(cid[q])
+        i = e >> _SHIFT
+        j = e & mask
+        rmin[i] = x if x < rmin[i] else rmin[i]
+        rmin[j] = x if x < rmin[j] else rmin[j]
     w_cone = rmin[0]
     for i in range(1, m):
         w_cone = rmin[i] if rmin[i] > w_cone else w_cone
