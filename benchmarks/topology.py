@@ -308,9 +308,8 @@ def scratch_bytes(m: int, itemsize: int = 4) -> int:
         + 8 * 256 * 8  # radix-sort histograms
         + 2 * m * 8  # degrees, union-find
         + (m + 1) * words * 8  # bitset adjacency (+ a spare row)
-        + 257 * 8  # quicksort stack
         + m * m * 4  # candidate entries of a block
-        + 32 * (itemsize + 4)  # rank-sort buffers
+        + 64 * (itemsize + 4)  # rank-sort buffers
         + 64 * 8  # future-pair masks (24 <= m <= 64)
         + 16 * 8
         + 8 * itemsize  # state

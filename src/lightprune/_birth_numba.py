@@ -45,13 +45,14 @@ passes over the rows of a map (and the rank counts) are explicit SIMD (:mod:`lig
    entries above the exact ``w_cone``, as one 64-bit mask per row, made once at the first check
    (:func:`_future_pairs`), checked whenever the edges added have grown by half. On real maps at
    m = 56 this ends the units without a birth after about half the edges the cone cut-off needs.
-   Small maps (m <= 8) are scanned with one bit mask per vertex for its neighbours and one for its
-   component (:func:`_tiny_scan`) until a tie group of two or more edges, which sends the unit to
-   the general scan; 1.12-1.22x on m = 4 to 8.
+   Small maps (m (m - 1) / 2 <= 64, so m <= 11) are scanned with one bit mask per vertex for its
+   neighbours and one for its component (:func:`_tiny_scan`) until a tie group of two or more
+   edges, which sends the unit to the general scan; 1.12-1.22x on m = 4 to 8. m = 4 has a closed
+   form (:func:`_four`: beta_1 > 0 on 4 vertices only for a 4-cycle without chords), 2.7x.
 5. Index: ``1 + #{entries > w_birth}`` (rows whose largest key is below skipped).
 
 Memory per thread (allocated once per block of units by :func:`births`): about
-``4 m^2 + 2 E (itemsize + 4) + 15 KiB`` bytes (``E = m (m - 1) / 2``; 0.6 MB at m = 224 in
+``4 m^2 + 2 E (itemsize + 4) + 18 KiB`` bytes (``E = m (m - 1) / 2``; 0.6 MB at m = 224 in
 float32); no (m*m)^2 structure. :func:`_group_beta1` allocates ``O(m^2 + rows)`` more while it runs.
 """
 
@@ -813,8 +814,9 @@ def _small_block(K, u, m, sh, msk, kinf, ws):
 
 @njit(cache=True, _nrt=False)
 def _tiny_scan(K, u, m, sh, msk, rkey, cw, cid, n, nbr, comp):
-    """Small maps (m <= 8), the sorted block of _small_block without ties: the scan with one bit mask
-    per vertex for its neighbours and one for its component (a union relabels at most 8 vertices).
+    """Small maps (m <= 11), the sorted block of _small_block without ties: the scan with one bit
+    mask per vertex for its neighbours and one for its component (a union relabels at most m
+    vertices).
     Returns the index, -1, or _TIE at the first tie group
     of two or more edges (the caller then runs the general scan from the start). ``nbr`` and
     ``comp``: int64 scratch of m entries (the bit masks)."""
