@@ -51,19 +51,9 @@ def main(out: Path) -> None:
     pruner = PruningCallback(criterion="mutual_information", ratio=0.5, at_epoch=1, samples_per_class=10)
     probe = Probe()
     trainer = L.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        max_epochs=5,
-        limit_train_batches=6,
-        limit_val_batches=2,
-        num_sanity_val_steps=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        logger=False,
-        enable_checkpointing=False,
-        callbacks=[pruner, probe],
-        default_root_dir=str(out),
+        accelerator="cpu", devices=2, strategy="ddp", max_epochs=5, limit_train_batches=6, limit_val_batches=2,
+        num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False, logger=False,
+        enable_checkpointing=False, callbacks=[pruner, probe], default_root_dir=str(out),
     )
     trainer.fit(module, datamodule=DigitsDataModule(image_size=32, channels=1, batch_size=32))
     torch.save(
@@ -74,9 +64,7 @@ def main(out: Path) -> None:
             "ddp_rewrapped": probe.wrapped_after_prune > 0,
             "optimizer_mismatches": probe.mismatches,
             "epoch_losses": probe.epoch_losses,
-            "weights": [
-                m.weight.detach().clone() for m in module.model.modules() if isinstance(m, nn.Conv2d)
-            ],
+            "weights": [m.weight.detach().clone() for m in module.model.modules() if isinstance(m, nn.Conv2d)],
         },
         out / f"rank{trainer.global_rank}.pt",
     )

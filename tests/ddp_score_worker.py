@@ -20,23 +20,19 @@ NUM_CLASSES = 4
 
 def make_model() -> nn.Module:
     torch.manual_seed(0)
-    return (
-        nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1),
-            nn.BatchNorm2d(6),
-            nn.ReLU(),
-            nn.Conv2d(6, 8, 3, padding=1),
-            nn.BatchNorm2d(8),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(2),
-            nn.Flatten(),
-            nn.Linear(32, 12),
-            nn.ReLU(),
-            nn.Linear(12, NUM_CLASSES),
-        )
-        .double()
-        .eval()
-    )  # float64: the comparison with one process is then exact to 1e-9
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Conv2d(6, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32, 12),
+        nn.ReLU(),
+        nn.Linear(12, NUM_CLASSES),
+    ).double().eval()  # float64: the comparison with one process is then exact to 1e-9
 
 
 def make_data(n: int = 48) -> tuple[torch.Tensor, torch.Tensor]:

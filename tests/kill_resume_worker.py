@@ -43,17 +43,9 @@ def main(out: Path, mode: str) -> None:
     if mode == "kill":
         callbacks.append(Kill())
     trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=5,
-        limit_train_batches=4,
-        limit_val_batches=2,
-        num_sanity_val_steps=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        logger=False,
-        callbacks=callbacks,
-        default_root_dir=str(out),
+        accelerator="cpu", devices=1, max_epochs=5, limit_train_batches=4, limit_val_batches=2,
+        num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False, logger=False,
+        callbacks=callbacks, default_root_dir=str(out),
     )
     dm = DigitsDataModule(image_size=32, channels=1, batch_size=64)
     ckpt = str(folder / "last.ckpt") if mode == "resume" else None

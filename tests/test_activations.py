@@ -108,16 +108,10 @@ def test_hand_case_linear_direct_and_through_score(name):
 # default quantiser = 1 bit at the median, with values equal to the median (tie -> lower bin)
 # ------------------------------------------------------------------------------------------------
 CONV_X = [
-    [
-        [1.0, 0.0],
-        [2.0, -1.0],
-    ],  # y=0  ch0 [[1,0],[2,0]] mean 3/4, 2 zeros   ch1 [[0,0],[0,1]] mean 1/4, 3 zeros
+    [[1.0, 0.0], [2.0, -1.0]],  # y=0  ch0 [[1,0],[2,0]] mean 3/4, 2 zeros   ch1 [[0,0],[0,1]] mean 1/4, 3 zeros
     [[3.0, 1.0], [0.0, 0.0]],  # y=0  ch0 mean 1, 2 zeros                   ch1 all 0, mean 0, 4 zeros
     [[-2.0, -2.0], [0.0, 0.0]],  # y=1  ch0 all 0, 4 zeros                  ch1 [[2,2],[0,0]] mean 1, 2 zeros
-    [
-        [-1.0, 1.0],
-        [-3.0, -1.0],
-    ],  # y=1  ch0 [[0,1],[0,0]] mean 1/4, 3 zeros  ch1 [[1,0],[3,1]] mean 5/4, 1 zero
+    [[-1.0, 1.0], [-3.0, -1.0]],  # y=1  ch0 [[0,1],[0,0]] mean 1/4, 3 zeros  ch1 [[1,0],[3,1]] mean 5/4, 1 zero
     [[1.0, 1.0], [1.0, 1.0]],  # y=1  ch0 all 1, mean 1, 0 zeros           ch1 all 0, mean 0, 4 zeros
 ]
 CONV_Y = [0, 0, 1, 1, 1]
@@ -129,10 +123,7 @@ _MI = [_HT - 2 / 5 * LOG2 - 3 / 5 * H(1 / 3, 2 / 3), _HT - 3 / 5 * H(1 / 3, 2 / 
 CONV_EXPECTED = {
     "apoz": [1 - 11 / 20, 1 - 14 / 20],
     # ch0: a = (7/8, 5/12);  ch1: a = (1/8, 3/4)
-    "class_selectivity": [
-        (7 / 8 - 5 / 12) / (7 / 8 + 5 / 12 + 1e-12),
-        (3 / 4 - 1 / 8) / (3 / 4 + 1 / 8 + 1e-12),
-    ],
+    "class_selectivity": [(7 / 8 - 5 / 12) / (7 / 8 + 5 / 12 + 1e-12), (3 / 4 - 1 / 8) / (3 / 4 + 1 / 8 + 1e-12)],
     # entropy's conv default: 8 equal-width bins over the layer's range [0, 5/4], edges j 5/32:
     # ch0 t = (3/4, 1, 0, 1/4, 1) -> levels 4 6 0 1 6;  ch1 t = (1/4, 0, 1, 5/4, 0) -> levels 1 0 6 7 0
     # (with quantizer="median" both would be H(2/5, 3/5), see test_median_and_quantile_edges_and_ties)
@@ -167,42 +158,26 @@ def test_median_and_quantile_edges_and_ties():
     t = torch.arange(7.0).view(7, 1)
     m = InformationMetric(1, quantizer="quantile", bins=3)
     m.update(t)
-    torch.testing.assert_close(
-        m.compute().reshape(-1),
-        torch.tensor([H(3 / 7, 2 / 7, 2 / 7)], dtype=torch.float64),
-        rtol=0,
-        atol=1e-12,
-    )
+    torch.testing.assert_close(m.compute().reshape(-1), torch.tensor([H(3 / 7, 2 / 7, 2 / 7)], dtype=torch.float64), rtol=0, atol=1e-12)
     # heavy ties: edges at ranks 5/3 (0.0) and 10/3 (0 + 1/3 * (1 - 0)); bin 1 stays empty: levels 0 0 0 0 2 2
     m = InformationMetric(1, quantizer="quantile", bins=3)
     m.update(torch.tensor([[0.0], [0.0], [1.0], [0.0], [2.0], [0.0]]))
-    torch.testing.assert_close(
-        m.compute().reshape(-1), torch.tensor([H(4 / 6, 2 / 6)], dtype=torch.float64), rtol=0, atol=1e-12
-    )
+    torch.testing.assert_close(m.compute().reshape(-1), torch.tensor([H(4 / 6, 2 / 6)], dtype=torch.float64), rtol=0, atol=1e-12)
     # median of an even count interpolates: 1, 2, 3, 4 -> 2.5; a constant unit falls in one bin
     m = InformationMetric(2, quantizer="median")
     m.update(torch.tensor([[1.0, 7.0], [2.0, 7.0], [3.0, 7.0], [4.0, 7.0]]))
-    torch.testing.assert_close(
-        m.compute().reshape(-1), torch.tensor([LOG2, 0.0], dtype=torch.float64), rtol=0, atol=1e-12
-    )
+    torch.testing.assert_close(m.compute().reshape(-1), torch.tensor([LOG2, 0.0], dtype=torch.float64), rtol=0, atol=1e-12)
     # equal-width bins over the layer's range [0, 6] (both units): edges 2 and 4; 2.0 and 4.0 go down.
     # unit 0: 0 1 2 | 3 4 | 5 6 -> 3/7 2/7 2/7; unit 1: 1 1 1 1 1 1 6 -> levels 0 x6, 2 x1
     m = InformationMetric(2, quantizer="width", bins=3)
-    m.update(
-        torch.tensor([[0.0, 1.0], [1.0, 1.0], [2.0, 1.0], [3.0, 1.0], [4.0, 1.0], [5.0, 1.0], [6.0, 6.0]])
-    )
+    m.update(torch.tensor([[0.0, 1.0], [1.0, 1.0], [2.0, 1.0], [3.0, 1.0], [4.0, 1.0], [5.0, 1.0], [6.0, 6.0]]))
     torch.testing.assert_close(
-        m.compute().reshape(-1),
-        torch.tensor([H(3 / 7, 2 / 7, 2 / 7), H(6 / 7, 1 / 7)], dtype=torch.float64),
-        rtol=0,
-        atol=1e-12,
+        m.compute().reshape(-1), torch.tensor([H(3 / 7, 2 / 7, 2 / 7), H(6 / 7, 1 / 7)], dtype=torch.float64), rtol=0, atol=1e-12
     )
     # explicit threshold: a value equal to it goes to the lower bin
     m = InformationMetric(1, quantizer="threshold", threshold=1.0)
     m.update(torch.tensor([[1.0], [1.0], [1.0], [1.5]]))
-    torch.testing.assert_close(
-        m.compute().reshape(-1), torch.tensor([H(1 / 4, 3 / 4)], dtype=torch.float64), rtol=0, atol=1e-12
-    )
+    torch.testing.assert_close(m.compute().reshape(-1), torch.tensor([H(1 / 4, 3 / 4)], dtype=torch.float64), rtol=0, atol=1e-12)
 
 
 def test_linear_default_threshold_follows_the_activation():
@@ -213,9 +188,7 @@ def test_linear_default_threshold_follows_the_activation():
         net[0].weight.copy_(torch.eye(2))
         net[0].bias.zero_()
     s = score(net.eval(), "entropy", x, y)
-    torch.testing.assert_close(
-        s["0"], torch.tensor([LOG2, H(1 / 4, 3 / 4)], dtype=torch.float64), rtol=0, atol=1e-12
-    )
+    torch.testing.assert_close(s["0"], torch.tensor([LOG2, H(1 / 4, 3 / 4)], dtype=torch.float64), rtol=0, atol=1e-12)
     # (a threshold at 0 would put every sigmoid output in bin 1: entropy 0)
     s0 = score(net.eval(), "entropy", x, y, quantizer="threshold", threshold=0.0)
     assert s0["0"].tolist() == [0.0, 0.0]
@@ -225,9 +198,7 @@ def test_linear_default_threshold_follows_the_activation():
         net[0].weight.copy_(torch.eye(2))
         net[0].bias.zero_()
     s = score(net.eval(), "entropy", x, y)
-    torch.testing.assert_close(
-        s["0"], torch.tensor([LOG2, H(1 / 4, 3 / 4)], dtype=torch.float64), rtol=0, atol=1e-12
-    )
+    torch.testing.assert_close(s["0"], torch.tensor([LOG2, H(1 / 4, 3 / 4)], dtype=torch.float64), rtol=0, atol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -347,14 +318,9 @@ def reference(name, acts, y, k, threshold=None, bins=2, width=False):
 def random_net(last_activation: nn.Module) -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(4, 5, 3),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(5 * 4 * 4, 6),
-        last_activation,
-        nn.Linear(6, 3),
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(4, 5, 3), nn.ReLU(),
+        nn.Flatten(), nn.Linear(5 * 4 * 4, 6), last_activation, nn.Linear(6, 3),
     ).eval()
 
 
@@ -372,9 +338,7 @@ RANDOM_CASES = [
 
 
 @pytest.mark.parametrize("num_classes", [3, 4])  # 4: class 3 has no image
-@pytest.mark.parametrize(
-    ("name", "hp", "act"), RANDOM_CASES, ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in RANDOM_CASES]
-)
+@pytest.mark.parametrize(("name", "hp", "act"), RANDOM_CASES, ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in RANDOM_CASES])
 def test_streaming_equals_plain_loop_reference(name, hp, act, num_classes):
     net = random_net(nn.ReLU() if act == "relu" else nn.Sigmoid())
     g = torch.Generator().manual_seed(1)
@@ -398,16 +362,10 @@ def test_streaming_equals_plain_loop_reference(name, hp, act, num_classes):
             threshold, bins = (0.0 if act == "relu" else 0.5), 2
         else:  # the median
             threshold, bins = None, 2
-        expected = torch.tensor(
-            reference(name, a.tolist(), y_list, num_classes, threshold, bins, width), dtype=torch.float64
-        )
+        expected = torch.tensor(reference(name, a.tolist(), y_list, num_classes, threshold, bins, width), dtype=torch.float64)
         for bs, s in zip((1, 3, n), results, strict=True):
             torch.testing.assert_close(
-                s[layer],
-                expected,
-                rtol=0,
-                atol=1e-6,
-                msg=lambda m, lay=layer, b=bs: f"layer {lay}, batch {b}: {m}",
+                s[layer], expected, rtol=0, atol=1e-6, msg=lambda m, lay=layer, b=bs: f"layer {lay}, batch {b}: {m}"
             )
         seen.append(expected)
     seen = torch.cat(seen)  # the data is not degenerate: not every unit scores 0
@@ -450,13 +408,9 @@ def test_empty_class_is_excluded():
 def dead_channel_net():
     """conv0 channel 2 has a zero filter and bias -1: its ReLU output is 0 on every image. No BatchNorm."""
     net = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(4, 3, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(3, 3),
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(4, 3, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 3),
     )
     with torch.no_grad():
         net[0].weight.copy_(torch.randn(4, 1, 3, 3, generator=torch.Generator().manual_seed(5)).abs() / 9)
@@ -486,23 +440,14 @@ def test_dead_channel_ranks_least_important(name):
 @pytest.mark.parametrize(
     ("hp", "match"),
     [
-        (
-            {"quantizer": "bogus"},
-            r"quantizer='bogus' is not allowed; choose one of: auto, median, threshold, quantile",
-        ),
+        ({"quantizer": "bogus"}, r"quantizer='bogus' is not allowed; choose one of: auto, median, threshold, quantile"),
         ({"quantizer": "quantile", "bins": 1}, r"bins=1 is not allowed; it must be an integer >= 2"),
         ({"quantizer": "quantile", "bins": 2.5}, r"bins=2.5 is not allowed; it must be an integer >= 2"),
         ({"quantizer": "quantile", "bins": True}, r"bins=True is not allowed"),
         ({"quantizer": "quantile"}, r"quantizer='quantile' needs bins="),
-        (
-            {"quantizer": "median", "bins": 3},
-            r"bins=3 is only used with quantizer='quantile' or 'width'; got quantizer='median'",
-        ),
+        ({"quantizer": "median", "bins": 3}, r"bins=3 is only used with quantizer='quantile' or 'width'; got quantizer='median'"),
         ({"threshold": 0.2}, r"threshold=0.2 is only used with quantizer='threshold'; got quantizer='auto'"),
-        (
-            {"quantizer": "threshold", "threshold": "0"},
-            r"threshold='0' is not allowed; it must be a finite number",
-        ),
+        ({"quantizer": "threshold", "threshold": "0"}, r"threshold='0' is not allowed; it must be a finite number"),
         ({"quantizer": "threshold", "threshold": float("nan")}, r"threshold=nan is not allowed"),
         ({"quantizer": "threshold", "threshold": True}, r"threshold=True is not allowed"),
         ({"bogus": 1}, r"bad hyperparameters for criterion"),
@@ -521,9 +466,7 @@ def test_no_hyperparameters_accepted(name):
 
 def _layer(activation=None, kind="conv"):
     if kind == "conv":
-        net = nn.Sequential(
-            nn.Conv2d(1, 3, 1), *([activation] if activation else []), nn.Flatten(), nn.Linear(3, 2)
-        )
+        net = nn.Sequential(nn.Conv2d(1, 3, 1), *([activation] if activation else []), nn.Flatten(), nn.Linear(3, 2))
         return find_prunable_layers(net, torch.zeros(1, 1, 1, 1))["0"]
     net = nn.Sequential(nn.Linear(2, 3), *([activation] if activation else []), nn.Linear(3, 2))
     return find_prunable_layers(net, torch.zeros(1, 2))["0"]
@@ -547,9 +490,7 @@ def test_unlabeled_criteria_need_no_num_classes():
 
 def test_threshold_without_default_for_the_activation():
     crit = lp.create_criterion("entropy", quantizer="threshold")
-    with pytest.raises(
-        ConfigError, match=r"layer '0' is followed by Softplus, which has none; pass threshold="
-    ):
+    with pytest.raises(ConfigError, match=r"layer '0' is followed by Softplus, which has none; pass threshold="):
         crit.make_state(_layer(nn.Softplus(), kind="linear"), None)
     with pytest.raises(ConfigError, match=r"layer '0' is followed by no activation"):
         crit.make_state(_layer(None, kind="linear"), None)
@@ -569,22 +510,16 @@ def test_labels_out_of_range(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_update_inputs_and_empty_compute(name):
     m = lp.create_criterion(name).make_state(_layer(nn.ReLU()), 3)
-    with pytest.raises(
-        ConfigError, match=r"activations of shape \(2, 4, 1, 1\) do not fit: expected \(B, 3\)"
-    ):
+    with pytest.raises(ConfigError, match=r"activations of shape \(2, 4, 1, 1\) do not fit: expected \(B, 3\)"):
         m.update(torch.ones(2, 4, 1, 1), torch.tensor([0, 1]))
     with pytest.raises(ConfigError, match=r"activations of shape \(2, 3, 1\) do not fit"):
         m.update(torch.ones(2, 3, 1), torch.tensor([0, 1]))
     with pytest.raises(ConfigError, match="activations must be a torch.Tensor"):
         m.update([[1.0, 2.0, 3.0]], torch.tensor([0]))
     if name in LABELED:
-        with pytest.raises(
-            ConfigError, match=r"labels must be integer class indices, got dtype torch.float32"
-        ):
+        with pytest.raises(ConfigError, match=r"labels must be integer class indices, got dtype torch.float32"):
             m.update(torch.ones(2, 3, 1, 1), torch.tensor([0.0, 1.0]))
-        with pytest.raises(
-            ConfigError, match=r"labels of shape \(3,\) do not fit activations of batch size 2"
-        ):
+        with pytest.raises(ConfigError, match=r"labels of shape \(3,\) do not fit activations of batch size 2"):
             m.update(torch.ones(2, 3, 1, 1), torch.tensor([0, 1, 1]))
         with pytest.raises(ConfigError, match="labels are needed"):
             m.update(torch.ones(2, 3, 1, 1), None)
@@ -602,13 +537,9 @@ def test_class_selectivity_needs_two_classes_with_images():
 def test_metric_constructor_checks():
     with pytest.raises(ConfigError, match="num_channels=0 is not allowed"):
         APoZMetric(0)
-    with pytest.raises(
-        ConfigError, match="measure='bogus' is not allowed; choose one of: entropy, mutual_information"
-    ):
+    with pytest.raises(ConfigError, match="measure='bogus' is not allowed; choose one of: entropy, mutual_information"):
         InformationMetric(2, 3, measure="bogus")
-    with pytest.raises(
-        ConfigError, match="quantizer='auto' is not allowed; choose one of: median, threshold, quantile"
-    ):
+    with pytest.raises(ConfigError, match="quantizer='auto' is not allowed; choose one of: median, threshold, quantile"):
         InformationMetric(2, 3, quantizer="auto")
     with pytest.raises(ConfigError, match="quantizer='threshold' needs threshold="):
         InformationMetric(2, 3, measure="mutual_information", quantizer="threshold")

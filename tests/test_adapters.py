@@ -60,10 +60,7 @@ def test_bn_scale_residual_groups_are_the_group_mean():
                 m.weight.uniform_(-1, 1)
     names = ["layer1.0.conv1", "layer2.0.conv2", "layer2.0.downsample.0", "layer2.1.conv2"]
     s = lp.score(net, "bn_scale", layers=names, progress=False)
-    g = {
-        n: net.get_submodule(n).weight.detach().abs().double()
-        for n in ["layer1.0.bn1", "layer2.0.bn2", "layer2.0.downsample.1", "layer2.1.bn2"]
-    }
+    g = {n: net.get_submodule(n).weight.detach().abs().double() for n in ["layer1.0.bn1", "layer2.0.bn2", "layer2.0.downsample.1", "layer2.1.bn2"]}
     assert torch.equal(s["layer1.0.conv1"], g["layer1.0.bn1"])  # an inner conv: its own BatchNorm
     group_mean = (g["layer2.0.bn2"] + g["layer2.0.downsample.1"] + g["layer2.1.bn2"]) / 3
     for name in names[1:]:  # every conv of the residual group: the same mean over the group's BatchNorms
@@ -73,24 +70,15 @@ def test_bn_scale_residual_groups_are_the_group_mean():
 def test_bn_scale_example_input_without_data():
     # 8x8 inputs only (a fixed Flatten -> Linear): the size is found among the trial sizes
     net = nn.Sequential(
-        nn.Conv2d(3, 5, 3, padding=1),
-        nn.BatchNorm2d(5),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(5 * 4 * 4, 6),
-        nn.BatchNorm1d(6),
-        nn.ReLU(),
-        nn.Linear(6, 2),
+        nn.Conv2d(3, 5, 3, padding=1), nn.BatchNorm2d(5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(5 * 4 * 4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 2),
     ).eval()
     s = lp.score(net, "bn_scale", progress=False)
     assert torch.equal(s["0"], net[1].weight.detach().abs().double())
     assert torch.equal(s["5"], net[6].weight.detach().abs().double())
     assert torch.equal(lp.score(net, BNScale(input_size=8), progress=False)["0"], s["0"])
     assert torch.equal(lp.score(net, BNScale(input_size=(3, 8, 8)), progress=False)["0"], s["0"])
-    with pytest.raises(
-        ConfigError, match=r"could not run the model on a \(2, 3, s, s\) input for s in \[5\]"
-    ):
+    with pytest.raises(ConfigError, match=r"could not run the model on a \(2, 3, s, s\) input for s in \[5\]"):
         lp.score(net, BNScale(input_size=5), progress=False)
 
 
@@ -98,15 +86,7 @@ def test_bn_scale_refuses_layers_without_batchnorm():
     net = vgg()
     with pytest.raises(ConfigError, match=r"\['classifier.0'\] have none.*pass layers= without them"):
         lp.score(net, "bn_scale", progress=False)
-    no_bn = nn.Sequential(
-        nn.Conv2d(3, 4, 3),
-        nn.ReLU(),
-        nn.Conv2d(4, 4, 3),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(4, 2),
-    )
+    no_bn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
     with pytest.raises(ConfigError, match=r"bn_scale needs a BatchNorm .*\['0', '2'\] have none"):
         lp.score(no_bn, "bn_scale", progress=False)
 
@@ -122,9 +102,7 @@ def test_taylor_on_vgg_shapes_and_model_untouched():
     layers = lp.collect.find_prunable_layers(net, x[:2])
     assert list(s) == list(layers) and s.meta["num_images"] == 12
     for name, v in s.items():
-        assert (
-            v.shape == (layers[name].out_channels,) and v.dtype == torch.float64 and torch.isfinite(v).all()
-        )
+        assert v.shape == (layers[name].out_channels,) and v.dtype == torch.float64 and torch.isfinite(v).all()
         assert (v >= 0).all() and v.sum() > 0
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # BatchNorm statistics too
     assert net.training
@@ -136,17 +114,9 @@ def test_taylor_on_vgg_shapes_and_model_untouched():
 def tiny():
     torch.manual_seed(4)
     return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1),
-        nn.BatchNorm2d(4),
-        nn.ReLU(),
-        nn.Conv2d(4, 6, 3, padding=1),
-        nn.BatchNorm2d(6),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(6, 5),
-        nn.ReLU(),
-        nn.Linear(5, 3),
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3),
     ).eval()
 
 
@@ -164,11 +134,7 @@ def hand_taylor(net, x, y):
     def consumer(m):
         return (m.weight * m.weight.grad).abs().transpose(0, 1).flatten(1).sum(1).detach()
 
-    return {
-        "0": (own(ref[0]), consumer(ref[3])),
-        "3": (own(ref[3]), consumer(ref[8])),
-        "8": (own(ref[8]), consumer(ref[10])),
-    }
+    return {"0": (own(ref[0]), consumer(ref[3])), "3": (own(ref[3]), consumer(ref[8])), "8": (own(ref[8]), consumer(ref[10]))}
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "first"])
@@ -177,23 +143,17 @@ def test_taylor_matches_hand_computation(reduction):
     x, y = labelled(n=10, size=6, classes=3)
     expected = hand_taylor(net, x, y)
     for size in (10, 3):  # the mean gradient over the scoring set: batch size does not matter
-        s = lp.score(
-            net, Taylor(group_reduction=reduction, precision="float64"), batches(x, y, size), progress=False
-        )
+        s = lp.score(net, Taylor(group_reduction=reduction, precision="float64"), batches(x, y, size), progress=False)
         for name, (own, cons) in expected.items():
             want = {"mean": (own + cons) / 2, "sum": own + cons, "first": own}[reduction]
-            torch.testing.assert_close(
-                s[name], want, rtol=1e-6, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}"
-            )
+            torch.testing.assert_close(s[name], want, rtol=1e-6, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def test_taylor_options():
     net = tiny()
     x, y = labelled(n=10, size=6, classes=3)
     raw = lp.score(net, Taylor(precision="float64"), batches(x, y, 5), progress=False)
-    mean_norm = lp.score(
-        net, Taylor(normalizer="mean", precision="float64"), batches(x, y, 5), progress=False
-    )
+    mean_norm = lp.score(net, Taylor(normalizer="mean", precision="float64"), batches(x, y, 5), progress=False)
     torch.testing.assert_close(mean_norm["0"], raw["0"] / raw["0"].mean(), rtol=1e-6, atol=0)
     fast = lp.score(net, Taylor(precision="model"), batches(x, y, 5), progress=False)
     torch.testing.assert_close(fast["3"], raw["3"], rtol=1e-4, atol=1e-9)  # float32 gradients
@@ -202,10 +162,7 @@ def test_taylor_options():
 @pytest.mark.parametrize(
     "factory,match",
     [
-        (
-            lambda: Taylor(group_reduction="median"),
-            r"group_reduction='median' is not allowed; choose one of: mean, sum",
-        ),
+        (lambda: Taylor(group_reduction="median"), r"group_reduction='median' is not allowed; choose one of: mean, sum"),
         (lambda: Taylor(normalizer="l2"), r"normalizer='l2' is not allowed"),
         (lambda: Taylor(precision="half"), r"precision='half' is not allowed"),
         (lambda: Taylor(multivariable=1), r"multivariable=1 is not allowed"),

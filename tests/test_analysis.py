@@ -297,8 +297,7 @@ def test_errors_name_argument_value_and_allowed(dm):
     with pytest.raises(ConfigError, match=r"scope='all' is not allowed; choose one of: layer, network"):
         cumulative_ablation(net, tiny, tiny, scope="all", num_classes=10)
     with pytest.raises(
-        ConfigError,
-        match=r"orders='sideways' is not allowed; choose one of: least_important_first, most_important",
+        ConfigError, match=r"orders='sideways' is not allowed; choose one of: least_important_first, most_important"
     ):
         cumulative_ablation(net, tiny, tiny, orders=["sideways"], num_classes=10)
     with pytest.raises(ConfigError, match=r"max_fraction=1.5 is not allowed"):
@@ -320,9 +319,7 @@ def test_errors_name_argument_value_and_allowed(dm):
         randomness_audit(net, tiny, layer="features.0", repeats=0)
     with pytest.raises(ConfigError, match=r"reinit='all' is not allowed; choose one of: model, layer"):
         randomness_audit(net, tiny, layer="features.0", reinit="all")
-    with pytest.raises(
-        ConfigError, match=r"random_rescale=\(1.5, 0.5\) is not allowed; give \(lo, hi\) with 0 < lo <= hi"
-    ):
+    with pytest.raises(ConfigError, match=r"random_rescale=\(1.5, 0.5\) is not allowed; give \(lo, hi\) with 0 < lo <= hi"):
         cumulative_ablation(net, tiny, tiny, random_rescale=(1.5, 0.5), num_classes=10)
     with pytest.raises(ConfigError, match=r"every_n_epochs=0 is not allowed"):
         FeatureEntropyMonitor(every_n_epochs=0)
@@ -335,9 +332,7 @@ def test_cli_help_print_config_yaml_and_errors_in_process(capsys, tmp_path):
         main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert "usage: lightprune analyze" in out and all(
-        s in out for s in ("ablation", "rescale", "randomness", "layers")
-    )
+    assert "usage: lightprune analyze" in out and all(s in out for s in ("ablation", "rescale", "randomness", "layers"))
     for sub in ("ablation", "rescale", "randomness", "layers"):
         with pytest.raises(SystemExit) as exc:
             main([sub, "--help"])
@@ -357,9 +352,7 @@ def test_cli_help_print_config_yaml_and_errors_in_process(capsys, tmp_path):
         main(["ablation", "--config", str(tmp_path / "ablation.yaml"), "--progress", "false"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert (
-        "lightprune analyze ablation: error: ckpt=" in err and "missing.ckpt" in err and "no such file" in err
-    )
+    assert "lightprune analyze ablation: error: ckpt=" in err and "missing.ckpt" in err and "no such file" in err
     with pytest.raises(SystemExit) as exc:
         main(["rescale", "--ckpt", str(tmp_path / "missing.ckpt")])
     assert exc.value.code == 2
@@ -427,17 +420,12 @@ def test_masked_eval_routes_layers_sharing_a_capture_module():
     layers = find_prunable_layers(net, x[:2], ["conv1", "conv2"])
     assert (layers["conv1"].capture, layers["conv1"].capture_call) == ("relu", 0)
     assert (layers["conv2"].capture, layers["conv2"].capture_call) == ("relu", 1)
-    masks = {
-        "conv1": torch.tensor([[1.0, 0, 1, 1], [1, 1, 1, 1]]),
-        "conv2": torch.tensor([[1.0, 1, 1, 1], [0, 0, 1, 0]]),
-    }
+    masks = {"conv1": torch.tensor([[1.0, 0, 1, 1], [1, 1, 1, 1]]), "conv2": torch.tensor([[1.0, 1, 1, 1], [0, 0, 1, 0]])}
     res = MaskedEval(net, layers, masks, num_classes=3).run([(x, y)])
     for k, remove in enumerate(({"conv1": [1], "conv2": []}, {"conv1": [], "conv2": [0, 1, 3]})):
         with torch.no_grad(), ablate_channels(net, remove, x[:2]):
             logits = net(x).double()
-        assert res["loss_sum"][k].item() == pytest.approx(
-            F.cross_entropy(logits, y, reduction="sum").item(), rel=1e-6
-        )
+        assert res["loss_sum"][k].item() == pytest.approx(F.cross_entropy(logits, y, reduction="sum").item(), rel=1e-6)
 
 
 class _PoolNet(nn.Module):
@@ -491,14 +479,8 @@ def test_prune_with_bias_balancing_equals_mean_ablation():
     pruned = copy.deepcopy(net)
     widths = {"conv0": 6, "conv1": 8, "conv2": 8, "fc": 6}
     keep = {n: torch.tensor([c for c in range(w) if c not in remove[n]]) for n, w in widths.items()}
-    report = lp.prune(
-        pruned,
-        Plan(keep, widths, [[n] for n in widths]),
-        x[:2],
-        bias_balancing=True,
-        batches=batches,
-        measure_latency=False,
-    )
+    report = lp.prune(pruned, Plan(keep, widths, [[n] for n in widths]), x[:2], bias_balancing=True, batches=batches,
+                      measure_latency=False)
     assert set(report.bias_balanced) == {"conv1", "conv2", "fc", "out"}
     assert pruned.conv1.in_channels == 4 and pruned.out.in_features == 4
     with torch.no_grad():
@@ -526,13 +508,8 @@ def test_removed_channel_fill_takes_the_consumer_that_reads_the_layer():
 def test_analyses_take_dict_batches():
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(4, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(4, 3),
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
     ).eval()
     x, y = torch.randn(30, 1, 6, 6), torch.arange(30) % 3
     tuples = [(x[:15], y[:15]), (x[15:], y[15:])]
@@ -550,14 +527,7 @@ def _tiny_net(batch_norm: bool = False) -> nn.Sequential:
     torch.manual_seed(0)
     layers: list[nn.Module] = [nn.Conv2d(1, 4, 3, padding=1)]
     layers += [nn.BatchNorm2d(4)] if batch_norm else []
-    layers += [
-        nn.ReLU(),
-        nn.Conv2d(4, 6, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(6, 3),
-    ]
+    layers += [nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3)]
     return nn.Sequential(*layers).eval()
 
 
@@ -580,17 +550,14 @@ def test_randomness_audit_draws_whole_random_networks():
                 conv.bias.zero_()
             ref[6].weight.copy_(torch.randn(ref[6].weight.shape, generator=g) * 0.01)
             ref[6].bias.zero_()
-        assert by[("l1", f"random_{i}")] == pytest.approx(
-            float(ref[2].weight.detach().abs().sum(dim=(1, 2, 3)).double().mean())
-        )
+        assert by[("l1", f"random_{i}")] == pytest.approx(float(ref[2].weight.detach().abs().sum(dim=(1, 2, 3)).double().mean()))
         # APoZ of layer 2 depends on layer 0: equal only if layer 0 is random too
         apoz = lp.score(ref, "apoz", data, layers=["2"], progress=False)["2"]
         assert by[("apoz", f"random_{i}")] == pytest.approx(float(apoz.double().mean()), abs=1e-12)
     assert res.meta["reinit"] == "model" and res.meta["repeats"] == 2
     # reinit="layer": the trained layer 0 stays, so APoZ of layer 2 differs from the whole random network's
-    single = randomness_audit(
-        net, data, layer="2", criteria=["l1", "apoz"], repeats=1, seed=5, reinit="layer", progress=False
-    )
+    single = randomness_audit(net, data, layer="2", criteria=["l1", "apoz"], repeats=1, seed=5, reinit="layer",
+                              progress=False)
     one = {(r["criterion"], r["network"]): r["mean"] for r in single.rows}
     g = torch.Generator().manual_seed(5)
     w = torch.randn(net[2].weight.shape, generator=g) * math.sqrt(2.0 / (6 * 9))
@@ -622,18 +589,8 @@ def test_ablation_with_random_per_image_rescaling():
     x, y = torch.randn(20, 1, 6, 6), torch.arange(20) % 3
     test = [(x[:12], y[:12]), (x[12:], y[12:])]
     scoring = [(x[5:15], y[5:15])]
-    res = cumulative_ablation(
-        net,
-        test,
-        scoring,
-        layers="2",
-        criteria=["apoz"],
-        orders=["least_important_first"],
-        random_orders=0,
-        random_rescale=(0.5, 1.5),
-        seed=3,
-        progress=False,
-    )
+    res = cumulative_ablation(net, test, scoring, layers="2", criteria=["apoz"], orders=["least_important_first"],
+                              random_orders=0, random_rescale=(0.5, 1.5), seed=3, progress=False)
 
     def rescaled(batches):
         out = []
@@ -650,20 +607,10 @@ def test_ablation_with_random_per_image_rescaling():
             logits = torch.cat([net(xb) for xb, _ in rescaled(test)])
         acc = float((logits.argmax(1) == y[:20]).double().mean())
         loss = float(F.cross_entropy(logits.double(), y, reduction="mean"))
-        assert curve["acc"][k] == pytest.approx(acc, abs=1e-12) and curve["loss"][k] == pytest.approx(
-            loss, rel=1e-6
-        )
+        assert curve["acc"][k] == pytest.approx(acc, abs=1e-12) and curve["loss"][k] == pytest.approx(loss, rel=1e-6)
     assert res.meta["random_rescale"] == [0.5, 1.5]
-    plain = cumulative_ablation(
-        net,
-        test,
-        scoring,
-        layers="2",
-        criteria=["apoz"],
-        orders=["ascending"],
-        random_orders=0,
-        progress=False,
-    )
+    plain = cumulative_ablation(net, test, scoring, layers="2", criteria=["apoz"], orders=["ascending"],
+                                random_orders=0, progress=False)
     assert plain.curve("apoz", "ascending", "2")["loss"][0] != pytest.approx(curve["loss"][0], rel=1e-6)
 
 
@@ -738,9 +685,7 @@ def test_cli_ablation_curves(bn_net, dm, tmp_path):
     # a partial step of the l1 least-important-first curve against the same channels zeroed through BatchNorm
     first3 = ablation_order(l1, "least_important_first")[:3].tolist()
     ref = plain_eval(zero_channels_via_bn(net, "features.0", first3), dm)
-    assert float(curves[("l1", "least_important_first", "0")][3]["acc"]) == pytest.approx(
-        ref["acc"], abs=1e-12
-    )
+    assert float(curves[("l1", "least_important_first", "0")][3]["acc"]) == pytest.approx(ref["acc"], abs=1e-12)
     # per-class gain = mean over classes of max over steps of class_bacc_c minus its unablated value
     summary = {(r["criterion"], r["order"]): r for r in read_csv(out / "ablation_summary.csv")}
     rr = curves[("apoz", "most_important_first", "0")]
@@ -748,9 +693,7 @@ def test_cli_ablation_curves(bn_net, dm, tmp_path):
         sum(max(float(r[f"class_bacc_{c}"]) for r in rr) - float(rr[0][f"class_bacc_{c}"]) for c in range(10))
         / 10
     )
-    assert float(summary[("apoz", "most_important_first")]["per_class_gain"]) == pytest.approx(
-        gain, abs=1e-12
-    )
+    assert float(summary[("apoz", "most_important_first")]["per_class_gain"]) == pytest.approx(gain, abs=1e-12)
     assert float(summary[("l1", "least_important_first")]["acc_0"]) == pytest.approx(base["acc"], abs=1e-12)
     assert (out / "ablation_summary.md").read_text().count("| features.0 |") == 5
 
@@ -1055,7 +998,9 @@ def test_class_specific_gain(bn_net, dm):
     gains = {r["criterion"]: r for r in res.class_gain}
     assert set(gains) == {"l1", "apoz"}
     # a weight criterion ranks every class the same way: class-specific gain = the shared curve's gain
-    assert gains["l1"]["class_specific_gain"] == pytest.approx(gains["l1"]["shared_gain"], abs=1e-12)
+    assert gains["l1"]["class_specific_gain"] == pytest.approx(
+        gains["l1"]["shared_gain"], abs=1e-12
+    )
     # reference for class 0: APoZ on class-0 scoring images only, least important first, ablated with the public hook
     x0, y0 = [], []
     for xb, yb in dm.scoring_dataloader(5):

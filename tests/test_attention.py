@@ -39,21 +39,14 @@ def _weaken(w_in: torch.Tensor, w_out: torch.Tensor, heads: list[int], d: int) -
     with torch.no_grad():
         for h in heads:
             for c in range(3):  # the q, k and v rows of head h
-                w_in[c * H * d + h * d : c * H * d + (h + 1) * d] *= 0.1
-            w_out[:, h * d : (h + 1) * d] *= 0.1
+                w_in[c * H * d + h * d: c * H * d + (h + 1) * d] *= 0.1
+            w_out[:, h * d:(h + 1) * d] *= 0.1
 
 
 def tiny_timm():
     torch.manual_seed(0)
-    net = timm.create_model(
-        "vit_tiny_patch16_224",
-        img_size=32,
-        patch_size=8,
-        depth=2,
-        num_heads=H,
-        embed_dim=E_TIMM,
-        num_classes=10,
-    ).eval()
+    net = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_heads=H,
+                            embed_dim=E_TIMM, num_classes=10).eval()
     for b, heads in WEAK.items():
         a = net.blocks[b].attn
         _weaken(a.qkv.weight, a.proj.weight, heads, a.head_dim)
@@ -62,9 +55,8 @@ def tiny_timm():
 
 def tiny_torchvision():
     torch.manual_seed(0)
-    net = torchvision.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=H, hidden_dim=E_TV, mlp_dim=64, num_classes=10
-    ).eval()
+    net = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=H,
+                                               hidden_dim=E_TV, mlp_dim=64, num_classes=10).eval()
     for b, heads in WEAK.items():
         a = net.encoder.layers[b].self_attention
         _weaken(a.in_proj_weight, a.out_proj.weight, heads, a.head_dim)
@@ -76,7 +68,7 @@ def _mask(proj_weight: torch.Tensor, heads: list[int], d: int, mlp_out: nn.Linea
     unit = its column of the next Linear zeroed."""
     with torch.no_grad():
         for h in heads:
-            proj_weight[:, h * d : (h + 1) * d] = 0
+            proj_weight[:, h * d:(h + 1) * d] = 0
         mlp_out.weight[:, units] = 0
 
 
@@ -100,13 +92,9 @@ def pruned(request):
 def test_head_score_is_the_l1_of_the_heads_weights():
     net = tiny_timm()
     a, d = net.blocks[0].attn, net.blocks[0].attn.head_dim
-    by_hand = torch.stack(
-        [
-            a.qkv.weight.detach().reshape(3, H, d, E_TIMM)[:, h].abs().sum()
-            + a.proj.weight.detach()[:, h * d : (h + 1) * d].abs().sum()
-            for h in range(H)
-        ]
-    ).double()
+    by_hand = torch.stack([
+        a.qkv.weight.detach().reshape(3, H, d, E_TIMM)[:, h].abs().sum() + a.proj.weight.detach()[:, h * d:(h + 1) * d].abs().sum()
+        for h in range(H)]).double()
     assert torch.allclose(head_scores(find_attention(net)["blocks.0.attn"]), by_hand)
 
 
@@ -134,17 +122,11 @@ def test_the_lowest_scored_heads_go_and_the_output_matches_the_masked_network(pr
     for b, at in enumerate(attn):
         assert (at.num_heads, at.head_dim) == (2, d)
         if kind == "timm":
-            assert (
-                at.attn_dim == 2 * d
-                and at.qkv.weight.shape == (6 * d, e)
-                and at.proj.weight.shape == (e, 2 * d)
-            )
+            assert at.attn_dim == 2 * d and at.qkv.weight.shape == (6 * d, e) and at.proj.weight.shape == (e, 2 * d)
         else:
             assert isinstance(at, HeadPrunedMultiheadAttention) and at.embed_dim == e
             assert at.in_proj_weight.shape == (6 * d, e) and at.out_proj.weight.shape == (e, 2 * d)
-        _mask(
-            ref_proj[b], [h for h in range(H) if h not in p.heads[names[b]]], d, ref_mlp_out[b], mlp_units[b]
-        )
+        _mask(ref_proj[b], [h for h in range(H) if h not in p.heads[names[b]]], d, ref_mlp_out[b], mlp_units[b])
     with torch.no_grad():
         out, want = net(X), ref(X)
     assert out.shape == (2, 10) and torch.allclose(out, want, atol=1e-5)
@@ -166,12 +148,7 @@ def test_pruned_multihead_attention_takes_masks_sequence_first_and_returns_weigh
     q = torch.randn(5, 2, 16)
     pad = torch.tensor([[False] * 4 + [True], [False] * 5])
     causal = torch.triu(torch.ones(5, 5, dtype=torch.bool), 1)
-    for kw in (
-        {},
-        {"key_padding_mask": pad},
-        {"attn_mask": causal},
-        {"need_weights": False, "key_padding_mask": pad},
-    ):
+    for kw in ({}, {"key_padding_mask": pad}, {"attn_mask": causal}, {"need_weights": False, "key_padding_mask": pad}):
         with torch.no_grad():
             out, w = mha(q, q, q, **kw)
             want, _ = ref(q, q, q, **kw)
@@ -197,9 +174,7 @@ def test_head_ratio_option_and_bad_inputs():
     net = tiny_timm()
     s = lp.score(net, "l1")
     assert plan_heads(net, 0.0) == ({}, {}, {})
-    p = lp.plan(
-        net, s, strategy="uniform", ratio=0.5, example_inputs=X, head_ratio=0.3
-    )  # round(1.2) = 1 head
+    p = lp.plan(net, s, strategy="uniform", ratio=0.5, example_inputs=X, head_ratio=0.3)  # round(1.2) = 1 head
     assert [len(k) for k in p.heads.values()] == [3, 3]
     assert lp.plan(net, s, strategy="manual", ratios={"blocks.0.mlp.fc1": 0.5}, example_inputs=X).heads == {}
     with pytest.raises(ConfigError, match="head_ratio='many' is not allowed"):
@@ -231,15 +206,8 @@ def tiny_swin(v2: bool):
 
     torch.manual_seed(0)
     extra = {"block": SwinTransformerBlockV2, "downsample_layer": PatchMergingV2} if v2 else {}
-    net = torchvision.models.SwinTransformer(
-        patch_size=[4, 4],
-        embed_dim=16,
-        depths=[2],
-        num_heads=[H],
-        window_size=[2, 2],
-        num_classes=10,
-        **extra,
-    ).eval()
+    net = torchvision.models.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2], num_heads=[H],
+                                             window_size=[2, 2], num_classes=10, **extra).eval()
     for blk in net.features[1]:
         _weaken(blk.attn.qkv.weight, blk.attn.proj.weight, [1, 3], 4)
     return net
@@ -269,9 +237,7 @@ def test_swin_loses_the_weak_heads_and_matches_the_masked_network(v2):
         if v2:
             assert a.cpb_mlp[-1].out_features == 2 and a.logit_scale.shape == (2, 1, 1)
         else:
-            assert torch.equal(
-                a.relative_position_bias_table, blk.attn.relative_position_bias_table[:, [0, 2]]
-            )
+            assert torch.equal(a.relative_position_bias_table, blk.attn.relative_position_bias_table[:, [0, 2]])
         removed = sorted(set(range(64)) - set(p.keep[f"features.1.{b}.mlp.0"].tolist()))
         _mask(blk.attn.proj.weight, [1, 3], 4, blk.mlp[3], removed)
     with torch.no_grad():
@@ -284,8 +250,7 @@ def test_swin_loses_the_weak_heads_and_matches_the_masked_network(v2):
     lost_attn = 0
     for b in (0, 1):
         lost_attn += swin_attention_macs(ref.features[1][b].attn, 5, 5, 16) - swin_attention_macs(
-            net.features[1][b].attn, 5, 5, 16
-        )
+            net.features[1][b].attn, 5, 5, 16)
     assert r.macs_before - r.macs_after == lost_attn + 2 * (25 * 16 * 32 + 32 + 25 * 32 * 16 + 25 * 32)
 
 

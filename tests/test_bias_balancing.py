@@ -53,14 +53,7 @@ def test_linear_consumer_bias_equals_mean_replacement():
             return net[2](hh)
 
     balanced = copy.deepcopy(net)
-    report = lp.prune(
-        balanced,
-        single_layer_plan("0", 5, keep),
-        xs[:1],
-        bias_balancing=True,
-        batches=batches,
-        measure_latency=False,
-    )
+    report = lp.prune(balanced, single_layer_plan("0", 5, keep), xs[:1], bias_balancing=True, batches=batches, measure_latency=False)
     assert report.bias_balanced == ["2"]
     plain = copy.deepcopy(net)
     lp.prune(plain, single_layer_plan("0", 5, keep), xs[:1], measure_latency=False)
@@ -76,15 +69,11 @@ def test_linear_consumer_bias_equals_mean_replacement():
         with torch.no_grad():
             assert torch.allclose(balanced(x), replaced(x, mean), atol=1e-6, rtol=0)
             assert torch.allclose(plain(x), replaced(x, None), atol=1e-6, rtol=0)
-        assert not torch.allclose(
-            replaced(x, mean), replaced(x, None), atol=1e-3
-        )  # the test can tell them apart
+        assert not torch.allclose(replaced(x, mean), replaced(x, None), atol=1e-3)  # the test can tell them apart
 
     # precomputed means give the same network
     pre = copy.deepcopy(net)
-    lp.prune(
-        pre, single_layer_plan("0", 5, keep), xs[:1], bias_balancing=True, means=means, measure_latency=False
-    )
+    lp.prune(pre, single_layer_plan("0", 5, keep), xs[:1], bias_balancing=True, means=means, measure_latency=False)
     assert torch.equal(pre[2].bias, balanced[2].bias)
 
 
@@ -108,9 +97,7 @@ class ConvNet(nn.Module):
         return self.fc(torch.flatten(self.bn(self.conv2(h)), 1))
 
 
-@pytest.mark.parametrize(
-    "consumer_bias,bn", [(True, False), (False, True)], ids=["conv-bias", "bn-running-mean"]
-)
+@pytest.mark.parametrize("consumer_bias,bn", [(True, False), (False, True)], ids=["conv-bias", "bn-running-mean"])
 def test_conv_consumer_equals_mean_map_replacement(consumer_bias, bn):
     """A removed channel replaced by its mean over images and positions: the balanced conv consumer
     (bias, or its BatchNorm's running mean when it has no bias) gives the same outputs; the
@@ -127,14 +114,7 @@ def test_conv_consumer_equals_mean_map_replacement(consumer_bias, bn):
         mean = torch.sigmoid(net.conv1(xs)).mean(dim=(0, 2, 3))
     removed, keep = [0, 2], [1, 3]
     pruned = copy.deepcopy(net)
-    report = lp.prune(
-        pruned,
-        single_layer_plan("conv1", 4, keep),
-        xs[:1],
-        bias_balancing=True,
-        batches=[xs],
-        measure_latency=False,
-    )
+    report = lp.prune(pruned, single_layer_plan("conv1", 4, keep), xs[:1], bias_balancing=True, batches=[xs], measure_latency=False)
     assert report.bias_balanced == ["conv2"]
     w = net.conv2.weight.detach()
     delta = (w[:, removed].sum(dim=(2, 3)) * mean[removed]).sum(1)  # sum of kernel weights x channel mean
@@ -146,9 +126,7 @@ def test_conv_consumer_equals_mean_map_replacement(consumer_bias, bn):
     z = torch.randn(5, 2, 6, 6, dtype=torch.float64)
     with torch.no_grad():
         assert torch.allclose(pruned(z), net(z, replace=(removed, mean)), atol=1e-6, rtol=0)
-        assert not torch.allclose(
-            pruned(z), net(z, replace=(removed, torch.zeros(4, dtype=torch.float64))), atol=1e-3
-        )
+        assert not torch.allclose(pruned(z), net(z, replace=(removed, torch.zeros(4, dtype=torch.float64))), atol=1e-3)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -32,16 +32,9 @@ def dm():
 
 def trainer(tmp_path, callbacks, max_epochs=3, **kw):
     args = dict(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=max_epochs,
-        default_root_dir=str(tmp_path),
-        logger=L.pytorch.loggers.CSVLogger(str(tmp_path), name="t"),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_train_batches=4,
-        limit_val_batches=2,
-        limit_test_batches=2,
+        accelerator="cpu", devices=1, max_epochs=max_epochs, default_root_dir=str(tmp_path),
+        logger=L.pytorch.loggers.CSVLogger(str(tmp_path), name="t"), enable_progress_bar=False,
+        enable_model_summary=False, limit_train_batches=4, limit_val_batches=2, limit_test_batches=2,
         num_sanity_val_steps=0,
     )
     args.update(kw)
@@ -85,16 +78,12 @@ def test_one_shot_prunes_once_rebuilds_optimizer_and_keeps_training(tmp_path):
     assert len(cb.history) == 1 and cb.history[0]["epoch"] == 1
     assert cb.history[0]["params_after"] < cb.history[0]["params_before"]
     metrics = (Path(t.logger.log_dir) / "metrics.csv").read_text()
-    assert (
-        "prune/params" in metrics and "prune/ratio/features.0" in metrics and "val/acc_before_ft" in metrics
-    )
+    assert "prune/params" in metrics and "prune/ratio/features.0" in metrics and "val/acc_before_ft" in metrics
 
 
 def test_iterative_reaches_each_cumulative_ratio(tmp_path):
     module, probe = small_module(), OptimizerProbe()
-    cb = PruningCallback(
-        criterion="apoz", schedule="iterative", step_ratios=[0.25, 0.5], at_epoch=1, samples_per_class=5
-    )
+    cb = PruningCallback(criterion="apoz", schedule="iterative", step_ratios=[0.25, 0.5], at_epoch=1, samples_per_class=5)
     before = widths(module.model)
     trainer(tmp_path, [cb, probe], max_epochs=4).fit(module, datamodule=dm())
     assert [h["epoch"] for h in cb.history] == [1, 2]
@@ -106,31 +95,14 @@ def test_iterative_reaches_each_cumulative_ratio(tmp_path):
 
 def test_progressive_prunes_shallow_to_deep(tmp_path):
     module = small_module()
-    cb = PruningCallback(
-        criterion="l1",
-        schedule="progressive",
-        layer_groups=3,
-        finetune_epochs=1,
-        at_epoch=1,
-        samples_per_class=5,
-    )
+    cb = PruningCallback(criterion="l1", schedule="progressive", layer_groups=3, finetune_epochs=1, at_epoch=1, samples_per_class=5)
     trainer(tmp_path, [cb, OptimizerProbe()], max_epochs=4).fit(module, datamodule=dm())
     assert [h["epoch"] for h in cb.history] == [1, 2, 3]
-    order = (
-        list(cb.history[0]["channels_after"])
-        + list(cb.history[1]["channels_after"])
-        + list(cb.history[2]["channels_after"])
-    )
+    order = list(cb.history[0]["channels_after"]) + list(cb.history[1]["channels_after"]) + list(cb.history[2]["channels_after"])
     layers = list(lp.collect.find_prunable_layers(module.model))
     assert order == layers  # every layer once, in depth order
-    assert all(
-        abs(m.out_channels - c / 2) <= 0.5
-        for m, c in zip(
-            [m for m in module.model.modules() if isinstance(m, nn.Conv2d)],
-            [16, 32, 64, 64, 128, 128, 128, 128],
-            strict=True,
-        )
-    )
+    assert all(abs(m.out_channels - c / 2) <= 0.5 for m, c in zip(
+        [m for m in module.model.modules() if isinstance(m, nn.Conv2d)], [16, 32, 64, 64, 128, 128, 128, 128], strict=True))
 
 
 class PlainModule(L.LightningModule):
@@ -139,16 +111,9 @@ class PlainModule(L.LightningModule):
     def __init__(self):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1),
-            nn.BatchNorm2d(8),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(8, 12, 3, padding=1),
-            nn.BatchNorm2d(12),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(12, 10),
+            nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(), nn.Linear(12, 10),
         )
 
     def training_step(self, batch, batch_idx):
@@ -163,9 +128,7 @@ class PlainModule(L.LightningModule):
 
 def test_generic_module_and_checkpoint_reload(tmp_path):
     module, probe = PlainModule(), OptimizerProbe()
-    cb = PruningCallback(
-        criterion="class_selectivity", ratio=0.5, at_epoch=1, model_attr="net", samples_per_class=5
-    )
+    cb = PruningCallback(criterion="class_selectivity", ratio=0.5, at_epoch=1, model_attr="net", samples_per_class=5)
     t = trainer(tmp_path, [cb, probe], max_epochs=2, limit_val_batches=0)
     t.fit(module, datamodule=dm())
     assert [module.net[0].out_channels, module.net[4].out_channels] == [4, 6]
@@ -191,9 +154,7 @@ def test_score_callback_keeps_and_saves_scores(tmp_path):
 # ----------------------------------------------------------------------------------- checkpoints
 def test_checkpoints_carry_the_plan_and_rebuild_with_weights_only(tmp_path):
     module = small_module()
-    ckpt_cb = L.pytorch.callbacks.ModelCheckpoint(
-        dirpath=tmp_path / "ck", save_last=True, every_n_epochs=1, save_top_k=-1
-    )
+    ckpt_cb = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True, every_n_epochs=1, save_top_k=-1)
     cb = PruningCallback(criterion="l1", ratio=0.5, at_epoch=1, samples_per_class=5)
     trainer(tmp_path, [cb, ckpt_cb], max_epochs=3).fit(module, datamodule=dm())
     files = sorted((tmp_path / "ck").glob("epoch=*.ckpt"))
@@ -231,13 +192,7 @@ def test_killed_mid_finetuning_resumes_with_nothing_lost(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(HERE)}  # OMP_NUM_THREADS: the worker's share (conftest)
 
     def run(*args):
-        return subprocess.run(
-            [sys.executable, str(worker), str(tmp_path), *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=600,
-        )
+        return subprocess.run([sys.executable, str(worker), str(tmp_path), *args], capture_output=True, text=True, env=env, timeout=600)
 
     full = run("full")
     assert full.returncode == 0, full.stderr[-3000:]
@@ -260,9 +215,7 @@ def test_private_lightning_api_is_still_there():
     """rewrap_ddp relies on Strategy._setup_model(module) returning the DDP-wrapped module."""
     from lightning.pytorch.strategies import DDPStrategy
 
-    assert hasattr(DDPStrategy, "_setup_model"), (
-        "Lightning removed DDPStrategy._setup_model: update lightning_glue.rewrap_ddp"
-    )
+    assert hasattr(DDPStrategy, "_setup_model"), "Lightning removed DDPStrategy._setup_model: update lightning_glue.rewrap_ddp"
     params = list(inspect.signature(DDPStrategy._setup_model).parameters)
     assert params == ["self", "model"], params
     assert "DistributedDataParallel" in inspect.getsource(DDPStrategy._setup_model)
@@ -272,9 +225,7 @@ def test_private_lightning_api_is_still_there():
 def test_ddp_two_processes_prune_mid_fit(tmp_path):
     script = HERE / "ddp_prune_worker.py"
     env = {**os.environ, "PYTHONPATH": str(HERE), "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(
-        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=900
-    )
+    res = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=900)
     assert res.returncode == 0, res.stderr[-5000:]
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
@@ -282,9 +233,7 @@ def test_ddp_two_processes_prune_mid_fit(tmp_path):
     assert r0["widths"] == r1["widths"] and r0["widths"] != r0["widths_before"]
     assert r0["ddp_rewrapped"] and r0["optimizer_mismatches"] == 0 and r1["optimizer_mismatches"] == 0
     losses = r0["epoch_losses"]
-    assert losses[-1] < losses[1], (
-        losses
-    )  # training continues after the prune (epoch 1) with the loss falling
+    assert losses[-1] < losses[1], losses  # training continues after the prune (epoch 1) with the loss falling
     for a, b in zip(r0["weights"], r1["weights"], strict=True):
         assert torch.equal(a, b)  # DDP kept the replicas identical after re-wrapping
 
@@ -292,29 +241,17 @@ def test_ddp_two_processes_prune_mid_fit(tmp_path):
 # ---------------------------------------------------------------------------------- bad input
 def test_at_epoch_beyond_max_epochs(tmp_path):
     t = trainer(tmp_path, [PruningCallback(at_epoch=5)], max_epochs=3)
-    with pytest.raises(
-        ConfigError,
-        match="at_epoch=5 is beyond the training: with max_epochs=3 the last epoch that can start is 2",
-    ):
+    with pytest.raises(ConfigError, match="at_epoch=5 is beyond the training: with max_epochs=3 the last epoch that can start is 2"):
         t.fit(small_module(), datamodule=dm())
 
 
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (
-            {"schedule": "iterative", "step_ratios": [0.5, 0.3]},
-            r"step_ratios=\[0.5, 0.3\] is not allowed; the ratios must increase strictly",
-        ),
-        (
-            {"schedule": "iterative", "step_ratios": [0.5, 1.0]},
-            r"step_ratios\[1\]=1.0 is not allowed; it must lie in \[0, 1\)",
-        ),
+        ({"schedule": "iterative", "step_ratios": [0.5, 0.3]}, r"step_ratios=\[0.5, 0.3\] is not allowed; the ratios must increase strictly"),
+        ({"schedule": "iterative", "step_ratios": [0.5, 1.0]}, r"step_ratios\[1\]=1.0 is not allowed; it must lie in \[0, 1\)"),
         ({"ratio": 1.0}, r"ratio=1.0 is not allowed"),
-        (
-            {"schedule": "cyclic"},
-            "schedule='cyclic' is not allowed; choose one of: one_shot, iterative, progressive",
-        ),
+        ({"schedule": "cyclic"}, "schedule='cyclic' is not allowed; choose one of: one_shot, iterative, progressive"),
         ({"strategy": "best"}, "strategy='best' is not allowed"),
         ({"criterion": "l3"}, "Unknown criterion 'l3'"),
     ],
@@ -334,9 +271,7 @@ def test_data_criterion_without_train_data_loader(tmp_path):
 def test_checkpoint_of_another_architecture(tmp_path):
     module = small_module()
     ck = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)
-    trainer(tmp_path, [PruningCallback(ratio=0.5, at_epoch=1, samples_per_class=5), ck], max_epochs=2).fit(
-        module, datamodule=dm()
-    )
+    trainer(tmp_path, [PruningCallback(ratio=0.5, at_epoch=1, samples_per_class=5), ck], max_epochs=2).fit(module, datamodule=dm())
     other = lp.ClassificationModule("cifar_resnet18", 10, in_channels=1)
     with pytest.raises(ConfigError, match="does not fit this model \\(another architecture\\?\\)"):
         load_pruned_checkpoint(other, str(tmp_path / "ck" / "last.ckpt"))
@@ -351,8 +286,5 @@ def test_module_without_prunable_layer(tmp_path):
     t = trainer(tmp_path, [PruningCallback(model_attr="net")])
     with pytest.raises(ConfigError, match="OnlyHead.net has no prunable layer"):
         t.fit(OnlyHead(), datamodule=dm())
-    with pytest.raises(
-        ConfigError,
-        match="model_attr='network': PlainModule has no nn.Module attribute of that name; its child modules are \\['net'\\]",
-    ):
+    with pytest.raises(ConfigError, match="model_attr='network': PlainModule has no nn.Module attribute of that name; its child modules are \\['net'\\]"):
         trainer(tmp_path, [PruningCallback(model_attr="network")]).fit(PlainModule(), datamodule=dm())

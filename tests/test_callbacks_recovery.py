@@ -20,25 +20,14 @@ def dm():
 
 def module(**kw):
     opt = kw.pop("opt", None)
-    return lp.ClassificationModule(
-        "cifar_vgg11", 10, in_channels=1, model_kwargs={"width_mult": 0.125}, optimizer=opt, **kw
-    )
+    return lp.ClassificationModule("cifar_vgg11", 10, in_channels=1, model_kwargs={"width_mult": 0.125},
+                                   optimizer=opt, **kw)
 
 
 def trainer(tmp_path, callbacks, max_epochs=2, **kw):
-    args = dict(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=max_epochs,
-        default_root_dir=str(tmp_path),
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_train_batches=3,
-        limit_val_batches=2,
-        num_sanity_val_steps=0,
-        enable_checkpointing=False,
-    )
+    args = dict(accelerator="cpu", devices=1, max_epochs=max_epochs, default_root_dir=str(tmp_path), logger=False,
+                enable_progress_bar=False, enable_model_summary=False, limit_train_batches=3, limit_val_batches=2,
+                num_sanity_val_steps=0, enable_checkpointing=False)
     args.update(kw)
     return L.Trainer(callbacks=callbacks, **args)
 
@@ -52,11 +41,8 @@ class StateProbe(L.Callback):
 
     def _grab(self, trainer, pl_module):
         opt = trainer.optimizers[0]
-        return {
-            n: {k: v.clone() for k, v in opt.state[p].items() if isinstance(v, torch.Tensor)}
-            for n, p in pl_module.named_parameters()
-            if p in opt.state
-        }
+        return {n: {k: v.clone() for k, v in opt.state[p].items() if isinstance(v, torch.Tensor)}
+                for n, p in pl_module.named_parameters() if p in opt.state}
 
     def on_train_epoch_start(self, trainer, pl_module):
         if trainer.current_epoch == self.epoch and self.before is None:
@@ -69,11 +55,7 @@ class StateProbe(L.Callback):
 
 @pytest.mark.parametrize("kind", ["sgd", "adamw"])
 def test_optimizer_state_of_kept_channels_is_carried(tmp_path, kind):
-    factory = (
-        (lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9))
-        if kind == "sgd"
-        else (lambda p: torch.optim.AdamW(p, lr=1e-3))
-    )
+    factory = (lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9)) if kind == "sgd" else (lambda p: torch.optim.AdamW(p, lr=1e-3))
     m = module(opt=factory)
     probe = StateProbe(1)
     cb = PruningCallback(criterion="l1", ratio=0.5, at_epoch=1, samples_per_class=3)
@@ -86,10 +68,7 @@ def test_optimizer_state_of_kept_channels_is_carried(tmp_path, kind):
     for key in keys:
         old, new = probe.before["model.features.4.weight"][key], probe.after["model.features.4.weight"][key]
         assert torch.equal(new, old[out_keep][:, in_keep])
-        assert torch.equal(
-            probe.after["model.features.5.weight"][key],
-            probe.before["model.features.5.weight"][key][out_keep],
-        )  # its BN
+        assert torch.equal(probe.after["model.features.5.weight"][key], probe.before["model.features.5.weight"][key][out_keep])  # its BN
     assert cb.history[0]["recovered"] == ["recalibrate_bn"]
 
 
@@ -108,13 +87,8 @@ def test_distillation_teacher_is_the_pre_prune_network_and_survives_resume(tmp_p
     m = module(distillation={"alpha": 0.7, "temperature": 2.0})
     cb = PruningCallback(criterion="l1", ratio=0.5, at_epoch=1, samples_per_class=3)
     ck = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ck"), save_top_k=-1, every_n_epochs=1)
-    t = trainer(
-        tmp_path,
-        [cb, ck],
-        max_epochs=2,
-        enable_checkpointing=True,
-        logger=L.pytorch.loggers.CSVLogger(str(tmp_path), name="t"),
-    )
+    t = trainer(tmp_path, [cb, ck], max_epochs=2, enable_checkpointing=True,
+                logger=L.pytorch.loggers.CSVLogger(str(tmp_path), name="t"))
     t.fit(m, datamodule=dm())
     assert cb.teacher is not None and m.teacher is cb.teacher
     # the teacher is the unpruned network: full widths, frozen

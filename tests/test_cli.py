@@ -62,11 +62,7 @@ def test_wandb_logger_is_offline_and_logs(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
     res = subprocess.run(
         [str(BIN / "lightprune"), "fit", "--config", TRAIN, "--config", cfg, *FAST],
-        cwd=tmp_path,
-        env={**env, "WANDB_SILENT": "true"},
-        capture_output=True,
-        text=True,
-        timeout=600,
+        cwd=tmp_path, env={**env, "WANDB_SILENT": "true"}, capture_output=True, text=True, timeout=600,
     )  # WANDB_MODE unset: the CLI must default to offline
     assert res.returncode == 0, res.stderr[-3000:]
     runs = list((tmp_path / "runs" / "wandb").glob("offline-run-*"))
@@ -82,10 +78,7 @@ def test_wandb_logger_is_offline_and_logs(tmp_path):
     "override,pattern",
     [
         (["--data.class_path", "lightprune.data.NoSuchData"], r"NoSuchData"),
-        (
-            ["--model.init_args.model", "vgg99"],
-            r"Unknown model 'vgg99'. Known models: alexnet, cifar_resnet18",
-        ),
+        (["--model.init_args.model", "vgg99"], r"Unknown model 'vgg99'. Known models: alexnet, cifar_resnet18"),
         (["--data.init_args.image_size", "16"], r"image_size=16 is too small for model 'cifar_vgg16'"),
         (["--data.init_args.channels", "2"], r"channels=2 is not allowed; choose one of: 1, 3"),
     ],
@@ -101,9 +94,7 @@ def test_quickstart_demo_prunes_half_and_stays_accurate(tmp_path):
     """The README's main job: train, feature-entropy scoring, 50 % pruning, fine-tuning, table. Also the
     check that plain training on digits (the train_digits.yaml recipe, 8 of its 12 epochs here) passes
     95 % test accuracy: the table's unpruned column is that network before the prune."""
-    res = run(
-        [str(BIN / "lightprune"), "fit", "--config", QUICK, "--trainer.enable_progress_bar=false"], tmp_path
-    )
+    res = run([str(BIN / "lightprune"), "fit", "--config", QUICK, "--trainer.enable_progress_bar=false"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout
     assert "unpruned" in out and "params" in out and "MACs" in out and "latency" in out, out
@@ -116,15 +107,8 @@ def test_quickstart_demo_prunes_half_and_stays_accurate(tmp_path):
 
 def test_quickstart_config_short(tmp_path):
     res = run(
-        [
-            str(BIN / "lightprune"),
-            "fit",
-            "--config",
-            QUICK,
-            *FAST,
-            "--trainer.max_epochs=2",
-            "--trainer.callbacks.init_args.at_epoch=1",
-        ],
+        [str(BIN / "lightprune"), "fit", "--config", QUICK, *FAST, "--trainer.max_epochs=2",
+         "--trainer.callbacks.init_args.at_epoch=1"],
         tmp_path,
     )
     assert res.returncode == 0, res.stderr[-3000:]
@@ -134,26 +118,13 @@ def test_quickstart_config_short(tmp_path):
 def test_prune_vgg16_config_on_a_fake_cifar(tmp_path):
     from test_data import _write_cifar
 
-    _write_cifar(
-        tmp_path / "data", "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "labels", 20, 10
-    )
+    _write_cifar(tmp_path / "data", "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "labels", 20, 10)
     _write_cifar(tmp_path / "data", "cifar-10-batches-py", ["test_batch"], "labels", 20, 10, seed=1)
     res = run(
-        [
-            str(BIN / "lightning"),
-            "fit",
-            "--config",
-            str(ROOT / "configs" / "prune_vgg16.yaml"),
-            *FAST,
-            "--trainer.max_epochs=2",
-            "--trainer.accelerator=cpu",
-            "--data.init_args.batch_size=8",
-            "--data.init_args.num_workers=0",
-            "--data.init_args.data_dir",
-            str(tmp_path / "data"),
-            "--trainer.callbacks.init_args.samples_per_class=2",
-            "--trainer.callbacks.init_args.batch_size=20",
-        ],
+        [str(BIN / "lightning"), "fit", "--config", str(ROOT / "configs" / "prune_vgg16.yaml"), *FAST,
+         "--trainer.max_epochs=2", "--trainer.accelerator=cpu", "--data.init_args.batch_size=8",
+         "--data.init_args.num_workers=0", "--data.init_args.data_dir", str(tmp_path / "data"),
+         "--trainer.callbacks.init_args.samples_per_class=2", "--trainer.callbacks.init_args.batch_size=20"],
         tmp_path,
     )
     assert res.returncode == 0, res.stderr[-3000:]
@@ -165,24 +136,11 @@ def test_prune_resnet50_config_on_a_tiny_image_folder(tmp_path):
 
     _write_image_folder(tmp_path / "imgs", ["a", "b", "c"], 4, size=(40, 40))
     res = run(
-        [
-            str(BIN / "lightning"),
-            "fit",
-            "--config",
-            str(ROOT / "configs" / "prune_resnet50.yaml"),
-            *FAST,
-            "--trainer.max_epochs=2",
-            "--trainer.accelerator=cpu",
-            "--trainer.precision=32",
-            "--data.init_args.root",
-            str(tmp_path / "imgs"),
-            "--data.init_args.image_size=32",
-            "--data.init_args.batch_size=4",
-            "--data.init_args.num_workers=0",
-            "--test_after_fit=true",
-            "--trainer.callbacks.init_args.at_epoch=1",
-            "--trainer.callbacks.init_args.samples_per_class=2",
-        ],
+        [str(BIN / "lightning"), "fit", "--config", str(ROOT / "configs" / "prune_resnet50.yaml"), *FAST,
+         "--trainer.max_epochs=2", "--trainer.accelerator=cpu", "--trainer.precision=32",
+         "--data.init_args.root", str(tmp_path / "imgs"), "--data.init_args.image_size=32",
+         "--data.init_args.batch_size=4", "--data.init_args.num_workers=0", "--test_after_fit=true",
+         "--trainer.callbacks.init_args.at_epoch=1", "--trainer.callbacks.init_args.samples_per_class=2"],
         tmp_path,
     )
     assert res.returncode == 0, res.stderr[-3000:]
@@ -209,22 +167,12 @@ def test_every_snippet_is_tested():
 def test_callback_snippets_attach_to_a_plain_run(tmp_path, snippet):
     epochs, overrides = SNIPPET_RUNS[snippet]
     res = run(
-        [
-            str(BIN / "lightprune"),
-            "fit",
-            "--config",
-            TRAIN,
-            *FAST,
-            f"--trainer.max_epochs={epochs}",
-            f"--trainer.callbacks+={ROOT / 'callbacks' / snippet}",
-            *overrides,
-        ],
+        [str(BIN / "lightprune"), "fit", "--config", TRAIN, *FAST, f"--trainer.max_epochs={epochs}",
+         f"--trainer.callbacks+={ROOT / 'callbacks' / snippet}", *overrides],
         tmp_path,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     if snippet.startswith("prune_"):
         assert "before / after pruning" in res.stdout, res.stdout
     else:
-        assert list(
-            (tmp_path / "runs" / "train_digits" / "version_0" / "scores").glob("epoch*_feature_entropy.json")
-        )
+        assert list((tmp_path / "runs" / "train_digits" / "version_0" / "scores").glob("epoch*_feature_entropy.json"))

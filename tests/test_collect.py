@@ -45,9 +45,7 @@ def test_torchvision_vgg16_captures_relu_and_hidden_linears():
     layers = find_prunable_layers(model, torch.zeros(1, 3, 32, 32))
     assert len(layers) == 13 + 2
     assert layers["features.0"].capture == "features.1" and layers["features.0"].chain == ("Conv2d", "ReLU")
-    assert (
-        layers["classifier.0"].capture == "classifier.1" and layers["classifier.3"].capture == "classifier.4"
-    )
+    assert layers["classifier.0"].capture == "classifier.1" and layers["classifier.3"].capture == "classifier.4"
     assert "classifier.6" not in layers
 
 
@@ -64,9 +62,7 @@ def test_resnet18_residual_capture_is_block_output():
         torch.testing.assert_close(acts["layer1.0.conv1"], b.relu(b.bn1(b.conv1(stem))), rtol=0, atol=0)
         block_out = b(stem)
         torch.testing.assert_close(acts["layer1.0.conv2"], block_out, rtol=0, atol=0)
-        assert (
-            layers["layer1.0.conv2"].capture == "layer1.0.relu" and layers["layer1.0.conv2"].capture_call == 1
-        )
+        assert layers["layer1.0.conv2"].capture == "layer1.0.relu" and layers["layer1.0.conv2"].capture_call == 1
         l1 = model.layer1(stem)
         b2 = model.layer2[0]
         torch.testing.assert_close(acts["layer2.0.downsample.0"], b2.downsample(l1), rtol=0, atol=0)
@@ -91,13 +87,9 @@ def test_mobilenet_v2_expansion_projection_and_depthwise():
     with torch.no_grad():
         h = model.features[:2](x)
         blk = model.features[2]
-        torch.testing.assert_close(
-            acts["features.2.conv.0.0"], blk.conv[0](h), rtol=0, atol=0
-        )  # ReLU6 output
+        torch.testing.assert_close(acts["features.2.conv.0.0"], blk.conv[0](h), rtol=0, atol=0)  # ReLU6 output
         assert layers["features.2.conv.0.0"].chain == ("Conv2d", "BatchNorm2d", "ReLU6")
-        torch.testing.assert_close(
-            acts["features.2.conv.2"], blk.conv(h), rtol=0, atol=0
-        )  # linear bottleneck
+        torch.testing.assert_close(acts["features.2.conv.2"], blk.conv(h), rtol=0, atol=0)  # linear bottleneck
         assert layers["features.2.conv.2"].chain == ("Conv2d", "BatchNorm2d")
 
 
@@ -133,9 +125,7 @@ def test_bad_layer_names():
         find_prunable_layers(model, layers=["nope"])
     with pytest.raises(ConfigError, match="layers contains 'classifier.2', which is the final classifier"):
         find_prunable_layers(model, layers=["classifier.2"])
-    with pytest.raises(
-        ConfigError, match="layers contains 'features.1', which is a BatchNorm2d, not a prunable"
-    ):
+    with pytest.raises(ConfigError, match="layers contains 'features.1', which is a BatchNorm2d, not a prunable"):
         find_prunable_layers(model, layers=["features.1"])
 
 

@@ -27,30 +27,18 @@ CRITERIA = ["l1", "fpgm", "apoz"]
 RATIOS = [0.4, 0.6]
 # A small comparison: 3 criteria x 2 ratios, base model trained 2 short epochs, 1 short fine-tuning epoch.
 SMALL = [
-    "--config",
-    CONFIG,
-    "--criteria",
-    json.dumps(CRITERIA),
-    "--ratios",
-    json.dumps(RATIOS),
-    "--train_epochs",
-    "2",
-    "--recipe_overrides",
-    json.dumps(["--trainer.limit_train_batches=6", "--trainer.limit_val_batches=1"]),
-    "--samples_per_class",
-    "8",
-    "--finetune.epochs",
-    "1",
-    "--finetune.limit_train_batches",
-    "6",
-    "--latency_batch_size",
-    "16",
-    "--latency_runs",
-    "2",
-    "--progress",
-    "false",
-    "--threads",
-    "1",
+    "--config", CONFIG,
+    "--criteria", json.dumps(CRITERIA),
+    "--ratios", json.dumps(RATIOS),
+    "--train_epochs", "2",
+    "--recipe_overrides", json.dumps(["--trainer.limit_train_batches=6", "--trainer.limit_val_batches=1"]),
+    "--samples_per_class", "8",
+    "--finetune.epochs", "1",
+    "--finetune.limit_train_batches", "6",
+    "--latency_batch_size", "16",
+    "--latency_runs", "2",
+    "--progress", "false",
+    "--threads", "1",
 ]
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -58,12 +46,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def run(args, cwd, timeout=600, **env):
     full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **env}
     return subprocess.run(
-        [str(BIN / "lightprune"), "compare", *args],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        [str(BIN / "lightprune"), "compare", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -117,32 +100,17 @@ def test_paths_in_a_config_file_are_relative_to_it(tmp_path):
 @pytest.mark.parametrize(
     "override,pattern",
     [
-        (
-            ["--criteria", "[l1, nope]"],
-            r"criteria contains 'nope', which is not a registered criterion; known criteria: afie, apoz",
-        ),
+        (["--criteria", "[l1, nope]"], r"criteria contains 'nope', which is not a registered criterion; known criteria: afie, apoz"),
         (["--ratios", "[0.5, 1.2]"], r"ratios\[1\]=1.2 is not allowed; it must lie in \[0, 1\)"),
         (["--ratios", "-0.1"], r"ratios\[0\]=-0.1 is not allowed"),
-        (
-            ["--strategy", "greedy"],
-            r"strategy='greedy' is not allowed; choose one of: uniform, afie, global, flops",
-        ),
+        (["--strategy", "greedy"], r"strategy='greedy' is not allowed; choose one of: uniform, afie, global, flops"),
         (["--strategy", "manual"], r"strategy='manual' is not allowed in a comparison"),
         (["--checkpoint", "missing.ckpt"], r"checkpoint='.*missing.ckpt' does not exist"),
         (["--recipe", "missing.yaml"], r"recipe='.*missing.yaml' does not exist"),
         (["--samples_per_class", "0"], r"samples_per_class=0 is not allowed; it must be an integer >= 1"),
-        (
-            ["--finetune.schedule", "step"],
-            r"finetune.schedule='step' is not allowed; choose one of: cosine, constant",
-        ),
-        (
-            ["--criterion_hparams", "{taylor: {x: 1}}", "--criteria", "[taylor]"],
-            r"bad hyperparameters for criterion 'taylor'",
-        ),
-        (
-            ["--criterion_hparams", "{l1: {}}", "--criteria", "[fpgm]"],
-            r"criterion_hparams names 'l1', which is not among",
-        ),
+        (["--finetune.schedule", "step"], r"finetune.schedule='step' is not allowed; choose one of: cosine, constant"),
+        (["--criterion_hparams", "{taylor: {x: 1}}", "--criteria", "[taylor]"], r"bad hyperparameters for criterion 'taylor'"),
+        (["--criterion_hparams", "{l1: {}}", "--criteria", "[fpgm]"], r"criterion_hparams names 'l1', which is not among"),
     ],
 )
 def test_bad_input_names_argument_value_and_allowed(override, pattern):
@@ -157,19 +125,8 @@ def test_bad_input_through_console_script(tmp_path):
     assert "Traceback" not in res.stderr
     res = run(["--help"], tmp_path)
     assert res.returncode == 0
-    for opt in (
-        "--recipe",
-        "--checkpoint",
-        "--criteria",
-        "--strategy",
-        "--ratios",
-        "--samples_per_class",
-        "--finetune.epochs",
-        "--wandb",
-        "--wandb_project",
-        "--print_config",
-        "--run_dir",
-    ):
+    for opt in ("--recipe", "--checkpoint", "--criteria", "--strategy", "--ratios", "--samples_per_class",
+                "--finetune.epochs", "--wandb", "--wandb_project", "--print_config", "--run_dir"):
         assert opt in res.stdout, opt
 
 
@@ -202,28 +159,16 @@ def test_results_csv_has_one_sane_row_per_pair(small_run):
     assert (run_dir / "base.ckpt").is_file()
     rows = rows_of(run_dir)
     assert list(rows[0]) == CSV_COLUMNS
-    assert sorted((r["criterion"], float(r["ratio"])) for r in rows) == sorted(
-        (c, r) for c in CRITERIA for r in RATIOS
-    )
+    assert sorted((r["criterion"], float(r["ratio"])) for r in rows) == sorted((c, r) for c in CRITERIA for r in RATIOS)
     for r in rows:
-        for key in (
-            "val_acc_before_ft",
-            "test_acc_before_ft",
-            "val_acc",
-            "val_balanced_acc",
-            "test_acc",
-            "test_balanced_acc",
-            "base_test_acc",
-        ):
+        for key in ("val_acc_before_ft", "test_acc_before_ft", "val_acc", "val_balanced_acc", "test_acc", "test_balanced_acc", "base_test_acc"):
             assert 0.0 <= float(r[key]) <= 1.0, (key, r)
         assert 0 < int(r["params"]) < int(r["params_base"])
         assert 0 < int(r["macs"]) < int(r["macs_base"])
         assert abs(float(r["channel_ratio"]) - float(r["ratio"])) < 0.03, r
         assert 0 < float(r["params_pruned_ratio"]) < 1 and 0 < float(r["macs_pruned_ratio"]) < 1
         assert float(r["img_per_s"]) > 0 and float(r["latency_ms"]) > 0
-        assert float(r["acc_drop"]) == pytest.approx(
-            float(r["base_test_acc"]) - float(r["test_acc"]), abs=1e-6
-        )
+        assert float(r["acc_drop"]) == pytest.approx(float(r["base_test_acc"]) - float(r["test_acc"]), abs=1e-6)
         assert r["wandb_run"]
     # the same ratio prunes the same amount whatever the criterion (uniform strategy)
     for ratio in RATIOS:
@@ -236,25 +181,11 @@ def test_results_csv_has_one_sane_row_per_pair(small_run):
 def test_report_and_plots(small_run):
     run_dir, _, _ = small_run
     report = (run_dir / "report.md").read_text()
-    for col in (
-        "acc. before FT",
-        "acc. after FT",
-        "acc. drop",
-        "pruned (params)",
-        "#params",
-        "MACs",
-        "img/s",
-    ):
+    for col in ("acc. before FT", "acc. after FT", "acc. drop", "pruned (params)", "#params", "MACs", "img/s"):
         assert col in report
     for c in CRITERIA:
         assert re.search(rf"^\| {c} \| 0.4 \|", report, re.M), report
-    for name in (
-        "layer_ratios",
-        "acc_vs_macs",
-        "acc_vs_ratio",
-        "score_correlation",
-        "score_correlation_layers",
-    ):
+    for name in ("layer_ratios", "acc_vs_macs", "acc_vs_ratio", "score_correlation", "score_correlation_layers"):
         png = run_dir / f"{name}.png"
         data = png.read_bytes()
         assert data[:8] == PNG and len(data) > 5000, name
@@ -332,24 +263,9 @@ def test_rerun_does_no_work_and_changed_budget_is_stale(small_run, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "6 already done (skipped), 0 to run" in res.stdout
     assert {p.name: p.stat().st_mtime_ns for p in pairs.glob("*.json")} == before
-    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == len(
-        list((src / "wandb").glob("offline-run-*"))
-    )
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == len(list((src / "wandb").glob("offline-run-*")))
     # a changed fine-tuning budget is another comparison: the pair is stale and redone
-    res = run(
-        [
-            *SMALL,
-            "--run_dir",
-            "runs/small",
-            "--finetune.epochs",
-            "0",
-            "--criteria",
-            "[l1]",
-            "--ratios",
-            "[0.4]",
-        ],
-        tmp_path,
-    )
+    res = run([*SMALL, "--run_dir", "runs/small", "--finetune.epochs", "0", "--criteria", "[l1]", "--ratios", "[0.4]"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "0 already done (skipped), 1 to run" in res.stdout
     row = rows_of(run_dir)[0]
@@ -361,14 +277,8 @@ def test_killed_comparison_resumes(tmp_path):
     """Kill the process (SIGKILL) once two pairs are saved; the rerun skips them and does the rest."""
     args = [*SMALL, "--run_dir", "runs/killed", "--wandb", "false"]
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    proc = subprocess.Popen(
-        [str(BIN / "lightprune"), "compare", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = subprocess.Popen([str(BIN / "lightprune"), "compare", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     pairs = tmp_path / "runs" / "killed" / "pairs"
     deadline = time.monotonic() + 400
     try:
@@ -399,32 +309,12 @@ def test_global_strategy_and_afie_rule(tmp_path):
     the AFIE layer ratios (so the per-layer channel counts agree across criteria)."""
     from lightprune.compare import Comparison
 
-    base = [
-        *SMALL,
-        "--wandb",
-        "false",
-        "--ratios",
-        "[0.5]",
-        "--criteria",
-        "[l1, apoz]",
-        "--finetune.epochs",
-        "0",
-    ]
+    base = [*SMALL, "--wandb", "false", "--ratios", "[0.5]", "--criteria", "[l1, apoz]", "--finetune.epochs", "0"]
     cfg = parse_config([*base, "--run_dir", str(tmp_path / "g"), "--strategy", "global"])
     rows = Comparison(cfg, echo=lambda *a: None).run()
     assert {r["criterion"] for r in rows} == {"l1", "apoz"}
     assert all(abs(r["row"]["channel_ratio"] - 0.5) < 0.01 for r in rows)
-    cfg = parse_config(
-        [
-            *base,
-            "--run_dir",
-            str(tmp_path / "g"),
-            "--strategy",
-            "afie",
-            "--checkpoint",
-            str(tmp_path / "g" / "base.ckpt"),
-        ]
-    )
+    cfg = parse_config([*base, "--run_dir", str(tmp_path / "g"), "--strategy", "afie", "--checkpoint", str(tmp_path / "g" / "base.ckpt")])
     rows = Comparison(cfg, echo=lambda *a: None).run()
     assert rows[0]["channels_after"] == rows[1]["channels_after"]
     assert "AFIE layer scores" in (tmp_path / "g" / "report.md").read_text()
@@ -436,13 +326,7 @@ def test_dashboard_spec_uses_logged_keys():
     spec = dashboard_spec("lightprune-compare", "compare_digits")
     assert spec["filter"] == {"group": "compare_digits", "job_type": "prune"}
     metrics = {m for sec in spec["sections"] for p in sec["panels"] for m in p.get("metrics", [])}
-    metrics |= {
-        p[k]
-        for sec in spec["sections"]
-        for p in sec["panels"]
-        for k in ("x", "y")
-        if isinstance(p.get(k), str)
-    }
+    metrics |= {p[k] for sec in spec["sections"] for p in sec["panels"] for k in ("x", "y") if isinstance(p.get(k), str)}
     logged = set(PAIR_KEYS) | {"trainer/global_step", "ratio (config)"}
     assert metrics <= logged, metrics - logged
 

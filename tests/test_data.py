@@ -112,10 +112,7 @@ def test_digits_bad_arguments(kwargs, match):
 def test_unknown_dataset_lists_names():
     assert list_datamodules() == ["cifar10", "cifar100", "digits", "imagefolder"]
     assert isinstance(create_datamodule("digits", image_size=16), DigitsDataModule)
-    with pytest.raises(
-        UnknownNameError,
-        match="Unknown dataset 'mnist'. Known datasets: cifar10, cifar100, digits, imagefolder",
-    ):
+    with pytest.raises(UnknownNameError, match="Unknown dataset 'mnist'. Known datasets: cifar10, cifar100, digits, imagefolder"):
         create_datamodule("mnist")
 
 
@@ -164,9 +161,7 @@ def test_cifar_download_flag_calls_torchvision(tmp_path, monkeypatch):
         def __init__(self, root, train, download):
             calls.append((root, train, download))
 
-    dm = CIFAR10DataModule(
-        data_dir=str(tmp_path), **{"download": True}
-    )  # torchvision is stubbed below: no network
+    dm = CIFAR10DataModule(data_dir=str(tmp_path), **{"download": True})  # torchvision is stubbed below: no network
     monkeypatch.setattr(dm, "_torchvision_cls", lambda: FakeCIFAR)
     dm.prepare_data()
     assert calls == [(str(tmp_path), True, True), (str(tmp_path), False, True)]

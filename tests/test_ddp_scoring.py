@@ -25,14 +25,8 @@ def test_two_process_scores_equal_single_process(tmp_path):
     names = data_criteria()
     assert {"apoz", "class_selectivity", "entropy", "mutual_information"} <= set(names), names
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(HERE / "ddp_score_worker.py"),
-        str(tmp_path),
-        *names,
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        str(HERE / "ddp_score_worker.py"), str(tmp_path), *names,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
@@ -47,9 +41,6 @@ def test_two_process_scores_equal_single_process(tmp_path):
         single = lp.score(model, name, full, num_classes=NUM_CLASSES, progress=False)
         for layer, values in single.items():
             torch.testing.assert_close(
-                torch.tensor(r0[name][layer], dtype=torch.float64),
-                values,
-                rtol=1e-9,
-                atol=1e-12,
+                torch.tensor(r0[name][layer], dtype=torch.float64), values, rtol=1e-9, atol=1e-12,
                 msg=lambda m, n=name, k=layer: f"{n} / {k}: {m}",
             )

@@ -22,11 +22,7 @@ def hadolint() -> str:
 
 def test_dockerfile_passes_hadolint():
     # DL3008 (pin apt versions) is ignored on purpose: the CUDA base image's apt versions move with it
-    res = subprocess.run(
-        [hadolint(), "--ignore", "DL3008", str(ROOT / "docker" / "Dockerfile")],
-        capture_output=True,
-        text=True,
-    )
+    res = subprocess.run([hadolint(), "--ignore", "DL3008", str(ROOT / "docker" / "Dockerfile")], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
 
 

@@ -74,12 +74,8 @@ def test_run_prune_scores_plans_prunes_and_reports():
     net = tiny()
     data = batches()
     widths = [m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)]
-    res = run_prune(
-        net, data, PruneSpec(criterion="l1", ratio=0.5), evaluate_on={"val": data}, latency_inputs=4
-    )
-    assert [m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)] == [
-        w - round(w / 2) for w in widths
-    ]
+    res = run_prune(net, data, PruneSpec(criterion="l1", ratio=0.5), evaluate_on={"val": data}, latency_inputs=4)
+    assert [m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)] == [w - round(w / 2) for w in widths]
     assert res.report.params_after < res.report.params_before
     assert set(res.metrics_before) >= {"val/acc", "val/balanced_acc", "val/loss"}
     assert res.report.latency_after["batch_size"] == 4 and res.report.latency_after["runs"] == 5
@@ -91,9 +87,7 @@ def test_flat_layers_go_to_the_fallback():
     data = batches()
     plain = lp.score(net, "feature_entropy", data, progress=False)
     assert plain.flat  # the 2x2 maps and the hidden Linear layers cannot be ranked
-    mixed = score_for_spec(
-        net, PruneSpec(criterion="feature_entropy", fallback="l1"), resolve_scoring_set(data)
-    )
+    mixed = score_for_spec(net, PruneSpec(criterion="feature_entropy", fallback="l1"), resolve_scoring_set(data))
     assert fallback_layers(mixed) == plain.flat
     l1 = lp.score(net, "l1")
     for n in plain.flat:
@@ -112,9 +106,7 @@ def test_layer_scores_attached_when_the_strategy_needs_them():
 def test_spec_rejects_unknown_names():
     with pytest.raises(lp.UnknownNameError, match="Unknown criterion 'l3'"):
         PruneSpec(criterion="l3")
-    with pytest.raises(
-        ConfigError, match="strategy='greedy' is not allowed; choose one of: afie, flops, global"
-    ):
+    with pytest.raises(ConfigError, match="strategy='greedy' is not allowed; choose one of: afie, flops, global"):
         PruneSpec(strategy="greedy")
     with pytest.raises(ConfigError, match="ratio=1.2"):
         PruneSpec(ratio=1.2)
@@ -137,10 +129,7 @@ def test_params_target_is_met():
     p = lp.plan(net, lp.score(net, "l1"), strategy="params", ratio=0.5, example_inputs=X32)
     assert p.meta["params_after"] <= 0.5 * p.meta["params_before"]
     assert p.meta["params_after"] >= 0.5 * p.meta["params_before"] * 0.97
-    with pytest.raises(
-        ConfigError,
-        match=r"a reduction of 0.99999 cannot be reached with 'uniform'; the most it reaches is 0\.99",
-    ):
+    with pytest.raises(ConfigError, match=r"a reduction of 0.99999 cannot be reached with 'uniform'; the most it reaches is 0\.99"):
         lp.plan(net, lp.score(net, "l1"), strategy="params", ratio=0.99999, example_inputs=X32)
 
 
@@ -152,16 +141,9 @@ class BackboneNet(PrunedCheckpointMixin, L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.backbone = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1),
-            nn.BatchNorm2d(width),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1),
-            nn.BatchNorm2d(2 * width),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(2 * width, 10),
+            nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, 10),
         )
         self.loss_fn = nn.CrossEntropyLoss()  # no parameters: not a candidate network
 
@@ -191,19 +173,9 @@ def _callback_from_yaml(path: Path):
 def test_backbone_module_pruned_by_the_shipped_yaml_and_reloaded(tmp_path):
     module = BackboneNet()
     cb = _callback_from_yaml(ROOT / "callbacks" / "prune_l1.yaml")  # no model_attr given
-    t = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=3,
-        callbacks=[cb],
-        default_root_dir=str(tmp_path),
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_train_batches=3,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-    )
+    t = L.Trainer(accelerator="cpu", devices=1, max_epochs=3, callbacks=[cb], default_root_dir=str(tmp_path),
+                  logger=False, enable_progress_bar=False, enable_model_summary=False, limit_train_batches=3,
+                  limit_val_batches=1, num_sanity_val_steps=0)
     t.fit(module, datamodule=DigitsDataModule(image_size=16, channels=1, batch_size=32))
     assert cb.model_attr == "backbone" and cb.history[0]["epoch"] == 2
     assert [module.backbone[0].out_channels, module.backbone[4].out_channels] == [4, 8]
@@ -228,14 +200,9 @@ def test_model_attr_discovery():
             self.w = nn.Parameter(torch.zeros(3))
 
     assert resolve_model_attr(BackboneNet()) == "backbone"
-    assert (
-        resolve_model_attr(lp.ClassificationModule("cifar_vgg11", 10, model_kwargs={"width_mult": 0.125}))
-        == "model"
-    )
+    assert resolve_model_attr(lp.ClassificationModule("cifar_vgg11", 10, model_kwargs={"width_mult": 0.125})) == "model"
     assert resolve_model_attr(Bare()) == ""
-    with pytest.raises(
-        ConfigError, match=r"holds several child networks \['encoder', 'head'\]: pass model_attr="
-    ):
+    with pytest.raises(ConfigError, match=r"holds several child networks \['encoder', 'head'\]: pass model_attr="):
         resolve_model_attr(Two())
 
 
@@ -278,11 +245,7 @@ def test_no_import_cycle_and_no_private_cross_module_import():
                 if r in files and r != m and not m.startswith(r + "."):  # a package's __init__ is not a cycle
                     graph[m].add(r)
             if target in files and target != m:
-                private += [
-                    f"{m} imports {target}.{n}"
-                    for n in names
-                    if n.startswith("_") and f"{target}.{n}" not in files
-                ]
+                private += [f"{m} imports {target}.{n}" for n in names if n.startswith("_") and f"{target}.{n}" not in files]
     assert not private, private
     # cycles among modules (packages' __init__ re-exports excluded: they only gather names)
     inits = {m for m, p in files.items() if p.name == "__init__.py"}
@@ -293,7 +256,7 @@ def test_no_import_cycle_and_no_private_cross_module_import():
         state[m] = 1
         for n in sorted(graph[m] - inits):
             if state.get(n) == 1:
-                cycles.append(stack[stack.index(n) :] + [n] if n in stack else [m, n])
+                cycles.append(stack[stack.index(n):] + [n] if n in stack else [m, n])
             elif n not in state:
                 visit(n, stack + [n])
         state[m] = 2

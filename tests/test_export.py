@@ -82,10 +82,8 @@ def test_onnx_of_pruned_network_matches_torch_at_batch_1_and_7(which, request, t
     assert sorted(path.parent.iterdir()) == [path]  # one self-contained file, no .onnx.data
     assert sorted(report.max_abs_diff) == [1, 7] and max(report.max_abs_diff.values()) <= 1e-4
     assert report.latency.batch_size == report.torch_latency.batch_size == 1 and report.latency.median_ms > 0
-    assert json.loads(json.dumps(report.to_dict()))["max_abs_diff"] == {
-        "1": report.max_abs_diff[1],
-        "7": report.max_abs_diff[7],
-    }
+    assert json.loads(json.dumps(report.to_dict()))["max_abs_diff"] == {"1": report.max_abs_diff[1],
+                                                                         "7": report.max_abs_diff[7]}
     assert "max |exported - torch|" in str(report) and "latency, batch 1" in str(report)
 
     # independently of the report: onnxruntime at batch sizes 1 and 7 (and 3, never seen) vs torch
@@ -105,13 +103,8 @@ def test_onnx_of_pruned_network_matches_torch_at_batch_1_and_7(which, request, t
 @pytest.mark.parametrize("which", ["vgg", "resnet"])
 def test_torchscript_of_pruned_network_gives_the_same_outputs(which, request, tmp_path):
     net, shape = request.getfixturevalue(which)
-    report = lp.export(
-        lp.ClassificationModule(net, 10),
-        torch.randn(shape),
-        tmp_path / "m.pt",
-        format="torchscript",
-        latency_runs=0,
-    )  # a ClassificationModule: its .model is exported
+    report = lp.export(lp.ClassificationModule(net, 10), torch.randn(shape), tmp_path / "m.pt",
+                       format="torchscript", latency_runs=0)  # a ClassificationModule: its .model is exported
     assert report.exporter == "torch.jit.trace" and sorted(report.max_abs_diff) == [1, 7]
     assert report.latency is None and report.opset is None
     loaded = torch.jit.load(str(tmp_path / "m.pt"))
@@ -134,10 +127,7 @@ class FixedBatch(nn.Module):
 
 def test_a_file_that_fixed_the_batch_size_is_caught(tmp_path):
     x = torch.randn(1, 3, 8, 8)
-    with (
-        pytest.warns(torch.jit.TracerWarning),
-        pytest.raises(ExportError, match=r"batch size 7: running the exported"),
-    ):
+    with pytest.warns(torch.jit.TracerWarning), pytest.raises(ExportError, match=r"batch size 7: running the exported"):
         lp.export(FixedBatch(), x, tmp_path / "f.pt", "torchscript", latency_runs=0)
     with pytest.raises(ExportError, match=r"fixed the batch axis to 1 although dynamic_batch=True"):
         lp.export(FixedBatch(), x, tmp_path / "f.onnx", latency_runs=0)
@@ -147,9 +137,7 @@ def test_a_file_that_fixed_the_batch_size_is_caught(tmp_path):
 
 # ------------------------------------------------------------------------------------ bad input
 def test_unknown_format_lists_the_formats(tmp_path):
-    with pytest.raises(
-        ConfigError, match=r"format='tflite' is not allowed; choose one of: onnx, torchscript"
-    ):
+    with pytest.raises(ConfigError, match=r"format='tflite' is not allowed; choose one of: onnx, torchscript"):
         lp.export(nn.Linear(2, 2), torch.zeros(1, 2), tmp_path / "m", format="tflite")
     with pytest.raises(ConfigError, match=r"opset=17 is not allowed with format='torchscript'"):
         lp.export(nn.Linear(2, 2), torch.zeros(1, 2), tmp_path / "m", format="torchscript", opset=17)
@@ -165,9 +153,7 @@ def test_missing_onnxruntime_says_what_to_install(tmp_path, monkeypatch):
     assert isinstance(err.value, ExportDependencyError)
     assert not (tmp_path / "m.onnx").exists()  # checked before any work
     # TorchScript does not need it
-    assert lp.export(
-        nn.Linear(2, 2), torch.zeros(1, 2), tmp_path / "m.pt", "torchscript", latency_runs=0
-    ).verified
+    assert lp.export(nn.Linear(2, 2), torch.zeros(1, 2), tmp_path / "m.pt", "torchscript", latency_runs=0).verified
 
 
 # ------------------------------------------------------------------------------------ checkpoints + CLI
@@ -176,21 +162,11 @@ def checkpoints(tmp_path_factory):
     """A real (tiny) Lightning fit on digits, pruned 50 % at epoch 1: epoch 0's checkpoint has no plan,
     epoch 1's has one."""
     root = tmp_path_factory.mktemp("fit")
-    module = lp.ClassificationModule(
-        "cifar_vgg11", 10, in_channels=1, image_size=32, model_kwargs={"width_mult": 0.25}
-    )
+    module = lp.ClassificationModule("cifar_vgg11", 10, in_channels=1, image_size=32, model_kwargs={"width_mult": 0.25})
     ck = L.pytorch.callbacks.ModelCheckpoint(dirpath=root / "ck", save_top_k=-1, every_n_epochs=1)
     trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=2,
-        default_root_dir=str(root),
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_train_batches=2,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
+        accelerator="cpu", devices=1, max_epochs=2, default_root_dir=str(root), logger=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_train_batches=2, limit_val_batches=0, num_sanity_val_steps=0,
         callbacks=[PruningCallback(criterion="l1", ratio=0.5, at_epoch=1, samples_per_class=2), ck],
     )
     trainer.fit(module, datamodule=DigitsDataModule(image_size=32, channels=1, batch_size=32))
@@ -203,26 +179,9 @@ def test_cli_exports_a_pruned_checkpoint_that_runs_with_onnxruntime_alone(checkp
     out, report_json = tmp_path / "out" / "model.onnx", tmp_path / "report.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lightprune.cli",
-            "export",
-            "--ckpt",
-            str(ckpt),
-            "--out",
-            str(out),
-            "--batch-sizes",
-            "1,7",
-            "--latency-runs",
-            "2",
-            "--json",
-            str(report_json),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+        [sys.executable, "-m", "lightprune.cli", "export", "--ckpt", str(ckpt), "--out", str(out),
+         "--batch-sizes", "1,7", "--latency-runs", "2", "--json", str(report_json)],
+        capture_output=True, text=True, env=env, timeout=300,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "max |exported - torch|" in res.stdout and "warning" not in res.stderr
@@ -243,8 +202,8 @@ def test_cli_exports_a_pruned_checkpoint_that_runs_with_onnxruntime_alone(checkp
         import numpy as np
         import onnxruntime as ort
         sess = ort.InferenceSession({str(out)!r}, providers=["CPUExecutionProvider"])
-        y = sess.run(None, {{sess.get_inputs()[0].name: np.load({str(tmp_path / "x.npy")!r})}})[0]
-        np.save({str(tmp_path / "got.npy")!r}, y)
+        y = sess.run(None, {{sess.get_inputs()[0].name: np.load({str(tmp_path / 'x.npy')!r})}})[0]
+        np.save({str(tmp_path / 'got.npy')!r}, y)
         leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "lightprune", "lightning", "torch_pruning"))
         assert not leaked, leaked
     """)
@@ -260,21 +219,8 @@ def test_cli_exports_a_pruned_checkpoint_that_runs_with_onnxruntime_alone(checkp
 @pytest.mark.filterwarnings("ignore:.*torch.jit.load.*:FutureWarning")
 def test_cli_exports_a_checkpoint_without_plan_with_a_warning(checkpoints, tmp_path, capsys):
     unpruned, _, _ = checkpoints
-    cli_main(
-        [
-            "export",
-            "--ckpt",
-            str(unpruned),
-            "--out",
-            str(tmp_path / "m.pt"),
-            "--format",
-            "torchscript",
-            "--latency-runs",
-            "0",
-            "--json",
-            str(tmp_path / "r.json"),
-        ]
-    )
+    cli_main(["export", "--ckpt", str(unpruned), "--out", str(tmp_path / "m.pt"), "--format", "torchscript",
+              "--latency-runs", "0", "--json", str(tmp_path / "r.json")])
     captured = capsys.readouterr()
     assert "lightprune export: warning:" in captured.err and "carries no pruning plan" in captured.err
     report = json.loads((tmp_path / "r.json").read_text())
@@ -291,9 +237,7 @@ def test_cli_errors_and_help(tmp_path, capsys):
     assert f"ckpt={str(missing)!r} is not allowed: no such file" in err and "Traceback" not in err
     with pytest.raises(SystemExit) as exit_:
         cli_main(["export", "--ckpt", str(missing), "--out", "m.onnx", "--input-shape", "1,three,32"])
-    assert (
-        exit_.value.code == 2 and "not a comma-separated list of positive integers" in capsys.readouterr().err
-    )
+    assert exit_.value.code == 2 and "not a comma-separated list of positive integers" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         cli_main(["export", "--help"])
     assert exit_.value.code == 0

@@ -17,13 +17,9 @@ from lightprune.topology import betti_curves, giotto_birth_times
 def conv_net():
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1, bias=False),
-        nn.ReLU(),
-        nn.Conv2d(4, 5, 3, padding=1, bias=False),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(5, 3),
+        nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.ReLU(),
+        nn.Conv2d(4, 5, 3, padding=1, bias=False), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3),
     ).eval()
 
 
@@ -112,9 +108,7 @@ def test_dead_channel_gets_the_minimum_possible_importance():
 def test_linear_and_small_maps_warn_that_they_cannot_be_ranked():
     net = conv_net()
     x, y = data(size=2)
-    with pytest.warns(
-        UserWarning, match=r"feature_entropy gives every channel the same score in \['0', '2'\]"
-    ):
+    with pytest.warns(UserWarning, match=r"feature_entropy gives every channel the same score in \['0', '2'\]"):
         lp.score(net, "feature_entropy", [(x, y)], progress=False)
 
 
@@ -124,20 +118,10 @@ def test_betti_variants_run_and_differ_from_birth():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mx = lp.score(net, "feature_entropy", [(x, y)], variant="betti_max", progress=False)
-        it = lp.score(
-            net,
-            "feature_entropy",
-            [(x, y)],
-            variant="betti_integral",
-            axis="weight",
-            levels=10,
-            progress=False,
-        )
+        it = lp.score(net, "feature_entropy", [(x, y)], variant="betti_integral", axis="weight", levels=10,
+                      progress=False)
     for s in (mx, it):
-        assert all(
-            torch.isfinite(v).all() and v.shape == (net[0].out_channels if k == "0" else 5,)
-            for k, v in s.items()
-        )
+        assert all(torch.isfinite(v).all() and v.shape == (net[0].out_channels if k == "0" else 5,) for k, v in s.items())
 
 
 @pytest.mark.parametrize("variant,reduce", [("betti_max", "amax"), ("betti_integral", "sum")])
@@ -149,9 +133,7 @@ def test_betti_variants_on_the_index_axis_match_a_direct_computation(variant, re
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         got = lp.score(net, "feature_entropy", [(x, y)], variant=variant, layers=["2"], progress=False)["2"]
-    expected = reference_importance(
-        net, x, y, "2", values=lambda maps: getattr(betti_curves(maps), reduce)(-1)
-    )
+    expected = reference_importance(net, x, y, "2", values=lambda maps: getattr(betti_curves(maps), reduce)(-1))
     torch.testing.assert_close(got.double(), expected, rtol=1e-12, atol=1e-12)
     births = reference_importance(net, x, y, "2")
     assert not torch.equal(expected, births)  # a different characterisation than the birth index
@@ -161,17 +143,11 @@ def test_betti_variants_on_the_index_axis_match_a_direct_computation(variant, re
     "kwargs,match",
     [
         ({"p": 1.5}, r"p=1.5 is not allowed; it must be a number in \[0, 1\]"),
-        (
-            {"variant": "persistence"},
-            "variant='persistence' is not allowed; choose one of: birth, betti_max, betti_integral",
-        ),
+        ({"variant": "persistence"}, "variant='persistence' is not allowed; choose one of: birth, betti_max, betti_integral"),
         ({"method": "cuda"}, "method='cuda' is not allowed"),
         ({"levels": 0, "variant": "betti_integral", "axis": "weight"}, "levels=0 is not allowed"),
-        (
-            {"levels": 10, "variant": "betti_integral"},
-            r"levels=10 is not allowed with variant='betti_integral', "
-            r"axis='index'; levels quantise only the weight-axis integral",
-        ),
+        ({"levels": 10, "variant": "betti_integral"}, r"levels=10 is not allowed with variant='betti_integral', "
+         r"axis='index'; levels quantise only the weight-axis integral"),
         ({"axis": "t"}, r"axis='t' is not allowed; choose one of: index, weight"),
     ],
 )

@@ -32,10 +32,7 @@ def test_select_layers_names_patterns_exclude_types():
     assert list(select_layers(found, layer_types="conv")) == convs
     assert list(select_layers(found, layer_types=["linear"])) == ["classifier.0"]
     assert list(select_layers(found, layers="features.*", exclude=["features.0", "features.?"])) == convs[3:]
-    with pytest.raises(
-        ConfigError,
-        match=r"layers contains 'feat.*', which matches no prunable layer; prunable layers: \['features.0'",
-    ):
+    with pytest.raises(ConfigError, match=r"layers contains 'feat.*', which matches no prunable layer; prunable layers: \['features.0'"):
         select_layers(found, layers=["feat.*"])
     with pytest.raises(ConfigError, match=r"exclude contains 'nope'.*prunable layers: \['features.0'"):
         select_layers(found, exclude="nope")
@@ -55,20 +52,13 @@ def test_scope_in_score_plan_spec_callback_compare():
     full = lp.score(net, "l1")
     p = lp.plan(net, full, ratio=0.5, example_inputs=x, layers=["features.*"], exclude=["features.4"])
     assert set(p.ratios) == set(s) - {"features.4"} | {"features.0"}
-    spec = PruneSpec(
-        criterion="l1", layers=["features.*", "classifier.0"], exclude=["features.0"], layer_types=["conv"]
-    )
+    spec = PruneSpec(criterion="l1", layers=["features.*", "classifier.0"], exclude=["features.0"], layer_types=["conv"])
     assert spec_layers(net, spec, x) == list(s)
     assert list(score_for_spec(net, spec, None)) == list(s)
     assert spec.to_dict()["layer_types"] == ["conv"]
     cb = PruningCallback(criterion="l1", layers=["features.*"], exclude="features.0", layer_types="conv")
-    assert (
-        cb.spec.layers == ["features.*"]
-        and cb.spec.exclude == ["features.0"]
-        and cb.spec.layer_types == ["conv"]
-    )
+    assert cb.spec.layers == ["features.*"] and cb.spec.exclude == ["features.0"] and cb.spec.layer_types == ["conv"]
     from lightprune.compare.config import CompareConfig
-
     assert {"exclude", "layer_types"} <= set(CompareConfig.__dataclass_fields__)
 
 
@@ -128,9 +118,7 @@ def _digits_batches(per_class: int, size: int):
     d = load_digits()
     idx = np.concatenate([np.flatnonzero(d.target == c)[:per_class] for c in range(10)])
     x = torch.tensor(d.images[idx], dtype=torch.float32).unsqueeze(1) / 16.0
-    x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).repeat(
-        1, 3, 1, 1
-    )
+    x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
     return [(x, torch.tensor(d.target[idx]))]
 
 
@@ -163,15 +151,7 @@ def test_model_zoo_mlp_and_alexnet():
     assert mlp(torch.zeros(2, 1, 32, 32)).shape == (2, 10)  # pooled to 8x8 first
     assert list(find_prunable_layers(mlp, torch.zeros(1, 1, 8, 8))) == ["layers.2", "layers.4", "layers.6"]
     sig = lp.create_model("mlp", 10, in_channels=1, activation="sigmoid", hidden=[20, 10])
-    assert [type(m).__name__ for m in sig.layers] == [
-        "AdaptiveAvgPool2d",
-        "Flatten",
-        "Linear",
-        "Sigmoid",
-        "Linear",
-        "Sigmoid",
-        "Linear",
-    ]
+    assert [type(m).__name__ for m in sig.layers] == ["AdaptiveAvgPool2d", "Flatten", "Linear", "Sigmoid", "Linear", "Sigmoid", "Linear"]
     alex = lp.create_model("alexnet", 10, width_mult=0.125).eval()
     assert alex(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
     found = find_prunable_layers(alex, torch.zeros(1, 3, 32, 32))
@@ -187,12 +167,8 @@ def test_model_zoo_mlp_and_alexnet():
     x, y = torch.randn(20, 1, 8, 8), torch.arange(20) % 10
     res = run_prune(mlp, [(x, y)], PruneSpec(criterion="entropy", ratio=0.5), latency_inputs=None)
     assert mlp.layers[2].out_features == 64 and res.plan.strategy == "uniform"
-    res = run_prune(
-        alex,
-        [(torch.randn(20, 3, 32, 32), y)],
-        PruneSpec(criterion="l1", ratio=0.5, layer_types="conv"),
-        latency_inputs=None,
-    )
+    res = run_prune(alex, [(torch.randn(20, 3, 32, 32), y)], PruneSpec(criterion="l1", ratio=0.5, layer_types="conv"),
+                    latency_inputs=None)
     assert alex.features[0].out_channels == 4 and alex.classifier[1].out_features == 512
 
 
@@ -201,10 +177,7 @@ def test_hybrid_criteria_by_depth_information_paper():
 
     a = yaml.safe_load((ROOT / "callbacks/prune_info_hybrid.yaml").read_text())["init_args"]
     cb = PruningCallback(**a)
-    assert (
-        cb.spec.criteria == ["mutual_information", "kl_selectivity"]
-        and cb.criterion_name == "mutual_information+kl_selectivity"
-    )
+    assert cb.spec.criteria == ["mutual_information", "kl_selectivity"] and cb.criterion_name == "mutual_information+kl_selectivity"
     torch.manual_seed(0)
     net = lp.create_model("mlp", 10, in_channels=1, hidden=[16, 16, 16, 16, 16, 16]).eval()
     batches = _digits_batches(10, 8)
@@ -225,14 +198,8 @@ def test_hybrid_criteria_by_depth_information_paper():
     p = plan_for_spec(net, per, cb.spec, batches[0][0][:1])
     assert p.criterion == "kl_selectivity+mutual_information"
     # the same through the "+" spelling, with per-criterion hyperparameters
-    spec = PruneSpec(
-        criterion="mutual_information+kl_selectivity",
-        criterion_kwargs={"kl_selectivity": {"quantizer": "width", "bins": 4}},
-    )
-    assert spec.split_points() == [0.5] and spec.kwargs_for("kl_selectivity") == {
-        "quantizer": "width",
-        "bins": 4,
-    }
+    spec = PruneSpec(criterion="mutual_information+kl_selectivity", criterion_kwargs={"kl_selectivity": {"quantizer": "width", "bins": 4}})
+    assert spec.split_points() == [0.5] and spec.kwargs_for("kl_selectivity") == {"quantizer": "width", "bins": 4}
     with pytest.raises(ConfigError, match="depth_split=\\[0.5, 0.2\\] is not allowed"):
         PruneSpec(criterion=["l1", "fpgm"], depth_split=[0.5, 0.2])
     with pytest.raises(ConfigError, match="depth_split is only used with several criteria"):
@@ -243,26 +210,12 @@ def test_compare_accepts_the_hybrid(tmp_path):
     from lightprune.compare import Comparison, parse_config
     from lightprune.engine import merge_per_layer
 
-    cfg = parse_config(
-        [
-            "--config",
-            str(ROOT / "configs" / "compare_criteria.yaml"),
-            "--run_dir",
-            str(tmp_path),
-            "--criteria",
-            '["l1", "mutual_information+kl_selectivity"]',
-            "--depth_split",
-            "[0.3333]",
-            "--criterion_hparams",
-            '{"mutual_information+kl_selectivity": {"kl_selectivity": {"quantizer": "width", "bins": 4}}}',
-            "--layer_types",
-            "[conv]",
-            "--exclude",
-            '["features.0"]',
-            "--wandb",
-            "false",
-        ]
-    )
+    cfg = parse_config([
+        "--config", str(ROOT / "configs" / "compare_criteria.yaml"), "--run_dir", str(tmp_path),
+        "--criteria", '["l1", "mutual_information+kl_selectivity"]', "--depth_split", "[0.3333]",
+        "--criterion_hparams", '{"mutual_information+kl_selectivity": {"kl_selectivity": {"quantizer": "width", "bins": 4}}}',
+        "--layer_types", "[conv]", "--exclude", '["features.0"]', "--wandb", "false",
+    ])
     assert cfg.criteria == ["l1", "mutual_information+kl_selectivity"] and cfg.depth_split == [0.3333]
     assert cfg.layer_types == ["conv"] and cfg.exclude == ["features.0"]
     cmp = Comparison(cfg, echo=lambda *a: None)
@@ -272,24 +225,14 @@ def test_compare_accepts_the_hybrid(tmp_path):
     assert spec.kwargs_for("kl_selectivity") == {"quantizer": "width", "bins": 4}
     assert cmp._spec("l1", 0.5).depth_split is None
     with pytest.raises(ConfigError, match="criteria contains 'mutual_information\\+nope'"):
-        parse_config(
-            [
-                "--config",
-                str(ROOT / "configs" / "compare_criteria.yaml"),
-                "--run_dir",
-                str(tmp_path),
-                "--criteria",
-                '["mutual_information+nope"]',
-            ]
-        )
+        parse_config(["--config", str(ROOT / "configs" / "compare_criteria.yaml"), "--run_dir", str(tmp_path),
+                      "--criteria", '["mutual_information+nope"]'])
     # the per-layer result is stored as one Scores (compare caches and correlates one per criterion)
     net = lp.create_model("mlp", 10, in_channels=1, hidden=[8, 8, 8])
     batches = [(torch.randn(20, 1, 8, 8), torch.arange(20) % 10)]
     from lightprune.data import resolve_scoring_set
 
-    per = score_for_spec(
-        net, PruneSpec(criterion=["entropy", "l1"], depth_split=[1 / 3]), resolve_scoring_set(batches)
-    )
+    per = score_for_spec(net, PruneSpec(criterion=["entropy", "l1"], depth_split=[1 / 3]), resolve_scoring_set(batches))
     one = merge_per_layer(per, "entropy+l1")
     assert one.meta["criterion_by_layer"] == {"layers.2": "entropy", "layers.4": "l1", "layers.6": "l1"}
     assert torch.equal(one["layers.4"], per["layers.4"]["layers.4"])

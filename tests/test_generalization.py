@@ -27,9 +27,7 @@ def test_shuffle_labels_changes_exactly_the_fraction():
     assert not torch.equal(shuffle_labels(y, 0.5, seed=3), shuffle_labels(y, 0.5, seed=4))
     with pytest.raises(ConfigError, match=r"fraction=1.5 is not allowed; it must be a number in \[0, 1\]"):
         shuffle_labels(y, 1.5)
-    with pytest.raises(
-        ConfigError, match=r"fraction=1.0 draws 3 labels, more than half of them of one class"
-    ):
+    with pytest.raises(ConfigError, match=r"fraction=1.0 draws 3 labels, more than half of them of one class"):
         shuffle_labels(torch.tensor([0, 0, 1]), 1.0)
     with pytest.raises(ConfigError, match=r"fraction=-0.1 is not allowed"):
         ShuffledLabelsDigits(-0.1)
@@ -52,36 +50,14 @@ def _direct_feature_entropy(weights, layer_relu: int, spc: int, x, y) -> dict[in
 
 def test_generalization_command_files_shuffling_resume_and_entropies(tmp_path, capsys):
     out = tmp_path / "gen"
-    args = [
-        "generalization",
-        "--model_kwargs",
-        "{width_mult: 0.01}",
-        "--levels",
-        "[0, 0.5]",
-        "--steps",
-        "1",
-        "--batch_size",
-        "16",
-        "--samples_per_class",
-        "3",
-        "--layers",
-        "[features.0, features.4]",
-        "--out",
-        str(out),
-        "--progress",
-        "false",
-    ]
+    args = ["generalization", "--model_kwargs", "{width_mult: 0.01}", "--levels", "[0, 0.5]", "--steps", "1",
+            "--batch_size", "16",
+            "--samples_per_class", "3", "--layers", "[features.0, features.4]", "--out", str(out),
+            "--progress", "false"]
     main(args)
     assert "| 50 % | 1 |" in capsys.readouterr().out
-    for name in (
-        "generalization.csv",
-        "generalization_networks.csv",
-        "generalization_networks.md",
-        "generalization_table.csv",
-        "generalization_table.md",
-        "generalization.json",
-        "generalization.png",
-    ):
+    for name in ("generalization.csv", "generalization_networks.csv", "generalization_networks.md",
+                 "generalization_table.csv", "generalization_table.md", "generalization.json", "generalization.png"):
         assert (out / name).is_file(), name
     data = json.loads((out / "generalization.json").read_text())
     nets = {n["level"]: n for n in data["networks"]}
@@ -118,11 +94,9 @@ def test_generalization_help_and_errors(capsys, tmp_path):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "--levels" in out and "--class_labels" in out and "--ckpt" not in out
-    for flag, value, match in (
-        ("--levels", "[0, 1.5]", "levels contains 1.5; every level must be a fraction in [0, 1]"),
-        ("--class_labels", "noisy", "class_labels='noisy' is not allowed; choose one of: true, training"),
-        ("--seeds", "[1, 1]", "seeds=[1, 1] is not allowed; give distinct integers"),
-    ):
+    for flag, value, match in (("--levels", "[0, 1.5]", "levels contains 1.5; every level must be a fraction in [0, 1]"),
+                               ("--class_labels", "noisy", "class_labels='noisy' is not allowed; choose one of: true, training"),
+                               ("--seeds", "[1, 1]", "seeds=[1, 1] is not allowed; give distinct integers")):
         with pytest.raises(SystemExit) as exc:
             main(["generalization", flag, value, "--out", str(tmp_path)])
         assert exc.value.code == 2

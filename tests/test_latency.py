@@ -38,10 +38,7 @@ def fake_measure(module: nn.Module, x: torch.Tensor) -> float:
         else:
             h, w = x.shape[2] // first.stride[0], x.shape[3] // first.stride[1]
             k = first.kernel_size[0] * first.kernel_size[1]
-            macs = (
-                first.in_channels // first.groups * first.out_channels * k * h * w
-                + 2 * first.out_channels * h * w
-            )
+            macs = first.in_channels // first.groups * first.out_channels * k * h * w + 2 * first.out_channels * h * w
     else:
         macs, _ = count_macs_params(module, x)
     return macs * x.shape[0] / 1e7 + 0.01
@@ -60,9 +57,7 @@ def chain_table(widths=(16, 32, 32, 64), spatial=(1024, 256, 64, 16), fixed=1.0)
         layers.append(lat.LayerCost(f"conv{i}", cin_full, c, None if i == 0 else i - 1, i, gin, gout, ms))
         cin_full = c
     gin = sorted({max(1, round(f * cin_full)) for f in grid})
-    layers.append(
-        lat.LayerCost("fc", cin_full, 10, len(widths) - 1, None, gin, [10], [[a * 10 * 1e-5] for a in gin])
-    )
+    layers.append(lat.LayerCost("fc", cin_full, 10, len(widths) - 1, None, gin, [10], [[a * 10 * 1e-5] for a in gin]))
     full = list(widths)
     table = lat.LatencyTable(layers)
     table.full_ms = table.layer_sum(full) + fixed
@@ -98,43 +93,23 @@ def test_greedy_meets_target_with_less_importance_lost_than_uniform_at_equal_lat
 def test_greedy_respects_round_to_and_max_layer_ratio():
     widths = (16, 32, 32, 64)
     table, imp = chain_table(widths), chain_importance(widths)
-    keep, _ = lat.greedy_search(
-        table, imp, 0.4 * table.full_ms, keep_floor=[1] * 4, round_to=8, max_layer_ratio=0.75
-    )
+    keep, _ = lat.greedy_search(table, imp, 0.4 * table.full_ms, keep_floor=[1] * 4, round_to=8, max_layer_ratio=0.75)
     assert all(k % 8 == 0 or k == c for k, c in zip(keep, widths, strict=True))
     assert all(k >= 0.25 * c for k, c in zip(keep, widths, strict=True))
 
 
 def test_unreachable_latency_target_names_the_best_reachable_reduction():
     net = tiny()
-    with pytest.raises(
-        ConfigError, match=r"a reduction of 0.99 cannot be reached .* best reachable reduction is 0\.\d+"
-    ):
-        lp.plan(
-            net,
-            lp.score(net, "l1"),
-            strategy="latency",
-            ratio=0.99,
-            example_inputs=X32,
-            latency_measure=fake_measure,
-            latency_cache=False,
-        )
+    with pytest.raises(ConfigError, match=r"a reduction of 0.99 cannot be reached .* best reachable reduction is 0\.\d+"):
+        lp.plan(net, lp.score(net, "l1"), strategy="latency", ratio=0.99, example_inputs=X32, latency_measure=fake_measure,
+                latency_cache=False)
 
 
 # ------------------------------------------------------------------------------ planner, cache, meta
 def test_latency_plan_meets_the_target_on_the_injected_measure(tmp_path):
     net = tiny()
-    p = lp.plan(
-        net,
-        lp.score(net, "l1"),
-        strategy="latency",
-        ratio=0.5,
-        example_inputs=X32,
-        latency_batch_size=4,
-        latency_measure=fake_measure,
-        latency_cache_dir=tmp_path,
-        latency_tolerance=0.02,
-    )
+    p = lp.plan(net, lp.score(net, "l1"), strategy="latency", ratio=0.5, example_inputs=X32, latency_batch_size=4,
+                latency_measure=fake_measure, latency_cache_dir=tmp_path, latency_tolerance=0.02)
     m = p.meta
     assert p.strategy == "latency" and p.target_ratio == 0.5
     assert abs(m["latency_measured_reduction"] - 0.5) <= 0.02
@@ -170,14 +145,10 @@ def test_disk_cache_key_and_hit(tmp_path):
     assert calls[n_first:] == ["CifarVGG"]  # only the whole network was timed again
     assert [lc.ms for lc in t1.layers] == [lc.ms for lc in t2.layers]
     # another batch size is another key
-    lat.build_latency_table(
-        net, X32, groups, batch_size=3, measure=counting, cache_path=tmp_path, measure_full=False
-    )
+    lat.build_latency_table(net, X32, groups, batch_size=3, measure=counting, cache_path=tmp_path, measure_full=False)
     assert len(sorted(tmp_path.glob("*.json"))) == 2 * len(files)
     key = __import__("json").loads(files[0].read_text())["key"]
-    assert {"device", "dtype", "threads", "batch", "in_shape", "cin", "cout", "grid_in", "grid_out"} <= set(
-        key
-    )
+    assert {"device", "dtype", "threads", "batch", "in_shape", "cin", "cout", "grid_in", "grid_out"} <= set(key)
 
 
 def test_cache_dir_default_and_env(monkeypatch, tmp_path):
@@ -234,33 +205,12 @@ def test_pruning_callback_accepts_the_latency_target(tmp_path):
     from lightprune.data import DigitsDataModule
 
     module = lp.ClassificationModule("cifar_vgg11", 10, in_channels=1, model_kwargs={"width_mult": 0.25})
-    cb = PruningCallback(
-        criterion="l1",
-        strategy="latency",
-        ratio=0.4,
-        at_epoch=0,
-        samples_per_class=4,
-        latency_batch_size=1,
-        strategy_kwargs={
-            "latency_measure": fake_measure,
-            "latency_cache_dir": str(tmp_path),
-            "latency_batch_size": 2,
-        },
-    )
-    t = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=1,
-        limit_train_batches=1,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-        callbacks=[cb],
-    )
+    cb = PruningCallback(criterion="l1", strategy="latency", ratio=0.4, at_epoch=0, samples_per_class=4, latency_batch_size=1,
+                         strategy_kwargs={"latency_measure": fake_measure, "latency_cache_dir": str(tmp_path),
+                                          "latency_batch_size": 2})
+    t = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=1, limit_val_batches=1,
+                  num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False, default_root_dir=str(tmp_path), callbacks=[cb])
     t.fit(module, datamodule=DigitsDataModule(image_size=32, channels=1, batch_size=16))
     assert len(cb.history) == 1
     assert cb.history[0]["params_after"] < cb.history[0]["params_before"]
@@ -271,16 +221,8 @@ def test_compare_config_accepts_the_latency_target():
     from lightprune.compare import parse_config
 
     root = Path(__file__).resolve().parents[1]
-    cfg = parse_config(
-        [
-            "--config",
-            str(root / "configs" / "compare_criteria.yaml"),
-            "--strategy",
-            "latency",
-            "--strategy_options",
-            "{latency_batch_size: 8}",
-        ]
-    )
+    cfg = parse_config(["--config", str(root / "configs" / "compare_criteria.yaml"), "--strategy", "latency",
+                        "--strategy_options", "{latency_batch_size: 8}"])
     assert cfg.strategy == "latency"
 
 
@@ -288,11 +230,8 @@ def test_engine_spec_passes_the_latency_target_through(tmp_path):
     from lightprune.engine import PruneSpec, plan_for_spec
 
     net = tiny()
-    spec = PruneSpec(
-        strategy="latency",
-        ratio=0.3,
-        strategy_kwargs={"latency_measure": fake_measure, "latency_cache_dir": str(tmp_path)},
-    )
+    spec = PruneSpec(strategy="latency", ratio=0.3, strategy_kwargs={"latency_measure": fake_measure,
+                                                                    "latency_cache_dir": str(tmp_path)})
     p = plan_for_spec(net, lp.score(net, "l1"), spec, X32)
     assert p.strategy == "latency" and abs(p.meta["latency_measured_reduction"] - 0.3) <= 0.02
 
@@ -301,12 +240,7 @@ def test_engine_spec_passes_the_latency_target_through(tmp_path):
 def test_layer_latency_report_table_and_plot(tmp_path):
     net = tiny()
     after = copy.deepcopy(net)
-    lp.prune(
-        after,
-        lp.plan(after, lp.score(after, "l1"), ratio=0.5, example_inputs=X32),
-        X32,
-        measure_latency=False,
-    )
+    lp.prune(after, lp.plan(after, lp.score(after, "l1"), ratio=0.5, example_inputs=X32), X32, measure_latency=False)
     rep = lat.layer_latency_report(net, after, torch.zeros(2, 3, 32, 32), runs=2, warmup=1)
     names = [r["layer"] for r in rep.rows]
     assert names[0] == "features.0" and "classifier.2" in names

@@ -6,16 +6,7 @@ import lightprune as lp
 from lightprune.errors import ConfigError, InputSizeError, UnknownNameError
 from lightprune.models import model_info
 
-TORCHVISION = [
-    "vgg11_bn",
-    "vgg16",
-    "vgg16_bn",
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "mobilenet_v2",
-    "densenet121",
-]
+TORCHVISION = ["vgg11_bn", "vgg16", "vgg16_bn", "resnet18", "resnet34", "resnet50", "mobilenet_v2", "densenet121"]
 CIFAR = ["cifar_vgg11", "cifar_vgg16", "cifar_resnet18", "cifar_resnet34", "cifar_resnet50"]
 
 
@@ -65,25 +56,18 @@ def test_width_mult():
 
 
 def test_unknown_model_lists_names():
-    with pytest.raises(
-        UnknownNameError,
-        match="Unknown model 'vgg99'. Known models: alexnet, cifar_resnet18, .*mlp, .*resnet50, .*vgg16_bn",
-    ):
+    with pytest.raises(UnknownNameError, match="Unknown model 'vgg99'. Known models: alexnet, cifar_resnet18, .*mlp, .*resnet50, .*vgg16_bn"):
         lp.create_model("vgg99", 10)
 
 
 @pytest.mark.parametrize("num_classes", [1, 0, -3, 2.5, True])
 def test_num_classes_below_two(num_classes):
-    with pytest.raises(
-        ConfigError, match=f"num_classes={num_classes!r} is not allowed; a classifier needs an integer >= 2"
-    ):
+    with pytest.raises(ConfigError, match=f"num_classes={num_classes!r} is not allowed; a classifier needs an integer >= 2"):
         lp.create_model("cifar_vgg11", num_classes)
 
 
 def test_image_size_too_small():
-    with pytest.raises(
-        InputSizeError, match="image_size=16 is too small for model 'cifar_vgg16': .*at least 32x32"
-    ):
+    with pytest.raises(InputSizeError, match="image_size=16 is too small for model 'cifar_vgg16': .*at least 32x32"):
         lp.create_model("cifar_vgg16", 10, image_size=16)
     with pytest.raises(InputSizeError, match="image_size=4 is too small for model 'cifar_resnet18'"):
         lp.create_model("cifar_resnet18", 10, image_size=4)

@@ -34,9 +34,7 @@ def inf_fs_reference(x, alpha=0.5, factor=0.9, spearman=True):
 
 
 def batches(x, size):
-    return [
-        (x[i : i + size], torch.zeros(len(x[i : i + size]), dtype=torch.long)) for i in range(0, len(x), size)
-    ]
+    return [(x[i : i + size], torch.zeros(len(x[i : i + size]), dtype=torch.long)) for i in range(0, len(x), size)]
 
 
 def nisp(net, x, size=4, **hparams):
@@ -54,14 +52,10 @@ def test_inf_fs_hand_cases():
     x = torch.tensor([[0.0, 0.0], [1.0, 2.0], [2.0, 4.0]])
     t = 0.9 / ((1 + math.sqrt(5)) / 2)
     det = (1 - t) - t * t
-    torch.testing.assert_close(
-        inf_fs(x), torch.tensor([1 / det - 1, (1 + t) / det - 1], dtype=torch.float64), **EXACT
-    )
+    torch.testing.assert_close(inf_fs(x), torch.tensor([1 / det - 1, (1 + t) / det - 1], dtype=torch.float64), **EXACT)
 
 
-@pytest.mark.parametrize(
-    "alpha,factor,correlation", [(0.5, 0.9, "spearman"), (0.2, 0.5, "spearman"), (0.8, 0.99, "pearson")]
-)
+@pytest.mark.parametrize("alpha,factor,correlation", [(0.5, 0.9, "spearman"), (0.2, 0.5, "spearman"), (0.8, 0.99, "pearson")])
 def test_inf_fs_matches_numpy_reference(alpha, factor, correlation):
     g = torch.Generator().manual_seed(1)
     x = torch.relu(torch.randn(12, 6, generator=g)).mul(4).round()  # many ties, like post-ReLU responses
@@ -71,9 +65,7 @@ def test_inf_fs_matches_numpy_reference(alpha, factor, correlation):
     torch.testing.assert_close(got, expected, **EXACT)
     assert got.dtype == torch.float64
     # rows are exchangeable: the scores do not depend on the order of the images
-    torch.testing.assert_close(
-        inf_fs(x[torch.randperm(12, generator=g)], alpha, factor, correlation), got, **EXACT
-    )
+    torch.testing.assert_close(inf_fs(x[torch.randperm(12, generator=g)], alpha, factor, correlation), got, **EXACT)
 
 
 def test_inf_fs_errors():
@@ -126,16 +118,9 @@ def test_linear_network_closed_form(relu):
 def conv_net():
     torch.manual_seed(1)
     net = nn.Sequential(
-        nn.Conv2d(2, 3, 3, padding=1),
-        nn.BatchNorm2d(3),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(3, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(16, 5),
-        nn.ReLU(),
-        nn.Linear(5, 2),
+        nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+        nn.Linear(16, 5), nn.ReLU(), nn.Linear(5, 2),
     ).double()
     with torch.no_grad():  # BatchNorm with real statistics: it must pass scores through all the same
         net[1].running_mean.uniform_(-1, 1)
@@ -175,15 +160,7 @@ def test_conv_pool_flatten_closed_form(pooling):
 )
 def test_any_pooling_passes_channel_scores_through(pool):
     torch.manual_seed(3)
-    net = nn.Sequential(
-        nn.Conv2d(2, 3, 3, padding=1),
-        nn.ReLU(),
-        pool,
-        nn.Flatten(),
-        nn.LazyLinear(4),
-        nn.ReLU(),
-        nn.Linear(4, 2),
-    )
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), pool, nn.Flatten(), nn.LazyLinear(4), nn.ReLU(), nn.Linear(4, 2))
     x = torch.randn(10, 2, 5, 5)
     net(x)  # materialise the lazy layer
     net = net.double().eval()
@@ -255,18 +232,7 @@ def test_linearized_copy_leaves_the_model_alone():
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert isinstance(net[1], nn.BatchNorm2d) and isinstance(net[3], nn.MaxPool2d)
     kinds = [type(m).__name__ for m in lin]
-    assert kinds == [
-        "Conv2d",
-        "Identity",
-        "Identity",
-        "_LinearPool",
-        "Conv2d",
-        "Identity",
-        "Flatten",
-        "Linear",
-        "Identity",
-        "Linear",
-    ]
+    assert kinds == ["Conv2d", "Identity", "Identity", "_LinearPool", "Conv2d", "Identity", "Flatten", "Linear", "Identity", "Linear"]
     assert torch.equal(lin[0].weight, net[0].weight.abs()) and not lin[0].bias.any()
     assert lin[0].padding_mode == "circular" and net[0].padding_mode == "zeros"
 
@@ -303,10 +269,7 @@ def test_real_networks(name, kw):
         ({"alpha": 1.5}, r"alpha=1.5 is not allowed"),
         ({"alpha": True}, r"alpha=True is not allowed"),
         ({"factor": 0}, r"factor=0 is not allowed; it must be a number in \(0, 1\)"),
-        (
-            {"correlation": "kendall"},
-            r"correlation='kendall' is not allowed; choose one of: spearman, pearson",
-        ),
+        ({"correlation": "kendall"}, r"correlation='kendall' is not allowed; choose one of: spearman, pearson"),
         ({"pooling": "max"}, r"pooling='max' is not allowed; choose one of: mean, sum"),
         ({"precision": "half"}, r"precision='half' is not allowed"),
         ({"frl": 3}, r"frl=3 is not allowed"),
@@ -336,27 +299,18 @@ def test_bad_inputs():
         nisp(net, x, frl="5")
     s = lp.score(net, NISP(frl="5"), batches(x, 3), layers=["0", "4"], progress=False)  # a conv FRL
     assert s.meta["frl_width"] == 16 and all(torch.isfinite(v).all() for v in s.values())
-    wide = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
-    )
+    wide = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
     with pytest.raises(ConfigError, match="'0' has 9216 features per image; Inf-FS supports at most 8192"):
         nisp(wide, torch.randn(3, 1, 48, 48), frl="0")
 
 
 def test_models_it_cannot_handle():
-    no_linear = nn.Sequential(
-        nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Conv2d(3, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()
-    )
+    no_linear = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Conv2d(3, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     x = torch.randn(4, 1, 6, 6)
     with pytest.raises(ConfigError, match="ran no nn.Linear layer; name the FRL module with frl="):
         nisp(no_linear, x)
-    for pool, match in [
-        (nn.LPPool2d(2, 2), "cannot pass scores through LPPool2d"),
-        (nn.MaxPool2d(2, dilation=2), "dilated pooling"),
-    ]:
-        net = nn.Sequential(
-            nn.Conv2d(1, 3, 3), nn.ReLU(), pool, nn.Flatten(), nn.LazyLinear(4), nn.ReLU(), nn.Linear(4, 2)
-        )
+    for pool, match in [(nn.LPPool2d(2, 2), "cannot pass scores through LPPool2d"), (nn.MaxPool2d(2, dilation=2), "dilated pooling")]:
+        net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), pool, nn.Flatten(), nn.LazyLinear(4), nn.ReLU(), nn.Linear(4, 2))
         net(x)  # materialise the lazy layer
         with pytest.raises(ConfigError, match=match):
             nisp(net, x)

@@ -72,12 +72,7 @@ def assert_plans_equal(a: Plan, b: Plan) -> None:
     for n in a.keep:
         assert torch.equal(a.keep[n], b.keep[n]), n
     assert a.channels == b.channels and a.groups == b.groups
-    assert (a.strategy, a.target_ratio, a.criterion, a.meta) == (
-        b.strategy,
-        b.target_ratio,
-        b.criterion,
-        b.meta,
-    )
+    assert (a.strategy, a.target_ratio, a.criterion, a.meta) == (b.strategy, b.target_ratio, b.criterion, b.meta)
 
 
 def check_common(p: Plan, groups, scores, mkf: float, round_to) -> None:
@@ -122,22 +117,14 @@ def check_common(p: Plan, groups, scores, mkf: float, round_to) -> None:
 )
 def test_plan_groups_invariants(strategy, case, ratio, round_to, mkf, mlr, data):
     groups, scores, layer_scores = case
-    kw = {
-        "strategy": strategy,
-        "ratio": ratio,
-        "round_to": round_to,
-        "min_keep_fraction": mkf,
-        "max_layer_ratio": mlr,
-    }
+    kw = {"strategy": strategy, "ratio": ratio, "round_to": round_to, "min_keep_fraction": mkf, "max_layer_ratio": mlr}
     if strategy == "afie":
         kw["layer_scores"] = layer_scores
     named: dict[str, float] = {}
     if strategy == "manual":
         for g in groups:
             if data.draw(st.booleans()):
-                named[data.draw(st.sampled_from(g.members))] = data.draw(
-                    st.floats(0.0, 0.95, exclude_max=True)
-                )
+                named[data.draw(st.sampled_from(g.members))] = data.draw(st.floats(0.0, 0.95, exclude_max=True))
         assume(named)
         kw["ratios"] = named
     p = plan_groups(groups, scores, **kw)
@@ -156,9 +143,7 @@ def test_plan_groups_invariants(strategy, case, ratio, round_to, mkf, mlr, data)
             if strategy == "uniform":
                 # per group exactly: round(r * C) removed (half-up), floored by the minimum kept
                 for g in groups:
-                    assert len(p.keep[g.root]) == max(
-                        g.channels - half_up(ratio * g.channels), min_keep(g.channels, mkf)
-                    )
+                    assert len(p.keep[g.root]) == max(g.channels - half_up(ratio * g.channels), min_keep(g.channels, mkf))
                 if mkf <= 0.01:
                     assert abs(removed - target) <= n_groups
             else:
@@ -182,12 +167,7 @@ def test_plan_groups_invariants(strategy, case, ratio, round_to, mkf, mlr, data)
             for b in free:
                 if afie[a.root] > afie[b.root]:
                     ra, rb = removed_of(p, a) / a.channels, removed_of(p, b) / b.channels
-                    assert ra <= rb + 1 / a.channels + 1 / b.channels + 1e-12, (
-                        afie[a.root],
-                        ra,
-                        afie[b.root],
-                        rb,
-                    )
+                    assert ra <= rb + 1 / a.channels + 1 / b.channels + 1e-12, (afie[a.root], ra, afie[b.root], rb)
     if strategy == "manual":
         root_of = {m: g for g in groups for m in g.members}
         named_roots = {root_of[n].root: r for n, r in named.items()}
@@ -196,9 +176,7 @@ def test_plan_groups_invariants(strategy, case, ratio, round_to, mkf, mlr, data)
                 assert len(p.keep[g.root]) == g.channels, "an unnamed layer must keep everything"
             elif round_to is None:
                 r = named_roots[g.root]
-                assert len(p.keep[g.root]) == max(
-                    g.channels - half_up(r * g.channels), min_keep(g.channels, mkf)
-                )
+                assert len(p.keep[g.root]) == max(g.channels - half_up(r * g.channels), min_keep(g.channels, mkf))
 
     # determinism: the same scores (fresh copies) give the same plan
     again = plan_groups(copy.deepcopy(groups), {k: v.clone() for k, v in scores.items()}, **copy.deepcopy(kw))
@@ -212,19 +190,13 @@ def test_plan_groups_invariants(strategy, case, ratio, round_to, mkf, mlr, data)
 
 
 @HSET
-@given(
-    case=cases(),
-    ratio=st.floats(0.0, 0.95, exclude_max=True),
-    normalize=st.sampled_from(["minmax", "max", "rank"]),
-)
+@given(case=cases(), ratio=st.floats(0.0, 0.95, exclude_max=True), normalize=st.sampled_from(["minmax", "max", "rank"]))
 def test_global_removes_lowest_normalised_channels(case, ratio, normalize):
     """global: the removed channels are the lowest layer-normalised ones, except where a layer's cap binds."""
     groups, scores, _ = case
     p = plan_groups(groups, scores, strategy="global", ratio=ratio, normalize=normalize, max_layer_ratio=0.9)
     check_common(p, groups, scores, 0.01, None)
-    limit = {
-        g.root: min(g.channels - min_keep(g.channels, 0.01), math.floor(0.9 * g.channels)) for g in groups
-    }
+    limit = {g.root: min(g.channels - min_keep(g.channels, 0.01), math.floor(0.9 * g.channels)) for g in groups}
     # which channels of a group go is the group's own top-k (checked in check_common); across
     # groups, the r_g lowest normalised values of every group (r_g = its removed count) are all
     # <= the values kept by any group that could still have lost a channel
@@ -277,9 +249,7 @@ def test_afie_allocation_by_hand():
     lambda_min = 96 / (64 * (4 + 2 + 1)) = 0.2143 -> removes 54.86, 27.43, 13.71 channels ->
     integer counts 55, 27, 14 (floors 54, 27, 13 + the two largest remainders), total 96."""
     groups = [Group(n, [n], 64) for n in "abc"]
-    p = plan_groups(
-        groups, ones_scores(groups), strategy="afie", ratio=0.5, layer_scores={"a": 1.0, "b": 2.0, "c": 4.0}
-    )
+    p = plan_groups(groups, ones_scores(groups), strategy="afie", ratio=0.5, layer_scores={"a": 1.0, "b": 2.0, "c": 4.0})
     removed = [64 - len(p.keep[n]) for n in "abc"]
     assert removed == [55, 27, 14]
     assert sum(removed) == 96
@@ -292,9 +262,7 @@ def test_afie_capped_layer_excess_is_redistributed():
     (keeps 1 channel = the 1 % minimum), and the remaining 96 - 63 = 33 go to 'b' and 'c' (equal
     AFIE: 17 + 16), so the global ratio is still exactly 0.5."""
     groups = [Group(n, [n], 64) for n in "abc"]
-    p = plan_groups(
-        groups, ones_scores(groups), strategy="afie", ratio=0.5, layer_scores={"a": 1e-3, "b": 1.0, "c": 1.0}
-    )
+    p = plan_groups(groups, ones_scores(groups), strategy="afie", ratio=0.5, layer_scores={"a": 1e-3, "b": 1.0, "c": 1.0})
     removed = {n: 64 - len(p.keep[n]) for n in "abc"}
     assert len(p.keep["a"]) == 1
     assert removed["b"] + removed["c"] == 33
@@ -331,9 +299,7 @@ def test_round_to_never_breaks_min_keep_or_max_layer_ratio():
         assert len(p.keep["a"]) == 16, strategy
     # global: 17 channels, at most floor(0.5 * 17) = 8 removed -> keep >= 9 -> multiple of 2: 10 (not 8)
     g = [Group("a", ["a"], 17)]
-    p = plan_groups(
-        g, {"a": torch.arange(17.0)}, strategy="global", ratio=0.9, max_layer_ratio=0.5, round_to=2
-    )
+    p = plan_groups(g, {"a": torch.arange(17.0)}, strategy="global", ratio=0.9, max_layer_ratio=0.5, round_to=2)
     assert len(p.keep["a"]) == 10
 
 
@@ -347,13 +313,7 @@ def test_manual_strategy_and_errors():
     # round_to must not round an unnamed layer's width down (5 -> 4 before the fix)
     p = plan_groups(groups, s, strategy="manual", ratios={"a": 0.5}, round_to=4)
     assert len(p.keep["a"]) == 4 and len(p.keep["b"]) == 4 and len(p.keep["c"]) == 6
-    p = plan_groups(
-        [Group("d", ["d"], 5), *groups],
-        {**s, "d": torch.rand(5)},
-        strategy="manual",
-        ratios={"a": 0.5},
-        round_to=2,
-    )
+    p = plan_groups([Group("d", ["d"], 5), *groups], {**s, "d": torch.rand(5)}, strategy="manual", ratios={"a": 0.5}, round_to=2)
     assert p.keep["d"].tolist() == [0, 1, 2, 3, 4]
     assert p.keep["c"].tolist() == [0, 1, 2, 3, 4, 5]
     with pytest.raises(ConfigError, match="'nope', which is not a planned layer"):
@@ -427,17 +387,13 @@ def test_flops_strategy_reaches_macs_target(small_vgg, base):
     model they step from 0.498 (channel ratio 0.293) to 0.506 (0.297); the default tolerance
     (0.005) cannot be met there, and the search would run all its 30 bisection steps."""
     scores = lp.score(small_vgg, "l1", progress=False)
-    p = lp.plan(
-        small_vgg, scores, strategy="flops", ratio=0.5, example_inputs=X32, base_strategy=base, tolerance=0.01
-    )
+    p = lp.plan(small_vgg, scores, strategy="flops", ratio=0.5, example_inputs=X32, base_strategy=base, tolerance=0.01)
     net = copy.deepcopy(small_vgg)
     macs0, _ = count_macs_params(net, X32)
     lp.prune(net, p, X32, measure_latency=False)
     macs1, _ = count_macs_params(net, X32)
     reduction = 1 - macs1 / macs0
-    print(
-        f"flops target 0.5 ({base}): MACs {macs0:,} -> {macs1:,}, reduction {reduction:.4f}, channel ratio {p.meta['channel_ratio']:.4f}"
-    )
+    print(f"flops target 0.5 ({base}): MACs {macs0:,} -> {macs1:,}, reduction {reduction:.4f}, channel ratio {p.meta['channel_ratio']:.4f}")
     assert 0.5 <= reduction <= 0.51
     assert p.meta["macs_after"] == macs1 and p.meta["macs_before"] == macs0
     assert p.strategy == "flops" and p.target_ratio == 0.5
@@ -465,16 +421,10 @@ def test_scores_by_depth_equals_planning_each_half(small_vgg):
     half = round(0.5 * len(names))
     per_layer = scores_by_depth([s_l1, s_rnd], split=0.5)
     assert list(per_layer) == names
-    assert all(per_layer[n] is s_l1 for n in names[:half]) and all(
-        per_layer[n] is s_rnd for n in names[half:]
-    )
+    assert all(per_layer[n] is s_l1 for n in names[:half]) and all(per_layer[n] is s_rnd for n in names[half:])
     p = lp.plan(small_vgg, per_layer, strategy="uniform", ratio=0.5, example_inputs=X32)
-    first = lp.plan(
-        small_vgg, Scores({n: s_l1[n] for n in names[:half]}, "l1"), ratio=0.5, example_inputs=X32
-    )
-    second = lp.plan(
-        small_vgg, Scores({n: s_rnd[n] for n in names[half:]}, "random"), ratio=0.5, example_inputs=X32
-    )
+    first = lp.plan(small_vgg, Scores({n: s_l1[n] for n in names[:half]}, "l1"), ratio=0.5, example_inputs=X32)
+    second = lp.plan(small_vgg, Scores({n: s_rnd[n] for n in names[half:]}, "random"), ratio=0.5, example_inputs=X32)
     assert list(p.keep) == names
     for n in names:
         expected = first.keep[n] if n in first.keep else second.keep[n]

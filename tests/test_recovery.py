@@ -42,12 +42,8 @@ def conv_bn_net() -> nn.Sequential:
     output with dropout off."""
     torch.manual_seed(3)
     net = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1),
-        nn.BatchNorm2d(4),
-        nn.ReLU(),
-        nn.Dropout(0.5),
-        nn.Conv2d(4, 5, 3),
-        nn.BatchNorm2d(5, momentum=0.3),
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5),
+        nn.Conv2d(4, 5, 3), nn.BatchNorm2d(5, momentum=0.3),
     ).double()
     with torch.no_grad():  # stale statistics, to be replaced
         for bn in (net[1], net[5]):
@@ -68,10 +64,7 @@ def plain_stats(values: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]
                 per_channel[c].extend(img[c].reshape(-1).tolist())
     mean = torch.tensor([sum(v) / len(v) for v in per_channel], dtype=torch.float64)
     var = torch.tensor(
-        [
-            sum((a - m) ** 2 for a in v) / (len(v) - 1)
-            for v, m in zip(per_channel, mean.tolist(), strict=True)
-        ],
+        [sum((a - m) ** 2 for a in v) / (len(v) - 1) for v, m in zip(per_channel, mean.tolist(), strict=True)],
         dtype=torch.float64,
     )
     return mean, var
@@ -84,9 +77,7 @@ def test_recalibrate_equals_plain_mean_and_unbiased_variance(form):
     net[5].eval()  # a frozen BN inside a training network stays frozen afterwards
     modes = [m.training for m in net.modules()]
     g = torch.Generator().manual_seed(0)
-    xs = [
-        torch.randn(n, 3, 5, 5, generator=g, dtype=torch.float64) * 2 + 1 for n in (7, 5, 3)
-    ]  # unequal batches
+    xs = [torch.randn(n, 3, 5, 5, generator=g, dtype=torch.float64) * 2 + 1 for n in (7, 5, 3)]  # unequal batches
     labels = [torch.zeros(len(x), dtype=torch.long) for x in xs]
     batches = {
         "tuple": list(zip(xs, labels, strict=True)),
@@ -126,11 +117,7 @@ def test_recalibrate_leaves_a_norm_the_forward_never_reaches():
     class Branchy(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv, self.bn, self.unused = (
-                nn.Conv2d(3, 2, 1),
-                nn.BatchNorm2d(2),
-                nn.BatchNorm2d(2, momentum=0.5),
-            )
+            self.conv, self.bn, self.unused = nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2), nn.BatchNorm2d(2, momentum=0.5)
 
         def forward(self, x):
             return self.bn(self.conv(x))
@@ -174,18 +161,13 @@ def test_recalibrate_errors():
         recalibrate_bn(net, [torch.zeros(2, 3, 5, 5)], max_batches=0)
     net.train()
     bad = [torch.zeros(2, 3, 5, 5, dtype=torch.float64), torch.zeros(2, 1, 5, 5, dtype=torch.float64)]
-    with pytest.raises(
-        ConfigError,
-        match=r"shape \(2, 1, 5, 5\).*first layer '0' \(Conv2d\) expects inputs of shape \(N, 3, H, W\)",
-    ):
+    with pytest.raises(ConfigError, match=r"shape \(2, 1, 5, 5\).*first layer '0' \(Conv2d\) expects inputs of shape \(N, 3, H, W\)"):
         recalibrate_bn(net, bad)
     # nothing written, modes restored
     assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
     assert all(m.training for m in net.modules())
     vgg = lp.create_model("cifar_vgg11", 10, width_mult=0.25)
-    with pytest.raises(
-        ConfigError, match=r"shape \(2, 1, 32, 32\).*'features.0' \(Conv2d\) expects .*\(N, 3, H, W\)"
-    ):
+    with pytest.raises(ConfigError, match=r"shape \(2, 1, 32, 32\).*'features.0' \(Conv2d\) expects .*\(N, 3, H, W\)"):
         recalibrate_bn(vgg, [torch.zeros(2, 1, 32, 32)])
 
 
@@ -196,19 +178,11 @@ def test_two_process_recalibration_and_reconstruction_equal_single_process(tmp_p
     from ddp_recovery_worker import make_data, run, shard
 
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(HERE / "ddp_recovery_worker.py"),
-        str(tmp_path),
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        str(HERE / "ddp_recovery_worker.py"), str(tmp_path),
     ]
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])]),
-    }
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])])}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr[-4000:]
     r0 = torch.load(tmp_path / "rank0.pt")
@@ -277,9 +251,7 @@ def test_reconstruct_gram_accumulation_equals_numpy_lstsq():
 
 def conv_pair(bias: bool = True):
     torch.manual_seed(4)
-    net = nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, stride=2, padding=1, bias=bias)
-    ).double()
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, stride=2, padding=1, bias=bias)).double()
     original = copy.deepcopy(net)
     plan = lp.Plan({"0": torch.tensor([1, 2, 4, 5])}, {"0": 6}, [["0"]])
     return net, original, plan
@@ -299,14 +271,7 @@ def test_reconstruct_conv_unfold_equals_direct_ridge_solution():
             for n in range(x.shape[0]):
                 for i in range(y.shape[2]):
                     for j in range(y.shape[3]):
-                        rows.append(
-                            torch.cat(
-                                [
-                                    h[n, :, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3].reshape(-1),
-                                    torch.ones(1, dtype=h.dtype),
-                                ]
-                            )
-                        )
+                        rows.append(torch.cat([h[n, :, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3].reshape(-1), torch.ones(1, dtype=h.dtype)]))
                         targets.append(y[n, :, i, j])
     X, Y = torch.stack(rows).numpy(), torch.stack(targets).numpy()
     G = X.T @ X
@@ -317,9 +282,7 @@ def test_reconstruct_conv_unfold_equals_direct_ridge_solution():
     fit = reconstruct(net, original, xs, plan=plan, ridge=ridge, positions=None)
 
     assert fit["2"].rows == len(X) == 5 * 16 and fit["2"].inputs == 4 * 9 + 1
-    np.testing.assert_allclose(
-        net[2].weight.detach().reshape(4, -1).numpy(), theta[:nw].T, rtol=1e-8, atol=1e-10
-    )
+    np.testing.assert_allclose(net[2].weight.detach().reshape(4, -1).numpy(), theta[:nw].T, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(net[2].bias.detach().numpy(), theta[nw], rtol=1e-8, atol=1e-10)
     assert fit["2"].after < fit["2"].before
 
@@ -362,9 +325,7 @@ def test_reconstruct_refits_later_layers_on_the_reconstructed_network():
     torch.manual_seed(7)
     net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 2)).double()
     original = copy.deepcopy(net)
-    plan = lp.Plan(
-        {"0": torch.tensor([0, 1, 3, 5]), "2": torch.tensor([1, 2, 4])}, {"0": 6, "2": 6}, [["0"], ["2"]]
-    )
+    plan = lp.Plan({"0": torch.tensor([0, 1, 3, 5]), "2": torch.tensor([1, 2, 4])}, {"0": 6, "2": 6}, [["0"], ["2"]])
     x = torch.randn(40, 4, dtype=torch.float64)
     lp.prune(net, plan, x, measure_latency=False)
     layers_seen = []
@@ -390,9 +351,7 @@ def test_reconstruct_errors():
     lp.prune(net, plan, x, measure_latency=False)
     with pytest.raises(ConfigError, match="'nope', which the pruned network does not have"):
         reconstruct(net, original, [x], plan=plan, layers=["nope"])
-    with pytest.raises(
-        ConfigError, match=r"'0', whose inputs were not reduced \(3 in pruned, 3 in original\)"
-    ):
+    with pytest.raises(ConfigError, match=r"'0', whose inputs were not reduced \(3 in pruned, 3 in original\)"):
         reconstruct(net, original, [x], plan=plan, layers=["0"])
     with pytest.raises(ConfigError, match=r"'1' \(ReLU\); allowed: Conv2d with groups=1 and Linear"):
         reconstruct(net, original, [x], plan=plan, layers=["1"])
@@ -423,9 +382,7 @@ def test_reconstruct_errors():
         def forward(self, x):
             return self.used(x)
 
-    with pytest.raises(
-        ConfigError, match="'unused', which does not run in the forward pass: it gets no data"
-    ):
+    with pytest.raises(ConfigError, match="'unused', which does not run in the forward pass: it gets no data"):
         reconstruct(WithUnused(2), WithUnused(4), [torch.randn(3, 3)], layers=["unused"])
 
 
@@ -474,10 +431,8 @@ def test_recalibration_and_reconstruction_recover_accuracy_after_a_50_percent_pr
     reconstructed = acc(pruned)
     recalibrate_bn(pruned, calib)
     both = acc(pruned)
-    print(
-        f"trained {trained:.3f}, pruned 50 % {plain:.3f}, + recalibration {recalibrated:.3f}, "
-        f"+ reconstruction {reconstructed:.3f}, + both {both:.3f}"
-    )
+    print(f"trained {trained:.3f}, pruned 50 % {plain:.3f}, + recalibration {recalibrated:.3f}, "
+          f"+ reconstruction {reconstructed:.3f}, + both {both:.3f}")
     assert trained > 0.8
     assert plain < 0.25  # a 50 % prune of every layer wrecks it
     assert recalibrated > plain + 0.15 and recalibrated > 0.3  # measured: 0.10 -> 0.45
@@ -507,9 +462,7 @@ def test_distillation_loss_against_hand_computation():
     kl /= 2
     expected = (1 - alpha) * ce + alpha * T * T * kl
 
-    loss, parts = distillation_loss(
-        torch.tensor(zs), torch.tensor(zt), torch.tensor(y), alpha=alpha, temperature=T
-    )
+    loss, parts = distillation_loss(torch.tensor(zs), torch.tensor(zt), torch.tensor(y), alpha=alpha, temperature=T)
 
     assert float(loss) == pytest.approx(expected, rel=1e-6)
     assert float(parts["ce"]) == pytest.approx(ce, rel=1e-6)
@@ -659,9 +612,7 @@ def test_optimizer_state_is_carried_through_a_prune(net_name, opt_name):
     for key in keys:
         old = snapshot[f"{mid}.weight"].state[key]
         assert torch.equal(new_opt.state[by_name[f"{mid}.weight"]][key], old[keep_out][:, keep_in]), key
-        assert torch.equal(
-            new_opt.state[by_name[f"{norm}.weight"]][key], snapshot[f"{norm}.weight"].state[key][keep_out]
-        )
+        assert torch.equal(new_opt.state[by_name[f"{norm}.weight"]][key], snapshot[f"{norm}.weight"].state[key][keep_out])
     if opt_name == "adamw":
         assert float(new_opt.state[by_name[f"{mid}.weight"]]["step"]) == 2.0
     # training goes on
@@ -681,9 +632,7 @@ def test_index_maps_and_restore_errors():
         with torch.no_grad():
             m[0].bias.add_(0.5)
 
-    with pytest.raises(
-        ConfigError, match="parameter '0.bias' holds values that are not distinct element indices"
-    ):
+    with pytest.raises(ConfigError, match="parameter '0.bias' holds values that are not distinct element indices"):
         index_maps(net, shifts_values)
     maps = index_maps(net, lambda m: None)
     assert maps["0.weight"].tolist() == list(range(6)) and maps["0.weight"].dtype == torch.long
@@ -691,13 +640,8 @@ def test_index_maps_and_restore_errors():
     net(torch.randn(2, 3)).sum().backward()
     opt.step()
     snap = snapshot_optimizer_state(opt, net)
-    bad = {
-        "0.weight": snap["0.weight"].__class__((2, 3), {"factored": torch.zeros(2)}),
-        "0.bias": snap["0.bias"],
-    }
-    with pytest.raises(
-        ConfigError, match=r"state 'factored' of '0.weight' has shape \(2,\), neither a scalar nor"
-    ):
+    bad = {"0.weight": snap["0.weight"].__class__((2, 3), {"factored": torch.zeros(2)}), "0.bias": snap["0.bias"]}
+    with pytest.raises(ConfigError, match=r"state 'factored' of '0.weight' has shape \(2,\), neither a scalar nor"):
         restore_optimizer_state(torch.optim.SGD(net.parameters(), lr=0.1), net, bad, maps)
     with pytest.raises(ConfigError, match="no index map for parameter '0.weight'"):
         restore_optimizer_state(torch.optim.SGD(net.parameters(), lr=0.1), net, snap, {})
@@ -708,13 +652,8 @@ def test_index_maps_and_restore_errors():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [
-        dict(padding=1),
-        dict(stride=2, padding=2, dilation=2),
-        dict(padding="same"),
-        dict(padding=1, padding_mode="reflect"),
-        dict(kernel_size=(1, 3), stride=(2, 1), padding=(0, 1)),
-    ],
+    [dict(padding=1), dict(stride=2, padding=2, dilation=2), dict(padding="same"), dict(padding=1, padding_mode="reflect"),
+     dict(kernel_size=(1, 3), stride=(2, 1), padding=(0, 1))],
 )
 def test_sampled_patches_equal_the_conv(kwargs):
     """Rows gathered at sampled positions reproduce the conv's own output there (weights @ patch)."""

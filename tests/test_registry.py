@@ -10,43 +10,18 @@ import lightprune as lp
 from lightprune.errors import ConfigError, UnknownNameError
 
 EXPECTED = {
-    "l1",
-    "fpgm",
-    "afie",
-    "apoz",
-    "class_selectivity",
-    "entropy",
-    "mutual_information",
-    "kl_selectivity",
-    "labeled_mi",
-    "nisp",
-    "random",
-    "taylor",
-    "bn_scale",
-    "feature_entropy",
+    "l1", "fpgm", "afie", "apoz", "class_selectivity", "entropy", "mutual_information",
+    "kl_selectivity", "labeled_mi", "nisp", "random", "taylor", "bn_scale", "feature_entropy",
 }
 
 
 def tiny_net():
     torch.manual_seed(0)
-    return (
-        nn.Sequential(
-            nn.Conv2d(3, 5, 3, padding=1),
-            nn.BatchNorm2d(5),
-            nn.ReLU(),
-            nn.Conv2d(5, 6, 3, padding=1),
-            nn.BatchNorm2d(6),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-            nn.Linear(6 * 4 * 4, 7),
-            nn.BatchNorm1d(7),
-            nn.ReLU(),
-            nn.Linear(7, 3),
-        )
-        .double()
-        .eval()
-    )  # float64: batch-size independence is then exact to 1e-9 for every criterion
+    return nn.Sequential(
+        nn.Conv2d(3, 5, 3, padding=1), nn.BatchNorm2d(5), nn.ReLU(),
+        nn.Conv2d(5, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(6 * 4 * 4, 7), nn.BatchNorm1d(7), nn.ReLU(), nn.Linear(7, 3),
+    ).double().eval()  # float64: batch-size independence is then exact to 1e-9 for every criterion
 
 
 def data(n=30, seed=0):
@@ -82,9 +57,7 @@ def test_every_criterion_scores_every_layer(name):
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert not net.training
     if crit.needs_data:  # batch size does not change the scores
-        other = lp.score(
-            net, name, [(x[i : i + 4], y[i : i + 4]) for i in range(0, 30, 4)], num_classes=3, progress=False
-        )
+        other = lp.score(net, name, [(x[i : i + 4], y[i : i + 4]) for i in range(0, 30, 4)], num_classes=3, progress=False)
         for k in s:
             torch.testing.assert_close(other[k], s[k], rtol=1e-9, atol=1e-12)
 
@@ -116,13 +89,9 @@ def dead_channel_net():
     """conv0 channel 1 has a zero filter and a negative bias: after ReLU it is 0 on every image."""
     torch.manual_seed(3)
     net = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(4, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(4, 3),
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
     )
     with torch.no_grad():
         net[0].weight[1].zero_()
@@ -141,9 +110,7 @@ def test_dead_channel_ranks_least_important(name):
     x = torch.rand(60, 1, 6, 6, generator=g)
     y = torch.arange(60) % 3
     x = x + y.view(-1, 1, 1, 1) * 0.5  # class-dependent brightness, so live channels carry information
-    s = lp.score(
-        net, name, [(x[i : i + 20], y[i : i + 20]) for i in range(0, 60, 20)], num_classes=3, progress=False
-    )
+    s = lp.score(net, name, [(x[i : i + 20], y[i : i + 20]) for i in range(0, 60, 20)], num_classes=3, progress=False)
     imp = s["0"]
     assert imp.argmin().item() == 1 and (imp[1] < imp[[0, 2, 3]]).all(), imp
 
@@ -165,9 +132,7 @@ def test_dead_channel_is_pruned_first_by_every_criterion(name):
     g = torch.Generator().manual_seed(0)
     y = torch.arange(60) % 3
     x = torch.rand(60, 1, 6, 6, generator=g) + y.view(-1, 1, 1, 1) * 0.5
-    s = lp.score(
-        net, name, [(x[i : i + 20], y[i : i + 20]) for i in range(0, 60, 20)], num_classes=3, progress=False
-    )
+    s = lp.score(net, name, [(x[i : i + 20], y[i : i + 20]) for i in range(0, 60, 20)], num_classes=3, progress=False)
     assert float(s["0"][1]) == float(s["0"].min()), s["0"]  # the minimum, possibly tied
     p = lp.plan(net, s, strategy="uniform", ratio=0.25, example_inputs=x[:1], layers=["0"])
     assert 1 not in p.keep["0"].tolist() and len(p.keep["0"]) == 3, p.keep["0"]

@@ -66,20 +66,12 @@ def check_slices(orig: nn.Module, pruned: nn.Module, spec: dict[str, tuple[Idx, 
             if isinstance(o, nn.Conv2d) and o.groups > 1:
                 assert o.groups == o.in_channels == o.out_channels  # depthwise: out only
                 assert inp is None
-                assert (
-                    p.groups
-                    == p.in_channels
-                    == p.out_channels
-                    == (len(out) if out is not None else o.out_channels)
-                )
+                assert p.groups == p.in_channels == p.out_channels == (len(out) if out is not None else o.out_channels)
             pairs = [("weight", sl(o.weight, out, inp), p.weight)]
             if o.bias is not None:
                 pairs.append(("bias", sl(o.bias, out), p.bias))
         else:
-            pairs = [
-                (a, sl(getattr(o, a), out), getattr(p, a))
-                for a in ("weight", "bias", "running_mean", "running_var")
-            ]
+            pairs = [(a, sl(getattr(o, a), out), getattr(p, a)) for a in ("weight", "bias", "running_mean", "running_var")]
             assert p.num_features == pairs[0][1].numel()
         for attr, want, got in pairs:
             assert got.shape == want.shape, (name, attr, tuple(got.shape), tuple(want.shape))
@@ -169,10 +161,7 @@ def mobilenet_v2_spec(model: nn.Module, keep: dict[str, torch.Tensor]) -> dict:
 
 def densenet_spec(model: nn.Module, keep: dict[str, torch.Tensor]) -> dict:
     f = model.features
-    spec = {
-        "features.conv0": (keep["features.conv0"], None),
-        "features.norm0": (keep["features.conv0"], None),
-    }
+    spec = {"features.conv0": (keep["features.conv0"], None), "features.norm0": (keep["features.conv0"], None)}
     segs, width = [(0, keep["features.conv0"])], f.conv0.out_channels
     for b in range(1, 5):
         block = getattr(f, f"denseblock{b}")
@@ -251,12 +240,7 @@ def test_prune_half_keeps_exactly_the_planned_channels(name):
 
     macs0, params0 = count_macs_params(orig, x)
     macs1, params1 = count_macs_params(net, x)
-    assert (report.macs_before, report.params_before, report.macs_after, report.params_after) == (
-        macs0,
-        params0,
-        macs1,
-        params1,
-    )
+    assert (report.macs_before, report.params_before, report.macs_after, report.params_after) == (macs0, params0, macs1, params1)
     print(
         f"\n{name}@{case['size']}: params {params0:,} -> {params1:,} ({params1 / params0:.3f}), "
         f"MACs {macs0:,} -> {macs1:,} ({macs1 / macs0:.3f}), {len(plan.keep)} layers in {len(plan.groups)} groups"
@@ -309,16 +293,12 @@ def test_vgg16_uniform_half_quarters_conv_macs():
 
     c_after = [len(plan.keep[n]) for n in convs]
     assert c_after == [c // 2 for c in c_before]
-    exp_before = sum(
-        c * ci * 9 * s * s for c, ci, s in zip(c_before, [3, *c_before[:-1]], spatial, strict=True)
-    )
+    exp_before = sum(c * ci * 9 * s * s for c, ci, s in zip(c_before, [3, *c_before[:-1]], spatial, strict=True))
     exp_after = sum(c * ci * 9 * s * s for c, ci, s in zip(c_after, [3, *c_after[:-1]], spatial, strict=True))
     assert before == exp_before == 15_346_630_656
     assert after == exp_after == 3_858_333_696
     ratio = after / before
-    print(
-        f"\nvgg16@224 conv MACs: {before:,} -> {after:,} = {ratio:.5f} of before (expected {exp_after / exp_before:.5f})"
-    )
+    print(f"\nvgg16@224 conv MACs: {before:,} -> {after:,} = {ratio:.5f} of before (expected {exp_after / exp_before:.5f})")
     assert abs(ratio / 0.25 - 1) < 0.02
 
 
@@ -365,9 +345,7 @@ X32 = torch.zeros(1, 3, 32, 32)
 
 
 def test_prune_report(tiny_vgg):
-    plan = lp.plan(
-        tiny_vgg, lp.score(tiny_vgg, "l1", progress=False), strategy="global", ratio=0.4, example_inputs=X32
-    )
+    plan = lp.plan(tiny_vgg, lp.score(tiny_vgg, "l1", progress=False), strategy="global", ratio=0.4, example_inputs=X32)
     report = lp.prune(tiny_vgg, plan, torch.zeros(4, 3, 32, 32), measure_latency=True, latency_runs=2)
     assert isinstance(report, PruneReport)
     assert report.channels_before == plan.channels
@@ -444,17 +422,12 @@ def test_prune_refuses_partial_coupled_groups():
     net = lp.create_model("resnet18", 10).eval()
     x = torch.zeros(1, 3, 32, 32)
     only = Plan({"layer1.0.conv2": torch.arange(32)}, {"layer1.0.conv2": 64}, [["layer1.0.conv2"]])
-    with pytest.raises(
-        ConfigError,
-        match=r"would also remove output channels of '(conv1|layer1\.1\.conv2)', which the plan does not list",
-    ):
+    with pytest.raises(ConfigError, match=r"would also remove output channels of '(conv1|layer1\.1\.conv2)', which the plan does not list"):
         lp.prune(net, only, x, measure_latency=False)
     members = ["conv1", "layer1.0.conv2", "layer1.1.conv2"]
     keep = {m: torch.arange(32) for m in members}
     keep["layer1.1.conv2"] = torch.arange(1, 33)
     bad = Plan(keep, dict.fromkeys(members, 64), [members])
-    with pytest.raises(
-        ConfigError, match="removes different channels from coupled layers 'conv1' and 'layer1.1.conv2'"
-    ):
+    with pytest.raises(ConfigError, match="removes different channels from coupled layers 'conv1' and 'layer1.1.conv2'"):
         lp.prune(net, bad, x, measure_latency=False)
     assert net.conv1.out_channels == 64

@@ -757,21 +757,8 @@ def test_betti_curve_on_the_index_axis_hand_computed():
     #                                              E - V + C = 8 - 5 + 1 = 4              beta_1 = 0
     #   w=2: (0,4), (2,4)   entries v = 17..20  -> common neighbours 1 / 1: stays           beta_1 = 0
     #   w=0: the diagonal   entries v = 21..25                                             beta_1 = 0
-    U = _sym(
-        5,
-        {
-            (0, 1): 9,
-            (1, 2): 9,
-            (2, 3): 8,
-            (0, 3): 8,
-            (1, 4): 7,
-            (3, 4): 7,
-            (0, 2): 6,
-            (1, 3): 5,
-            (0, 4): 2,
-            (2, 4): 2,
-        },
-    )
+    U = _sym(5, {(0, 1): 9, (1, 2): 9, (2, 3): 8, (0, 3): 8, (1, 4): 7, (3, 4): 7, (0, 2): 6, (1, 3): 5,
+                 (0, 4): 2, (2, 4): 2})
     curve = [0] * 4 + [1] * 4 + [2] * 4 + [1] * 2 + [0] * 11
     assert betti_curves(U).tolist() == curve
     assert betti_curve_features(U, kind="max").item() == 2.0
@@ -849,9 +836,7 @@ def test_betti_curves_match_counting_and_giotto_tda_on_random_maps():
         W = torch.maximum(U, U.T).numpy()
         D = 1.0 + (U.numpy().ravel()[None, None, :] > W[:, :, None]).sum(axis=2)
         np.fill_diagonal(D, 0.0)
-        dgm = VietorisRipsPersistence(metric="precomputed", homology_dimensions=(1,)).fit_transform(D[None])[
-            0
-        ]
+        dgm = VietorisRipsPersistence(metric="precomputed", homology_dimensions=(1,)).fit_transform(D[None])[0]
         v = np.arange(1, m * m + 1)
         giotto = ((dgm[:, :1] <= v) & (v < dgm[:, 1:2])).sum(axis=0)
         assert curve.tolist() == giotto.tolist()
@@ -863,9 +848,7 @@ def test_betti_curves_match_counting_and_giotto_tda_on_random_maps():
     batch = torch.stack([U for U in maps if U.shape[0] == 6][:6]).reshape(2, 3, 6, 6)
     curves = betti_curves(batch)
     assert curves.shape == (2, 3, 36)
-    assert torch.equal(
-        curves, torch.stack([betti_curves(U) for U in batch.reshape(6, 6, 6)]).reshape(2, 3, 36)
-    )
+    assert torch.equal(curves, torch.stack([betti_curves(U) for U in batch.reshape(6, 6, 6)]).reshape(2, 3, 36))
     assert torch.equal(betti_curves(torch.exp(3 * batch) - 7), curves)
 
 
@@ -992,7 +975,5 @@ def test_the_compiled_kernel_keeps_the_callers_thread_count():
         "o = np.zeros(256, np.int64); ids(o)\n"
         "print(torch.get_num_threads(), numba.get_num_threads(), len(set(o.tolist())))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.split() == ["1", "1", "1"]

@@ -81,11 +81,7 @@ def test_afie_intra_random_and_bad_option():
 
 def test_random_is_seeded():
     net = lp.create_model("cifar_vgg11", 10, width_mult=0.25)
-    a, b, c = (
-        lp.score(net, "random", seed=0),
-        lp.score(net, "random", seed=0),
-        lp.score(net, "random", seed=1),
-    )
+    a, b, c = lp.score(net, "random", seed=0), lp.score(net, "random", seed=0), lp.score(net, "random", seed=1)
     assert all(torch.equal(a[n], b[n]) for n in a)
     assert not torch.equal(a["features.0"], c["features.0"])
     only = lp.score(net, "random", seed=0, layers=["features.4"])

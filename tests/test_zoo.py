@@ -42,9 +42,7 @@ class ConvHeadNet(nn.Module):
         self.head = nn.Conv2d(8, 10, 1)
 
     def forward(self, x):
-        return torch.flatten(
-            nn.functional.adaptive_avg_pool2d(torch.relu(self.head(torch.relu(self.conv(x)))), 1), 1
-        )
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(torch.relu(self.head(torch.relu(self.conv(x)))), 1), 1)
 
 
 class AuxHeadNet(nn.Module):
@@ -174,12 +172,8 @@ def test_googlenet_with_its_auxiliary_heads_prunes_and_trains():
 
     net = torchvision.models.googlenet(weights=None, num_classes=10, init_weights=False).eval()
     x = torch.randn(1, 3, 64, 64)
-    report = lp.prune(
-        net,
-        lp.plan(net, lp.score(net, "l1"), strategy="uniform", ratio=0.3, example_inputs=x),
-        x,
-        measure_latency=False,
-    )
+    report = lp.prune(net, lp.plan(net, lp.score(net, "l1"), strategy="uniform", ratio=0.3, example_inputs=x), x,
+                      measure_latency=False)
     assert report.params_after < 0.8 * report.params_before
     assert net(x).shape == (1, 10)
     assert [o.shape for o in net.train()(torch.randn(2, 3, 64, 64))] == [(2, 10)] * 3
@@ -189,30 +183,15 @@ def test_maxvit_plans_its_mbconv_and_mlp_layers_quickly_and_keeps_its_attention_
     # MaxViT's attention has `n_heads`; its MBConv expansion conv sits in a squeeze-excitation loop
     # (conv_a -> depthwise -> x * SE(x)) that the reach walk once followed back into the residual stream
     torch.manual_seed(0)
-    net = torchvision.models.MaxVit(
-        input_size=(32, 32),
-        stem_channels=8,
-        partition_size=2,
-        block_channels=[16],
-        block_layers=[1],
-        head_dim=8,
-        stochastic_depth_prob=0.0,
-        num_classes=10,
-    ).eval()
+    net = torchvision.models.MaxVit(input_size=(32, 32), stem_channels=8, partition_size=2, block_channels=[16],
+                                    block_layers=[1], head_dim=8, stochastic_depth_prob=0.0, num_classes=10).eval()
     x = torch.randn(1, 3, 32, 32)
     p = lp.plan(net, lp.score(net, "l1"), strategy="uniform", ratio=0.5, example_inputs=x)
     mb = "blocks.0.layers.0.layers.MBconv.layers."
-    assert {
-        mb + "conv_a.0",
-        mb + "squeeze_excitation.fc1",
-        "blocks.0.layers.0.layers.window_attention.mlp_layer.1",
-        "blocks.0.layers.0.layers.grid_attention.mlp_layer.1",
-    } <= set(p.keep)
+    assert {mb + "conv_a.0", mb + "squeeze_excitation.fc1", "blocks.0.layers.0.layers.window_attention.mlp_layer.1",
+            "blocks.0.layers.0.layers.grid_attention.mlp_layer.1"} <= set(p.keep)
     assert "attention module" in p.meta["not_planned"][mb + "conv_c"]  # the residual stream stays whole
-    assert (
-        "RelativePositionalMultiHeadAttention"
-        in p.meta["heads_not_planned"]["blocks.0.layers.0.layers.window_attention.attn_layer.1"]
-    )
+    assert "RelativePositionalMultiHeadAttention" in p.meta["heads_not_planned"]["blocks.0.layers.0.layers.window_attention.attn_layer.1"]
     width = net.get_submodule(mb + "conv_a.0").out_channels
     lp.prune(net, p, x, measure_latency=False)
     assert net.get_submodule(mb + "conv_a.0").out_channels == width // 2 and net(x).shape == (1, 10)
@@ -221,11 +200,8 @@ def test_maxvit_plans_its_mbconv_and_mlp_layers_quickly_and_keeps_its_attention_
 def test_a_network_torch_pruning_cannot_graph_gets_a_clear_error():
     net = torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval()
     x = torch.randn(1, 3, 32, 32)
-    with pytest.raises(
-        ConfigError,
-        match=r"ShuffleNetV2 cannot be pruned: torch-pruning could not build its "
-        r"dependency graph: ZeroDivisionError .*channel shuffle",
-    ):
+    with pytest.raises(ConfigError, match=r"ShuffleNetV2 cannot be pruned: torch-pruning could not build its "
+                                          r"dependency graph: ZeroDivisionError .*channel shuffle"):
         lp.plan(net, lp.score(net, "l1"), strategy="uniform", ratio=0.3, example_inputs=x)
 
 
@@ -240,12 +216,7 @@ def test_layers_coupled_through_a_split_are_left_whole_and_the_rest_is_pruned():
     assert "channel permutation or a split" in p.meta["not_planned"]["conv1"]
     assert "conv1" in p.meta["not_planned"]["conv3"]
     lp.prune(net, p, x, measure_latency=False)
-    assert (
-        net.conv1.out_channels,
-        net.conv2.out_channels,
-        net.conv3.out_channels,
-        net.conv4.out_channels,
-    ) == (8, 3, 4, 4)
+    assert (net.conv1.out_channels, net.conv2.out_channels, net.conv3.out_channels, net.conv4.out_channels) == (8, 3, 4, 4)
     assert net(x).shape == (1, 10)
 
 
@@ -283,11 +254,7 @@ def test_timm_vit_prunes_heads_and_mlps_and_leaves_the_residual_stream_whole():
     assert net.blocks[0].mlp.fc1.out_features == round(0.7 * 768)
     # 3 heads at 30 %: round(0.9) = 1 head removed in each of the 2 blocks (qkv 64 x 3 rows, proj 64 columns)
     assert len(p.heads) == 2 and all(len(k) == 2 for k in p.heads.values())
-    assert (
-        net.blocks[0].attn.num_heads,
-        net.blocks[0].attn.qkv.out_features,
-        net.blocks[0].attn.proj.in_features,
-    ) == (2, 384, 128)
+    assert (net.blocks[0].attn.num_heads, net.blocks[0].attn.qkv.out_features, net.blocks[0].attn.proj.in_features) == (2, 384, 128)
     assert r.params_after < r.params_before and r.macs_after < r.macs_before
 
 
@@ -300,24 +267,13 @@ def test_create_model_timm_names():
 
 # ------------------------------------------------------------------------------ Lightning
 def test_callback_prunes_a_timm_model_in_a_fit_and_the_checkpoint_reloads(tmp_path):
-    module = lp.ClassificationModule(
-        "timm:deit_tiny_patch16_224", 10, in_channels=1, image_size=32, model_kwargs={"depth": 2}
-    )
+    module = lp.ClassificationModule("timm:deit_tiny_patch16_224", 10, in_channels=1, image_size=32,
+                                     model_kwargs={"depth": 2})
     ck = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)
     cb = PruningCallback(criterion="l1", ratio=0.3, at_epoch=1, samples_per_class=2)
-    t = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=2,
-        default_root_dir=str(tmp_path),
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        callbacks=[cb, ck],
-    )
+    t = L.Trainer(accelerator="cpu", devices=1, max_epochs=2, default_root_dir=str(tmp_path), logger=False,
+                  enable_progress_bar=False, enable_model_summary=False, limit_train_batches=2, limit_val_batches=1,
+                  num_sanity_val_steps=0, callbacks=[cb, ck])
     t.fit(module, datamodule=DigitsDataModule(image_size=32, channels=1, batch_size=16))
     assert module.model.blocks[0].mlp.fc1.out_features < 768
     assert [b.attn.num_heads for b in module.model.blocks] == [2, 2]  # 3 heads, 30 %: one removed per block

@@ -49,19 +49,9 @@ from torch import nn
 from .errors import ConfigError
 
 __all__ = [
-    "AttentionInfo",
-    "HeadPrunedMultiheadAttention",
-    "HeadPrunedShiftedWindowAttention",
-    "HeadPrunedShiftedWindowAttentionV2",
-    "find_attention",
-    "head_unprunable",
-    "head_scores",
-    "heads_to_keep",
-    "innermost_attention",
-    "prune_heads",
-    "attention_macs",
-    "swin_attention_macs",
-    "attention_types",
+    "AttentionInfo", "HeadPrunedMultiheadAttention", "HeadPrunedShiftedWindowAttention",
+    "HeadPrunedShiftedWindowAttentionV2", "find_attention", "head_unprunable", "head_scores",
+    "heads_to_keep", "innermost_attention", "prune_heads", "attention_macs", "swin_attention_macs", "attention_types",
 ]
 
 
@@ -99,16 +89,9 @@ def _is_swin(module: nn.Module) -> bool:
 def _why_not(module: nn.Module) -> str | None:
     """None when the heads of ``module`` can be removed, else why not."""
     if _is_swin(module):
-        if type(module) not in (
-            *_swin_classes(),
-            HeadPrunedShiftedWindowAttention,
-            HeadPrunedShiftedWindowAttentionV2,
-        ):
+        if type(module) not in (*_swin_classes(), HeadPrunedShiftedWindowAttention, HeadPrunedShiftedWindowAttentionV2):
             return f"a subclass {type(module).__name__} of torchvision's shifted-window attention (its forward is unknown)"
-        if (
-            module.qkv.out_features % (3 * module.num_heads)
-            or module.proj.in_features * 3 != module.qkv.out_features
-        ):
+        if module.qkv.out_features % (3 * module.num_heads) or module.proj.in_features * 3 != module.qkv.out_features:
             return "its qkv width is not 3 * num_heads * head_dim with proj reading num_heads * head_dim"
         return None
     if isinstance(module, nn.MultiheadAttention):
@@ -122,10 +105,8 @@ def _why_not(module: nn.Module) -> str | None:
         if getattr(module, "attn_dim", None) != module.num_heads * module.head_dim:
             return "its attn_dim is not num_heads * head_dim"
         return None
-    return (
-        f"a {type(module).__name__} (head pruning supports nn.MultiheadAttention, timm's "
-        "vision_transformer.Attention and torchvision Swin's ShiftedWindowAttention / V2)"
-    )
+    return (f"a {type(module).__name__} (head pruning supports nn.MultiheadAttention, timm's "
+            "vision_transformer.Attention and torchvision Swin's ShiftedWindowAttention / V2)")
 
 
 def _is_attention(m: nn.Module) -> bool:
@@ -137,8 +118,7 @@ def innermost_attention(model: nn.Module) -> dict[str, nn.Module]:
     ``n_heads``, like MaxViT's) that hold no other attention module: a ViT encoder block that stores
     ``num_heads`` is not one."""
     return {
-        n: m
-        for n, m in model.named_modules()
+        n: m for n, m in model.named_modules()
         if n and _is_attention(m) and not any(_is_attention(c) for c in m.modules() if c is not m)
     }
 
@@ -197,9 +177,7 @@ def _rows(keep: torch.Tensor, h: int, d: int, copies: int) -> torch.Tensor:
 
 
 def _select(param: torch.Tensor, idx: torch.Tensor, dim: int) -> nn.Parameter:
-    return nn.Parameter(
-        param.detach().index_select(dim, idx.to(param.device)).clone(), requires_grad=param.requires_grad
-    )
+    return nn.Parameter(param.detach().index_select(dim, idx.to(param.device)).clone(), requires_grad=param.requires_grad)
 
 
 def _linear_out(lin: nn.Linear, idx: torch.Tensor) -> None:
@@ -222,9 +200,7 @@ def prune_heads(module: nn.Module, keep: torch.Tensor | list[int], name: str = "
     keep = torch.as_tensor(keep, dtype=torch.long)
     h, d = int(module.num_heads), _head_dim(module)
     if len(keep) == 0 or int(keep.min()) < 0 or int(keep.max()) >= h or len(set(keep.tolist())) != len(keep):
-        raise ConfigError(
-            f"kept heads of {name!r} must be distinct, in [0, {h}) and not empty; got {keep.tolist()}"
-        )
+        raise ConfigError(f"kept heads of {name!r} must be distinct, in [0, {h}) and not empty; got {keep.tolist()}")
     qkv_rows, cols = _rows(keep, h, d, 3), _rows(keep, h, d, 1)
     if isinstance(module, nn.MultiheadAttention):
         module.in_proj_weight = _select(module.in_proj_weight, qkv_rows, 0)
@@ -252,9 +228,7 @@ def prune_heads(module: nn.Module, keep: torch.Tensor | list[int], name: str = "
     module.attn_dim = len(keep) * d
 
 
-def _prune_swin_heads(
-    module: nn.Module, keep: torch.Tensor, qkv_rows: torch.Tensor, cols: torch.Tensor, d: int
-) -> None:
+def _prune_swin_heads(module: nn.Module, keep: torch.Tensor, qkv_rows: torch.Tensor, cols: torch.Tensor, d: int) -> None:
     v2 = isinstance(module, _swin_classes()[1])
     _linear_out(module.qkv, qkv_rows)
     _linear_in(module.proj, cols)
@@ -300,9 +274,7 @@ def _window_attention(self, x: torch.Tensor) -> torch.Tensor:
     logit_scale = getattr(self, "logit_scale", None)
     bias = self.qkv.bias
     if logit_scale is not None and bias is not None:
-        bias = torch.cat(
-            [bias[: heads * d], torch.zeros_like(bias[heads * d : 2 * heads * d]), bias[2 * heads * d :]]
-        )
+        bias = torch.cat([bias[: heads * d], torch.zeros_like(bias[heads * d : 2 * heads * d]), bias[2 * heads * d :]])
     q, k, v = F.linear(x, self.qkv.weight, bias).view(b * windows, n, 3, heads, d).permute(2, 0, 3, 1, 4)
     if logit_scale is not None:
         attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
@@ -314,9 +286,7 @@ def _window_attention(self, x: torch.Tensor) -> torch.Tensor:
         mask = _shift_mask(hp, wp, self.window_size, shift, x.device, attn.dtype)
         attn = (attn.view(b, windows, heads, n, n) + mask[None, :, None]).view(b * windows, heads, n, n)
     attn = F.dropout(attn.softmax(-1), p=self.attention_dropout, training=self.training)
-    out = F.linear(
-        (attn @ v).transpose(1, 2).reshape(b * windows, n, heads * d), self.proj.weight, self.proj.bias
-    )
+    out = F.linear((attn @ v).transpose(1, 2).reshape(b * windows, n, heads * d), self.proj.weight, self.proj.bias)
     out = F.dropout(out, p=self.dropout, training=self.training)
     c_out = out.shape[-1]
     out = out.view(b, hp // wh, wp // ww, wh, ww, c_out).permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c_out)
@@ -326,16 +296,12 @@ def _window_attention(self, x: torch.Tensor) -> torch.Tensor:
 
 
 def _swin_pruned_class(base: type[nn.Module], name: str) -> type[nn.Module]:
-    return type(
-        name,
-        (base,),
-        {
-            "__doc__": f"A torchvision ``{base.__name__}`` that lost heads: ``num_heads`` heads of ``head_dim`` each "
-            "(input and output width unchanged). Made by :func:`prune_heads`, never built directly.",
-            "__module__": __name__,
-            "forward": _window_attention,
-        },
-    )
+    return type(name, (base,), {
+        "__doc__": f"A torchvision ``{base.__name__}`` that lost heads: ``num_heads`` heads of ``head_dim`` each "
+                   "(input and output width unchanged). Made by :func:`prune_heads`, never built directly.",
+        "__module__": __name__,
+        "forward": _window_attention,
+    })
 
 
 class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
@@ -345,17 +311,8 @@ class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
     Takes the arguments of ``nn.MultiheadAttention.forward``; ``attn_mask`` ``(L, S)`` or
     ``(batch * num_heads, L, S)``, boolean (True: not attended) or additive."""
 
-    def forward(
-        self,
-        query,
-        key,
-        value,
-        key_padding_mask=None,
-        need_weights=True,
-        attn_mask=None,
-        average_attn_weights=True,
-        is_causal=False,
-    ):
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
         if not self.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         b, n, _ = query.shape
@@ -370,27 +327,19 @@ class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
         mask = None
         if attn_mask is not None:
             m = attn_mask
-            m = (
-                torch.zeros_like(m, dtype=q.dtype).masked_fill(m, float("-inf"))
-                if m.dtype == torch.bool
-                else m.to(q.dtype)
-            )
+            m = torch.zeros_like(m, dtype=q.dtype).masked_fill(m, float("-inf")) if m.dtype == torch.bool else m.to(q.dtype)
             mask = m.view(b, h, n, s) if m.ndim == 3 else m
         elif is_causal:
             mask = torch.full((n, s), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
         if key_padding_mask is not None:
             kp = key_padding_mask
-            kp = (
-                torch.zeros_like(kp, dtype=q.dtype).masked_fill(kp, float("-inf"))
-                if kp.dtype == torch.bool
-                else kp.to(q.dtype)
-            )
+            kp = torch.zeros_like(kp, dtype=q.dtype).masked_fill(kp, float("-inf")) if kp.dtype == torch.bool else kp.to(q.dtype)
             kp = kp.view(b, 1, 1, s)
             mask = kp if mask is None else mask + kp
         p = self.dropout if self.training else 0.0
         weights = None
         if need_weights:
-            attn = (q * d**-0.5) @ k.transpose(-2, -1)
+            attn = (q * d ** -0.5) @ k.transpose(-2, -1)
             if mask is not None:
                 attn = attn + mask
             attn = attn.softmax(-1)
@@ -405,9 +354,7 @@ class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
 
 
 HeadPrunedShiftedWindowAttention = _swin_pruned_class(_swin_classes()[0], "HeadPrunedShiftedWindowAttention")
-HeadPrunedShiftedWindowAttentionV2 = _swin_pruned_class(
-    _swin_classes()[1], "HeadPrunedShiftedWindowAttentionV2"
-)
+HeadPrunedShiftedWindowAttentionV2 = _swin_pruned_class(_swin_classes()[1], "HeadPrunedShiftedWindowAttentionV2")
 
 
 def attention_types() -> tuple[type[nn.Module], ...]:
@@ -415,13 +362,9 @@ def attention_types() -> tuple[type[nn.Module], ...]:
     :class:`HeadPrunedMultiheadAttention`, torchvision's shifted-window attentions (pruned or not) and
     timm's ``Attention`` when timm is installed."""
     timm_attn = _timm_attention_class()
-    return (
-        nn.MultiheadAttention,
-        HeadPrunedMultiheadAttention,
-        *_swin_classes(),
-        HeadPrunedShiftedWindowAttention,
-        HeadPrunedShiftedWindowAttentionV2,
-    ) + ((timm_attn,) if timm_attn is not None else ())
+    return (nn.MultiheadAttention, HeadPrunedMultiheadAttention, *_swin_classes(), HeadPrunedShiftedWindowAttention,
+            HeadPrunedShiftedWindowAttentionV2) + (
+        (timm_attn,) if timm_attn is not None else ())
 
 
 def swin_attention_macs(module: nn.Module, height: int, width: int, in_width: int) -> int:

@@ -149,13 +149,8 @@ class ScoreCallback(Callback):
         scoring = None
         if self.criterion.needs_data:
             scoring = scoring_set_for_trainer(trainer, self.samples_per_class, self.classes, self.batch_size)
-        s = score(
-            net,
-            self.criterion,
-            scoring,
-            num_classes=scoring.num_classes if scoring else None,
-            progress=trainer.is_global_zero,
-        )
+        s = score(net, self.criterion, scoring, num_classes=scoring.num_classes if scoring else None,
+                  progress=trainer.is_global_zero)
         s.meta["epoch"] = trainer.current_epoch
         self._report(trainer, s)
         return s
@@ -335,27 +330,19 @@ class PruningCallback(Callback):
         self.criterion_kwargs = dict(criterion_kwargs or {})
         self.spec = PruneSpec(
             criterion=criterion if isinstance(criterion, str) else list(criterion),
-            criterion_kwargs=self.criterion_kwargs,
-            fallback=fallback_criterion,
+            criterion_kwargs=self.criterion_kwargs, fallback=fallback_criterion,
             depth_split=list(depth_split) if depth_split is not None else None,
-            strategy=strategy,
-            ratio=ratio,
-            strategy_kwargs=dict(strategy_kwargs or {}),
-            layers=_listed(layers),
-            exclude=_listed(exclude),
-            layer_types=_listed(layer_types),
+            strategy=strategy, ratio=ratio, strategy_kwargs=dict(strategy_kwargs or {}),
+            layers=_listed(layers), exclude=_listed(exclude), layer_types=_listed(layer_types),
             bias_balancing=bool(bias_balancing),
-            recalibrate_bn=bool(recalibrate_bn),
-            reconstruct=bool(reconstruct),
+            recalibrate_bn=bool(recalibrate_bn), reconstruct=bool(reconstruct),
             reconstruct_kwargs=dict(reconstruct_kwargs or {}),
         )
         for name in self.spec.criteria:
             create_criterion(name, **self.spec.kwargs_for(name))  # hyperparameters checked now
         self.criterion_name = self.spec.criterion_label
         self.recalibration_batches = (
-            None
-            if recalibration_batches is None
-            else check_positive_int("recalibration_batches", recalibration_batches)
+            None if recalibration_batches is None else check_positive_int("recalibration_batches", recalibration_batches)
         )
         self.carry_optimizer_state = bool(carry_optimizer_state)
         self.want_teacher = teacher
@@ -364,14 +351,8 @@ class PruningCallback(Callback):
         self.strategy, self.ratio = strategy, float(ratio)
         self.schedule_name = schedule
         self.schedule = make_schedule(
-            schedule,
-            ratio=ratio,
-            at_epoch=at_epoch,
-            steps=steps,
-            step_ratios=step_ratios,
-            every_n_epochs=every_n_epochs,
-            layer_groups=layer_groups,
-            finetune_epochs=finetune_epochs,
+            schedule, ratio=ratio, at_epoch=at_epoch, steps=steps, step_ratios=step_ratios,
+            every_n_epochs=every_n_epochs, layer_groups=layer_groups, finetune_epochs=finetune_epochs,
         )
         self.samples_per_class = check_positive_int("samples_per_class", samples_per_class)
         self.classes = classes
@@ -391,9 +372,7 @@ class PruningCallback(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(
-            criterion=self.criterion_name, strategy=self.strategy, schedule=self.schedule_name
-        )
+        return self._generate_state_key(criterion=self.criterion_name, strategy=self.strategy, schedule=self.schedule_name)
 
     # ----------------------------------------------------------------------------------------- hooks
     @override
@@ -403,9 +382,7 @@ class PruningCallback(Callback):
             self._events = self.schedule.events()
             _check_epochs("at_epoch", [e.epoch for e in self._events], trainer)
         if stage == "fit" and self._teacher_wanted(pl_module):
-            self._blank = copy.deepcopy(
-                get_network(pl_module, self.model_attr)
-            )  # unpruned: rebuilds a saved teacher
+            self._blank = copy.deepcopy(get_network(pl_module, self.model_attr))  # unpruned: rebuilds a saved teacher
         if not isinstance(pl_module, PrunedCheckpointMixin):
             rank_zero_info(
                 f"lightprune: {type(pl_module).__name__} does not use PrunedCheckpointMixin: its checkpoints carry the "
@@ -452,9 +429,7 @@ class PruningCallback(Callback):
 
         path = self._teacher_path(trainer)
         if self._blank is None or not path.exists():
-            rank_zero_info(
-                f"lightprune: no saved teacher at {path}; fine-tuning goes on without distillation"
-            )
+            rank_zero_info(f"lightprune: no saved teacher at {path}; fine-tuning goes on without distillation")
             return
         saved = torch.load(path, map_location="cpu", weights_only=True)
         net = copy.deepcopy(self._blank)
@@ -476,9 +451,7 @@ class PruningCallback(Callback):
     def _events_for(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[PruneEvent]:
         if self._events is None:  # progressive: needs example inputs to find the coupled groups
             net = get_network(pl_module, self.model_attr)
-            x = scoring_set_for_trainer(trainer, 1, self.classes, 1).example_inputs(
-                1, next(net.parameters()).device
-            )
+            x = scoring_set_for_trainer(trainer, 1, self.classes, 1).example_inputs(1, next(net.parameters()).device)
             layers = find_prunable_layers(net, x, spec_layers(net, self.spec, x))
             self._events = self.schedule.events([g.members for g in find_groups(net, x, layers)])
             _check_epochs("at_epoch", [e.epoch for e in self._events], trainer)
@@ -488,43 +461,24 @@ class PruningCallback(Callback):
     def _prune(self, trainer: L.Trainer, pl_module: L.LightningModule, event: PruneEvent) -> None:
         net = get_network(pl_module, self.model_attr)
         scoring = scoring_set_for_trainer(trainer, self.samples_per_class, self.classes, self.batch_size)
-        previous = (
-            self.history[-1].cumulative_ratio if self.history and self.schedule_name == "iterative" else 0.0
-        )
+        previous = self.history[-1].cumulative_ratio if self.history and self.schedule_name == "iterative" else 0.0
         ratio = self.schedule.step_ratio(event, previous)
-        evaluate_on = (
-            eval_batches_for_trainer(trainer, self.evaluate_splits) if self.evaluate_after_prune else None
-        )
-        snapshots = (
-            [snapshot_optimizer_state(o, pl_module) for o in trainer.optimizers]
-            if self.carry_optimizer_state
-            else []
-        )
+        evaluate_on = eval_batches_for_trainer(trainer, self.evaluate_splits) if self.evaluate_after_prune else None
+        snapshots = [snapshot_optimizer_state(o, pl_module) for o in trainer.optimizers] if self.carry_optimizer_state else []
         maps: dict[str, torch.Tensor] = {}
 
         def before_prune(p) -> None:
             self._check_same_plan_on_every_rank(trainer, p.to_dict())
             if snapshots and any(s for s in snapshots):
-                maps.update(
-                    self._index_maps(
-                        pl_module, net, p, scoring.example_inputs(1, next(net.parameters()).device)
-                    )
-                )
+                maps.update(self._index_maps(pl_module, net, p, scoring.example_inputs(1, next(net.parameters()).device)))
             if self.teacher is None and self._teacher_wanted(pl_module):
                 self._make_teacher(trainer, pl_module, net)
 
         res = run_prune(
-            net,
-            scoring,
-            self.spec,
-            ratio=ratio,
-            layers=list(event.layers) if event.layers else None,
-            evaluate_on=evaluate_on,
-            num_classes=scoring.num_classes or getattr(pl_module, "num_classes", None),
+            net, scoring, self.spec, ratio=ratio, layers=list(event.layers) if event.layers else None,
+            evaluate_on=evaluate_on, num_classes=scoring.num_classes or getattr(pl_module, "num_classes", None),
             latency_inputs=self.latency_batch_size if trainer.is_global_zero else None,
-            check_plan=before_prune,
-            calibration=self._calibration(trainer),
-            progress=trainer.is_global_zero,
+            check_plan=before_prune, calibration=self._calibration(trainer), progress=trainer.is_global_zero,
         )
         p, report = res.plan, res.report
         applied_plans(pl_module).append(p.to_dict())
@@ -537,29 +491,16 @@ class PruningCallback(Callback):
         before, after = res.metrics_before or {}, res.metrics_after or {}
         lat0, lat1 = report.latency_before, report.latency_after
         record = PruneRecord(
-            index=event.index,
-            epoch=trainer.current_epoch,
-            criterion=self.criterion_name,
-            strategy=self.strategy,
-            ratio=float(ratio),
-            cumulative_ratio=float(event.ratio),
-            global_channel_ratio=float(p.global_ratio),
-            params_before=report.params_before,
-            params_after=report.params_after,
-            macs_before=report.macs_before,
-            macs_after=report.macs_after,
-            latency_ms_before=lat0["median_ms"] if lat0 else None,
-            latency_ms_after=lat1["median_ms"] if lat1 else None,
+            index=event.index, epoch=trainer.current_epoch, criterion=self.criterion_name, strategy=self.strategy,
+            ratio=float(ratio), cumulative_ratio=float(event.ratio), global_channel_ratio=float(p.global_ratio),
+            params_before=report.params_before, params_after=report.params_after,
+            macs_before=report.macs_before, macs_after=report.macs_after,
+            latency_ms_before=lat0["median_ms"] if lat0 else None, latency_ms_after=lat1["median_ms"] if lat1 else None,
             latency_batch_size=lat1["batch_size"] if lat1 else None,
-            val_acc_before_prune=before.get("val/acc"),
-            val_acc_after_prune=after.get("val/acc"),
-            test_acc_before_prune=before.get("test/acc"),
-            test_acc_after_prune=after.get("test/acc"),
-            channels_before=dict(report.channels_before),
-            channels_after=dict(report.channels_after),
-            fallback_layers=list(res.fallback_layers),
-            recovered=list(report.recovered),
-            optimizer_state_carried=carried,
+            val_acc_before_prune=before.get("val/acc"), val_acc_after_prune=after.get("val/acc"),
+            test_acc_before_prune=before.get("test/acc"), test_acc_after_prune=after.get("test/acc"),
+            channels_before=dict(report.channels_before), channels_after=dict(report.channels_after),
+            fallback_layers=list(res.fallback_layers), recovered=list(report.recovered), optimizer_state_carried=carried,
         )
         self.history.append(record)
         self.done.append(event.index)
@@ -575,28 +516,18 @@ class PruningCallback(Callback):
         _log(trainer, metrics)
         if trainer.is_global_zero:
             if res.fallback_layers:
-                rank_zero_info(
-                    f"lightprune: {self.criterion_name} cannot rank {res.fallback_layers}; "
-                    f"using {self.spec.fallback} there"
-                )
+                rank_zero_info(f"lightprune: {self.criterion_name} cannot rank {res.fallback_layers}; "
+                               f"using {self.spec.fallback} there")
             rank_zero_info(f"lightprune: pruned at epoch {trainer.current_epoch}\n{p}\n{report}")
 
     def _calibration(self, trainer: L.Trainer) -> Any:
         """None (the scoring set) or the first ``recalibration_batches`` training batches of this rank."""
         if self.recalibration_batches is None:
             return None
-        loader = (
-            trainer.datamodule.train_dataloader()
-            if trainer.datamodule is not None
-            else trainer.train_dataloader
-        )
-        return resolve_scoring_set(
-            loader, max_batches=self.recalibration_batches, argument="recalibration data"
-        ).batches
+        loader = trainer.datamodule.train_dataloader() if trainer.datamodule is not None else trainer.train_dataloader
+        return resolve_scoring_set(loader, max_batches=self.recalibration_batches, argument="recalibration data").batches
 
-    def _index_maps(
-        self, pl_module: L.LightningModule, net: torch.nn.Module, p: Any, x: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
+    def _index_maps(self, pl_module: L.LightningModule, net: torch.nn.Module, p: Any, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Flat indices each parameter of ``pl_module`` keeps through the prune of ``p`` (identity outside ``net``)."""
         from .surgery import prune
 
@@ -621,9 +552,7 @@ class PruningCallback(Callback):
 
     # ------------------------------------------------------------------------------------ checkpoints
     @override
-    def on_save_checkpoint(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         save_plans(pl_module, checkpoint, self.model_attr)
 
     @override
@@ -661,21 +590,13 @@ class PruningCallback(Callback):
                 f"{label:<28}{first['latency_ms_before']:>14.2f}{last['latency_ms_after']:>14.2f}"
                 f"{pct(first['latency_ms_before'], last['latency_ms_after']):>12}"
             )
-        rows.append(
-            f"{'val accuracy (no fine-tuning)':<28}{fmt(first['val_acc_before_prune']):>14}{fmt(last['val_acc_after_prune']):>14}"
-        )
-        rows.append(
-            f"{'test accuracy (no fine-tuning)':<28}{fmt(first['test_acc_before_prune']):>14}{fmt(last['test_acc_after_prune']):>14}"
-        )
+        rows.append(f"{'val accuracy (no fine-tuning)':<28}{fmt(first['val_acc_before_prune']):>14}{fmt(last['val_acc_after_prune']):>14}")
+        rows.append(f"{'test accuracy (no fine-tuning)':<28}{fmt(first['test_acc_before_prune']):>14}{fmt(last['test_acc_after_prune']):>14}")
         if last["recovered"]:
-            rows.append(
-                f"  (right after the prune, with {' + '.join(last['recovered'])}; before: the unpruned network)"
-            )
+            rows.append(f"  (right after the prune, with {' + '.join(last['recovered'])}; before: the unpruned network)")
         final = (test_metrics or {}).get("test/acc")
         if final is not None:
-            rows.append(
-                f"{'test accuracy (fine-tuned)':<28}{fmt(first['test_acc_before_prune']):>14}{fmt(float(final)):>14}"
-            )
+            rows.append(f"{'test accuracy (fine-tuned)':<28}{fmt(first['test_acc_before_prune']):>14}{fmt(float(final)):>14}")
         rows.append(
             f"channels kept: {100 * (1 - last['global_channel_ratio']):.1f} % of the planned layers "
             f"({self.criterion_name}, {self.strategy}, {self.schedule_name})"

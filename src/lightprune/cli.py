@@ -47,9 +47,7 @@ class LightpruneCLI(LightningCLI):
         results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt, verbose=False)
         if self.trainer.is_global_zero and results:
             n_params = sum(p.numel() for p in self.model.parameters())
-            lines = [
-                f"fit took {elapsed:.1f} s; parameters: {n_params:,}; checkpoint tested: {ckpt or 'last weights'}"
-            ]
+            lines = [f"fit took {elapsed:.1f} s; parameters: {n_params:,}; checkpoint tested: {ckpt or 'last weights'}"]
             lines += [f"  {k:<20} {v:.4f}" for k, v in sorted(results[0].items())]
             for cb in self.trainer.callbacks:
                 if isinstance(cb, PruningCallback) and cb.history:

@@ -59,14 +59,7 @@ from .evaluation import inference, training_mode
 from .graph import output_layers, two_samples
 
 __all__ = [
-    "PrunableLayer",
-    "find_prunable_layers",
-    "trace_leaf_calls",
-    "following_norms",
-    "not_prunable",
-    "select_layers",
-    "capture_activations",
-    "all_finite",
+    "PrunableLayer", "find_prunable_layers", "trace_leaf_calls", "following_norms", "not_prunable", "select_layers", "capture_activations", "all_finite",
     "ACTIVATIONS",
     "LAYER_TYPES",
 ]
@@ -254,9 +247,7 @@ def _excluded(model, modules, order, example_inputs, calls) -> dict[str, str]:
 
     why: dict[str, str] = {}
     for n in _output_layers(model, modules, order, example_inputs, calls):
-        why[n] = (
-            "the final classifier" if isinstance(modules[n], nn.Linear) else "an output layer of the network"
-        )
+        why[n] = "the final classifier" if isinstance(modules[n], nn.Linear) else "an output layer of the network"
     for parent_name, parent in innermost_attention(model).items():
         for child_name, child in parent.named_modules():  # every layer inside (Swin V2's position-bias MLP)
             if not child_name:
@@ -277,12 +268,8 @@ def following_norms(model: nn.Module, example_inputs: torch.Tensor) -> dict[str,
     out: dict[str, str] = {}
     for n, m in model.named_modules():
         if _is_candidate(m) and any(c.name == n for c in calls):
-            info = PrunableLayer(
-                n,
-                m,
-                "conv" if isinstance(m, nn.Conv2d) else "linear",
-                m.out_channels if isinstance(m, nn.Conv2d) else m.out_features,
-            )
+            info = PrunableLayer(n, m, "conv" if isinstance(m, nn.Conv2d) else "linear",
+                                 m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
             _locate_capture(info, calls)
             if info.norm:
                 out[n] = info.norm
@@ -304,10 +291,8 @@ def not_prunable(model: nn.Module, example_inputs: torch.Tensor | None = None) -
         mode = "training" if model.training else "eval"
         for n in order:
             if n not in called and n not in why:
-                why[n] = (
-                    f"not called by the forward pass on example_inputs (in {mode} mode; e.g. an "
-                    "auxiliary head that runs only in training)"
-                )
+                why[n] = (f"not called by the forward pass on example_inputs (in {mode} mode; e.g. an "
+                          "auxiliary head that runs only in training)")
     return why
 
 

@@ -98,9 +98,7 @@ def class_balanced_indices(
     for c in classes:
         idx = np.flatnonzero(labels == int(c))
         if idx.size == 0:
-            raise ConfigError(
-                f"classes contains {c!r}, which has no sample; classes present: {present.tolist()}"
-            )
+            raise ConfigError(f"classes contains {c!r}, which has no sample; classes present: {present.tolist()}")
         if idx.size < samples_per_class:
             raise ConfigError(
                 f"samples_per_class={samples_per_class} but class {c} has only {idx.size} samples in this split"
@@ -178,9 +176,7 @@ class ClassificationDataModule(L.LightningDataModule):
             for c in classes:
                 if not (isinstance(c, int) and 0 <= c < self.num_classes):
                     raise ConfigError(f"classes contains {c!r}; allowed: integers in [0, {self.num_classes})")
-        idx = class_balanced_indices(
-            labels, samples_per_class, classes, seed=self.seed if seed is None else seed
-        )
+        idx = class_balanced_indices(labels, samples_per_class, classes, seed=self.seed if seed is None else seed)
         assert self.scoring_set is not None
         return Subset(self.scoring_set, idx)
 
@@ -251,9 +247,7 @@ class DigitsDataModule(ClassificationDataModule):
         val_share = self.val_fraction / (1 - self.test_fraction)
         train, val = train_test_split(rest, test_size=val_share, stratify=y[rest], random_state=self.seed)
         if self.image_size != 8:
-            x = F.interpolate(
-                x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
-            )
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         mean, std = x[train].mean(), x[train].std()
         x = (x - mean) / std
         if self.in_channels == 3:
@@ -376,9 +370,7 @@ class CIFAR10DataModule(ClassificationDataModule):
         if self.val_fraction > 0:
             from sklearn.model_selection import train_test_split
 
-            tr_idx, va_idx = train_test_split(
-                tr_idx, test_size=self.val_fraction, stratify=y_tr, random_state=self.seed
-            )
+            tr_idx, va_idx = train_test_split(tr_idx, test_size=self.val_fraction, stratify=y_tr, random_state=self.seed)
             tr_idx, va_idx = np.sort(tr_idx), np.sort(va_idx)
             self.val_set = _ArrayImageDataset(x_tr[va_idx], y_tr[va_idx], eval_tf)
         self.test_set = _ArrayImageDataset(x_te, y_te, eval_tf)
@@ -510,6 +502,7 @@ def create_datamodule(name: str, **kwargs) -> ClassificationDataModule:
     return _DATAMODULES[name](**kwargs)
 
 
+
 # ------------------------------------------------------------------------------------------------
 # one data resolution: "a data module or batches" -> a scoring set
 # ------------------------------------------------------------------------------------------------
@@ -614,18 +607,14 @@ def resolve_scoring_set(
         ConfigError: ``data`` is None, a string, a tensor or anything else that does not yield batches.
     """
     if data is None:
-        raise ConfigError(
-            f"{argument} is required: give a data module, a DataLoader or an iterable of (inputs, labels) batches"
-        )
+        raise ConfigError(f"{argument} is required: give a data module, a DataLoader or an iterable of (inputs, labels) batches")
     if isinstance(data, ScoringSet):
         return data
     if isinstance(data, ClassificationDataModule):
         data.setup("fit")
         sub = data.balanced_subset(samples_per_class, classes)
         if world_size > 1:
-            sub = Subset(
-                sub.dataset, sub.indices[rank::world_size]
-            )  # every rank a disjoint part; states reduce
+            sub = Subset(sub.dataset, sub.indices[rank::world_size])  # every rank a disjoint part; states reduce
         loader = DataLoader(sub, batch_size=batch_size or data.batch_size, shuffle=False)
         return ScoringSet(Batches(loader, keys), data.num_classes)
     if isinstance(data, L.LightningDataModule):

@@ -43,17 +43,8 @@ from .planner import list_strategies, plan, scores_by_depth
 from .surgery import PruneReport, prune
 
 __all__ = [
-    "PruneSpec",
-    "PruneResult",
-    "score_for_spec",
-    "plan_for_spec",
-    "run_prune",
-    "evaluate_splits",
-    "fallback_layers",
-    "needs_layer_scores",
-    "LAYER_SCORE_STRATEGIES",
-    "spec_layers",
-    "merge_per_layer",
+    "PruneSpec", "PruneResult", "score_for_spec", "plan_for_spec", "run_prune", "evaluate_splits", "fallback_layers",
+    "needs_layer_scores", "LAYER_SCORE_STRATEGIES", "spec_layers", "merge_per_layer",
 ]
 
 #: strategies that allocate ratios from layer-level scores (``Scores.layer_scores``)
@@ -120,11 +111,7 @@ class PruneSpec:
                 )
             if self.depth_split is not None:
                 split = [float(f) for f in self.depth_split]
-                if (
-                    len(split) != len(names) - 1
-                    or any(not 0 < f < 1 for f in split)
-                    or split != sorted(split)
-                ):
+                if len(split) != len(names) - 1 or any(not 0 < f < 1 for f in split) or split != sorted(split):
                     raise ConfigError(
                         f"depth_split={list(self.depth_split)!r} is not allowed: give {len(names) - 1} increasing "
                         f"fraction(s) in (0, 1) for criteria {names}"
@@ -134,9 +121,7 @@ class PruneSpec:
         if self.fallback is not None:
             criterion_class(self.fallback)
         if self.strategy not in list_strategies():
-            raise ConfigError(
-                f"strategy={self.strategy!r} is not allowed; choose one of: {', '.join(list_strategies())}"
-            )
+            raise ConfigError(f"strategy={self.strategy!r} is not allowed; choose one of: {', '.join(list_strategies())}")
         check_fraction("ratio", self.ratio)
 
     @property
@@ -159,11 +144,7 @@ class PruneSpec:
     def split_points(self) -> list[float]:
         """``depth_split``, or equal parts."""
         n = len(self.criteria)
-        return (
-            [float(f) for f in self.depth_split]
-            if self.depth_split is not None
-            else [i / n for i in range(1, n)]
-        )
+        return [float(f) for f in self.depth_split] if self.depth_split is not None else [i / n for i in range(1, n)]
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -211,11 +192,8 @@ def score_for_spec(
 
     ``seed`` is passed to criteria that declare ``seeded`` (unless ``criterion_kwargs`` sets one).
     """
-    scope: dict[str, Any] = (
-        {"layers": layers}
-        if layers is not None
-        else {"layers": spec.layers, "exclude": spec.exclude, "layer_types": spec.layer_types}
-    )
+    scope: dict[str, Any] = {"layers": layers} if layers is not None else {
+        "layers": spec.layers, "exclude": spec.exclude, "layer_types": spec.layer_types}
     batches = scoring.batches if scoring is not None else None
     num_classes = scoring.num_classes if scoring is not None else None
 
@@ -225,27 +203,16 @@ def score_for_spec(
         if cls.seeded and seed is not None:
             kw.setdefault("seed", seed)
         if cls.needs_data and batches is None:
-            raise ConfigError(
-                f"criterion {name!r} needs a scoring set: give the data (a data module or batches)"
-            )
+            raise ConfigError(f"criterion {name!r} needs a scoring set: give the data (a data module or batches)")
         where = names if isinstance(names, dict) else {"layers": names}
-        return score(
-            model,
-            name,
-            batches if cls.needs_data else None,
-            num_classes=num_classes,
-            progress=progress,
-            **where,
-            **kw,
-        )
+        return score(model, name, batches if cls.needs_data else None, num_classes=num_classes,
+                     progress=progress, **where, **kw)
 
     def with_layer_scores(s: Scores) -> Scores:
         if needs_layer_scores(spec) and not s.layer_scores:
             ls = run(spec.layer_score_criterion, list(s), {}).layer_scores
             if not ls:
-                raise ConfigError(
-                    f"layer_score_criterion={spec.layer_score_criterion!r} gives no layer scores"
-                )
+                raise ConfigError(f"layer_score_criterion={spec.layer_score_criterion!r} gives no layer scores")
             s = Scores(dict(s.items()), s.criterion, layer_scores=ls, meta=s.meta, cannot_rank=s.flat)
         return s
 
@@ -261,12 +228,8 @@ def score_for_spec(
     if spec.fallback is None or not flat:
         return s if per is None else per
     fb = run(spec.fallback, flat, {})
-    fb = Scores(
-        dict(fb.items()),
-        fb.criterion,
-        layer_scores=s.layer_scores if s.layer_scores else None,
-        meta={**fb.meta, "fallback": True},
-    )
+    fb = Scores(dict(fb.items()), fb.criterion, layer_scores=s.layer_scores if s.layer_scores else None,
+                meta={**fb.meta, "fallback": True})
     base = per if per is not None else {n: s for n in s}
     return {n: (fb if n in flat else sc) for n, sc in base.items()}
 
@@ -279,13 +242,8 @@ def merge_per_layer(scores: Scores | Mapping[str, Scores], criterion: str | None
     by_layer = {n: s.criterion for n, s in scores.items()}
     ls = {n: s.layer_scores[n] for n, s in scores.items() if s.layer_scores and n in s.layer_scores}
     label = criterion or "+".join(dict.fromkeys(by_layer.values()))
-    return Scores(
-        {n: s[n] for n, s in scores.items()},
-        label,
-        layer_scores=ls or None,
-        meta={"criterion_by_layer": by_layer},
-        cannot_rank=[n for n, s in scores.items() if n in s.flat],
-    )
+    return Scores({n: s[n] for n, s in scores.items()}, label, layer_scores=ls or None,
+                  meta={"criterion_by_layer": by_layer}, cannot_rank=[n for n, s in scores.items() if n in s.flat])
 
 
 def fallback_layers(scores: Scores | Mapping[str, Scores]) -> list[str]:
@@ -295,23 +253,11 @@ def fallback_layers(scores: Scores | Mapping[str, Scores]) -> list[str]:
     return [n for n, s in scores.items() if s.meta.get("fallback")]
 
 
-def plan_for_spec(
-    model: nn.Module,
-    scores: Scores | Mapping[str, Scores],
-    spec: PruneSpec,
-    example_inputs: torch.Tensor,
-    *,
-    ratio: float | None = None,
-) -> Plan:
+def plan_for_spec(model: nn.Module, scores: Scores | Mapping[str, Scores], spec: PruneSpec, example_inputs: torch.Tensor,
+                  *, ratio: float | None = None) -> Plan:
     """The :class:`Plan` of ``spec`` (``ratio`` overrides ``spec.ratio``, e.g. an iterative step)."""
-    return plan(
-        model,
-        scores,
-        strategy=spec.strategy,
-        ratio=spec.ratio if ratio is None else ratio,
-        example_inputs=example_inputs,
-        **dict(spec.strategy_kwargs),
-    )
+    return plan(model, scores, strategy=spec.strategy, ratio=spec.ratio if ratio is None else ratio,
+                example_inputs=example_inputs, **dict(spec.strategy_kwargs))
 
 
 def run_prune(
@@ -369,26 +315,15 @@ def run_prune(
     n_classes = num_classes or scoring.num_classes or (_output_width(model, example) if evaluate_on else None)
     before = evaluate_splits(model, evaluate_on, n_classes) if evaluate_before else None
     lat_x = scoring.first(latency_inputs, device) if isinstance(latency_inputs, int) else latency_inputs
-    lat0 = (
-        evaluation.measure_latency(model, lat_x, runs=latency_runs).to_dict() if lat_x is not None else None
-    )
+    lat0 = evaluation.measure_latency(model, lat_x, runs=latency_runs).to_dict() if lat_x is not None else None
     recover = spec.recalibrate_bn or spec.reconstruct
-    report = prune(
-        model,
-        p,
-        example,
-        bias_balancing=spec.bias_balancing,
-        batches=scoring.batches if spec.bias_balancing else None,
-        measure_latency=False,
-        calibration=(calibration if calibration is not None else scoring.batches) if recover else None,
-        recalibrate_bn=spec.recalibrate_bn,
-        reconstruct=spec.reconstruct,
-        reconstruct_kwargs=spec.reconstruct_kwargs,
-    )
+    report = prune(model, p, example, bias_balancing=spec.bias_balancing,
+                   batches=scoring.batches if spec.bias_balancing else None, measure_latency=False,
+                   calibration=(calibration if calibration is not None else scoring.batches) if recover else None,
+                   recalibrate_bn=spec.recalibrate_bn, reconstruct=spec.reconstruct,
+                   reconstruct_kwargs=spec.reconstruct_kwargs)
     report.latency_before = lat0
-    report.latency_after = (
-        evaluation.measure_latency(model, lat_x, runs=latency_runs).to_dict() if lat_x is not None else None
-    )
+    report.latency_after = evaluation.measure_latency(model, lat_x, runs=latency_runs).to_dict() if lat_x is not None else None
     after = evaluate_splits(model, evaluate_on, n_classes)
     return PruneResult(scores, p, report, fallback_layers(scores), before, after)
 
@@ -399,9 +334,7 @@ def _output_width(model: nn.Module, example: torch.Tensor) -> int | None:
     return int(out.shape[1]) if isinstance(out, torch.Tensor) and out.ndim == 2 else None
 
 
-def evaluate_splits(
-    model: nn.Module, evaluate_on: Mapping[str, Any] | None, num_classes: int | None
-) -> dict[str, float] | None:
+def evaluate_splits(model: nn.Module, evaluate_on: Mapping[str, Any] | None, num_classes: int | None) -> dict[str, float] | None:
     """``{"<split>/<metric>": value}`` of :func:`lightprune.evaluation.evaluate` on each split's batches."""
     if not evaluate_on:
         return None
@@ -417,13 +350,9 @@ def evaluate_splits(
     return out
 
 
-def prunable_layer_names(
-    model: nn.Module,
-    example_inputs: torch.Tensor | None = None,
-    layers: Sequence[str] | None = None,
-    exclude: Sequence[str] | None = None,
-    layer_types: Sequence[str] | None = None,
-) -> list[str]:
+def prunable_layer_names(model: nn.Module, example_inputs: torch.Tensor | None = None,
+                         layers: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
+                         layer_types: Sequence[str] | None = None) -> list[str]:
     """Names of the selected prunable layers (execution order with example inputs)."""
     found = find_prunable_layers(model, example_inputs)
     return list(select_layers(found, layers, exclude, layer_types, modules=dict(model.named_modules())))

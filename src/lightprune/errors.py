@@ -49,9 +49,7 @@ def check_choice(argument: str, value: object, allowed: Iterable[object]) -> Non
     """
     allowed = list(allowed)
     if value not in allowed:
-        raise ConfigError(
-            f"{argument}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}"
-        )
+        raise ConfigError(f"{argument}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
 
 
 def check_positive_int(argument: str, value: object, minimum: int = 1) -> int:

@@ -33,16 +33,7 @@ from torch import nn
 from .data import split_batch
 from .errors import ConfigError
 
-__all__ = [
-    "inference",
-    "model_device",
-    "evaluate",
-    "Latency",
-    "LatencyComparison",
-    "measure_latency",
-    "compare_latency",
-    "progress",
-]
+__all__ = ["inference", "model_device", "evaluate", "Latency", "LatencyComparison", "measure_latency", "compare_latency", "progress"]
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -85,14 +76,8 @@ def training_mode(model: nn.Module) -> Iterator[nn.Module]:
                 m.training = was
 
 
-def progress(
-    iterable: Iterable[Any] | None = None,
-    *,
-    enabled: bool = True,
-    desc: str = "",
-    total: int | None = None,
-    **kwargs: Any,
-):
+def progress(iterable: Iterable[Any] | None = None, *, enabled: bool = True, desc: str = "", total: int | None = None,
+             **kwargs: Any):
     """A tqdm progress bar over ``iterable`` (``enabled=False``: a silent one with the same API)."""
     from tqdm.auto import tqdm
 
@@ -101,9 +86,7 @@ def progress(
             total = len(iterable)  # type: ignore[arg-type]
         except TypeError:
             total = None
-    return tqdm(
-        iterable, desc=desc, total=total, disable=not enabled, leave=False, dynamic_ncols=True, **kwargs
-    )
+    return tqdm(iterable, desc=desc, total=total, disable=not enabled, leave=False, dynamic_ncols=True, **kwargs)
 
 
 def evaluate(
@@ -137,9 +120,7 @@ def evaluate(
             x, y = x.to(device), y.to(device).long()
             logits = model(x)
             if logits.ndim != 2 or logits.shape[1] != num_classes:
-                raise ConfigError(
-                    f"the model outputs shape {tuple(logits.shape)}; expected (batch, {num_classes}) logits"
-                )
+                raise ConfigError(f"the model outputs shape {tuple(logits.shape)}; expected (batch, {num_classes}) logits")
             acc.update(logits, y)
             bal.update(logits, y)
             if top5 is not None:
@@ -174,10 +155,8 @@ class Latency:
         return asdict(self)
 
     def __str__(self) -> str:
-        return (
-            f"{self.median_ms:.3f} ms (median of {self.runs} runs after {self.warmup} warm-up, "
-            f"batch {self.batch_size}, {self.threads} threads, {self.device})"
-        )
+        return (f"{self.median_ms:.3f} ms (median of {self.runs} runs after {self.warmup} warm-up, "
+                f"batch {self.batch_size}, {self.threads} threads, {self.device})")
 
 
 def _check_timing(runs: int, warmup: int, threads: int | None) -> None:
@@ -207,9 +186,7 @@ def _timed_call(model: nn.Module | Callable[[], Any], example_inputs: torch.Tens
 
 def _summary(times: list[float], warmup: int, batch: int | None, threads: int, device: str) -> Latency:
     q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    return Latency(
-        statistics.median(times), min(times), q[2] - q[0], len(times), warmup, batch, threads, device
-    )
+    return Latency(statistics.median(times), min(times), q[2] - q[0], len(times), warmup, batch, threads, device)
 
 
 def measure_latency(
@@ -302,3 +279,4 @@ def compare_latency(
     lats = tuple(_summary(t, warmup, b, n_threads, d) for t, (_, d, b, _) in zip(times, calls, strict=True))
     ratios = tuple(statistics.median(ti / t0 for ti, t0 in zip(t, times[0], strict=True)) for t in times)
     return LatencyComparison(lats, ratios, tuple(tuple(t) for t in times))
+

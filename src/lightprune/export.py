@@ -46,15 +46,7 @@ from torch import nn
 from .errors import ConfigError, LightpruneError, check_choice
 from .evaluation import Latency, inference, measure_latency, model_device
 
-__all__ = [
-    "FORMATS",
-    "ExportReport",
-    "ExportError",
-    "ExportDependencyError",
-    "export",
-    "export_checkpoint",
-    "main",
-]
+__all__ = ["FORMATS", "ExportReport", "ExportError", "ExportDependencyError", "export", "export_checkpoint", "main"]
 
 #: The formats :func:`export` writes.
 FORMATS = ("onnx", "torchscript")
@@ -137,25 +129,18 @@ class ExportReport:
             f"  input    ({', '.join(map(str, shape))})",
         ]
         if self.max_abs_diff:
-            lines += [
-                "",
-                f"  {'batch size':<22}" + "".join(f"{b:>12}" for b in self.max_abs_diff),
-                f"  {'max |exported - torch|':<22}"
-                + "".join(f"{d:>12.2e}" for d in self.max_abs_diff.values())
-                + f"   (atol {self.atol:g}: ok, run with {self.runtime})",
-            ]
+            lines += ["", f"  {'batch size':<22}" + "".join(f"{b:>12}" for b in self.max_abs_diff),
+                      f"  {'max |exported - torch|':<22}" + "".join(f"{d:>12.2e}" for d in self.max_abs_diff.values())
+                      + f"   (atol {self.atol:g}: ok, run with {self.runtime})"]
         else:
             lines.append("  not verified (the file was not run back)")
         if self.latency and self.torch_latency:
             a, t = self.latency, self.torch_latency
-            lines += [
-                "",
-                f"  latency, batch {a.batch_size} (ms)   {'exported':>10} {'torch':>10}",
-                f"  {'median':<24}{a.median_ms:>10.3f} {t.median_ms:>10.3f}   "
-                f"(torch / exported = {t.median_ms / a.median_ms:.2f}x)",
-                f"  {'fastest':<24}{a.min_ms:>10.3f} {t.min_ms:>10.3f}   "
-                f"({a.runs} runs after {a.warmup} warm-up, {a.threads} threads, {a.device})",
-            ]
+            lines += ["", f"  latency, batch {a.batch_size} (ms)   {'exported':>10} {'torch':>10}",
+                      f"  {'median':<24}{a.median_ms:>10.3f} {t.median_ms:>10.3f}   "
+                      f"(torch / exported = {t.median_ms / a.median_ms:.2f}x)",
+                      f"  {'fastest':<24}{a.min_ms:>10.3f} {t.min_ms:>10.3f}   "
+                      f"({a.runs} runs after {a.warmup} warm-up, {a.threads} threads, {a.device})"]
         return "\n".join(lines)
 
 
@@ -188,17 +173,7 @@ def _quiet(fmt: str) -> Any:
     """Silence the exporters' noise (progress prints, deprecation warnings, internal logging); the
     captured text is attached to the error if the export fails."""
     buf = io.StringIO()
-    loggers = [
-        logging.getLogger(n)
-        for n in (
-            "torch.onnx",
-            "torch.export",
-            "torch._dynamo",
-            "torch.fx",
-            "torch.utils.cpp_extension",
-            "onnxscript",
-        )
-    ]
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "torch.utils.cpp_extension", "onnxscript")]
     levels = [lg.level for lg in loggers]
     try:
         with warnings.catch_warnings():
@@ -225,9 +200,7 @@ def _as_tensors(out: Any, what: str) -> list[torch.Tensor]:
         return [out]
     if isinstance(out, (tuple, list)) and out and all(isinstance(t, torch.Tensor) for t in out):
         return list(out)
-    raise ConfigError(
-        f"{what} returns {type(out).__name__}; export supports a tensor or a tuple/list of tensors"
-    )
+    raise ConfigError(f"{what} returns {type(out).__name__}; export supports a tensor or a tuple/list of tensors")
 
 
 def _check_args(fmt: Any, example_inputs: Any, atol: Any, batch_sizes: Any, opset: Any) -> tuple[int, ...]:
@@ -241,22 +214,17 @@ def _check_args(fmt: Any, example_inputs: Any, atol: Any, batch_sizes: Any, opse
         raise ConfigError(f"atol={atol!r} is not allowed; it must be a number >= 0")
     sizes = tuple(batch_sizes) if isinstance(batch_sizes, (tuple, list)) else None
     if not sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes):
-        raise ConfigError(
-            f"batch_sizes={batch_sizes!r} is not allowed; give a non-empty sequence of integers >= 1"
-        )
+        raise ConfigError(f"batch_sizes={batch_sizes!r} is not allowed; give a non-empty sequence of integers >= 1")
     if opset is not None:
         if fmt != "onnx":
-            raise ConfigError(
-                f"opset={opset!r} is not allowed with format={fmt!r}; it applies to format='onnx' only"
-            )
+            raise ConfigError(f"opset={opset!r} is not allowed with format={fmt!r}; it applies to format='onnx' only")
         if isinstance(opset, bool) or not isinstance(opset, int) or opset < 7:
             raise ConfigError(f"opset={opset!r} is not allowed; give an ONNX opset number (e.g. 18) or None")
     return sizes
 
 
-def _export_onnx(
-    net: nn.Module, x: torch.Tensor, path: Path, n_outputs: int, dynamic_batch: bool, opset: int | None
-) -> tuple[str, int | None]:
+def _export_onnx(net: nn.Module, x: torch.Tensor, path: Path, n_outputs: int, dynamic_batch: bool,
+                 opset: int | None) -> tuple[str, int | None]:
     # Exporter: the torch.export-based ("dynamo") exporter, torch.onnx.export's default since torch 2.9.
     # The TorchScript-based one (dynamo=False) still works in torch 2.14 but is deprecated ("will be
     # removed") and warns on every call. Both reproduce our models (torchvision and CIFAR CNNs,
@@ -265,11 +233,7 @@ def _export_onnx(
     # .onnx file (the default would write a separate .onnx.data next to it); fine below ONNX's 2 GB.
     out_names = ["logits"] if n_outputs == 1 else [f"output_{i}" for i in range(n_outputs)]
     kwargs: dict[str, Any] = dict(
-        dynamo=True,
-        external_data=False,
-        verbose=False,
-        input_names=["input"],
-        output_names=out_names,
+        dynamo=True, external_data=False, verbose=False, input_names=["input"], output_names=out_names,
     )
     if opset is not None:
         kwargs["opset_version"] = opset
@@ -284,12 +248,8 @@ def _export_onnx(
                 f"a newer onnxscript may be needed: {_INSTALL_HINT} (or pip install -U onnxscript)"
             ) from err
         except Exception as err:
-            hint = (
-                " The model's forward may fix the batch size (e.g. reshape(int(x.shape[0]), -1)): "
-                "try dynamic_batch=False."
-                if dynamic_batch
-                else ""
-            )
+            hint = (" The model's forward may fix the batch size (e.g. reshape(int(x.shape[0]), -1)): "
+                    "try dynamic_batch=False." if dynamic_batch else "")
             tail = log.getvalue().strip()[-1500:]
             raise ExportError(
                 f"torch.onnx.export (dynamo) could not export {type(net).__name__}: {type(err).__name__}: "
@@ -412,14 +372,10 @@ def export(
 
     sizes = _check_args(format, example_inputs, atol, batch_sizes, opset)
     if isinstance(latency_runs, bool) or not isinstance(latency_runs, int) or latency_runs < 0:
-        raise ConfigError(
-            f"latency_runs={latency_runs!r} is not allowed; it must be an integer >= 0 (0: no timing)"
-        )
+        raise ConfigError(f"latency_runs={latency_runs!r} is not allowed; it must be an integer >= 0 (0: no timing)")
     net = model.model if isinstance(model, ClassificationModule) else model
     if not isinstance(net, nn.Module):
-        raise ConfigError(
-            f"model={type(model).__name__} is not allowed; give an nn.Module or a ClassificationModule"
-        )
+        raise ConfigError(f"model={type(model).__name__} is not allowed; give an nn.Module or a ClassificationModule")
     run_back = verify or latency_runs > 0
     _require(format, run_back)
 
@@ -430,9 +386,7 @@ def export(
     if format == "onnx" and not dynamic_batch:
         sizes = (int(x.shape[0]),)
     gen = torch.Generator().manual_seed(0)
-    checks = {
-        b: torch.randn((b, *x.shape[1:]), generator=gen).to(device=device, dtype=x.dtype) for b in sizes
-    }
+    checks = {b: torch.randn((b, *x.shape[1:]), generator=gen).to(device=device, dtype=x.dtype) for b in sizes}
 
     with inference(net):
         example_out = _as_tensors(net(x), type(net).__name__)
@@ -496,18 +450,9 @@ def export(
         lat = measure_latency(timed, x, runs=latency_runs)
         torch_lat = measure_latency(net, x, runs=latency_runs)
     return ExportReport(
-        path=str(path),
-        format=format,
-        size_bytes=path.stat().st_size,
-        input_shape=tuple(int(s) for s in x.shape),
-        dynamic_batch=bool(dynamic_batch) if format == "onnx" else True,
-        exporter=exporter,
-        runtime=runtime,
-        opset=opset_used,
-        atol=float(atol),
-        max_abs_diff=diffs,
-        latency=lat,
-        torch_latency=torch_lat,
+        path=str(path), format=format, size_bytes=path.stat().st_size, input_shape=tuple(int(s) for s in x.shape),
+        dynamic_batch=bool(dynamic_batch) if format == "onnx" else True, exporter=exporter, runtime=runtime,
+        opset=opset_used, atol=float(atol), max_abs_diff=diffs, latency=lat, torch_latency=torch_lat,
     )
 
 
@@ -557,10 +502,8 @@ def export_checkpoint(
     check_choice("format", format, FORMATS)
     ckpt = Path(ckpt)
     if not ckpt.is_file():
-        raise ConfigError(
-            f"ckpt={str(ckpt)!r} is not allowed: no such file; give the path of a Lightning .ckpt "
-            "of a ClassificationModule (e.g. runs/quickstart/version_0/checkpoints/last.ckpt)"
-        )
+        raise ConfigError(f"ckpt={str(ckpt)!r} is not allowed: no such file; give the path of a Lightning .ckpt "
+                          "of a ClassificationModule (e.g. runs/quickstart/version_0/checkpoints/last.ckpt)")
     try:
         module = ClassificationModule.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True)
     except LightpruneError:
@@ -573,9 +516,7 @@ def export_checkpoint(
     if not applied_plans(module):
         warnings.warn(
             f"{ckpt} carries no pruning plan: the network is exported as it is (unpruned, or pruned outside "
-            "lightprune's callbacks)",
-            UserWarning,
-            stacklevel=2,
+            "lightprune's callbacks)", UserWarning, stacklevel=2,
         )
     shape = _checkpoint_input_shape(module, input_shape)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
@@ -589,9 +530,7 @@ def _int_list(text: str) -> list[int]:
     except ValueError:
         values = []
     if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a comma-separated list of positive integers (e.g. 1,3,32,32)"
-        )
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of positive integers (e.g. 1,3,32,32)")
     return values
 
 
@@ -601,33 +540,17 @@ def _parser() -> argparse.ArgumentParser:
         description="Export the (pruned) network of a lightprune checkpoint to ONNX or TorchScript, run the "
         "file back against the torch model at several batch sizes, and time both.",
     )
-    p.add_argument(
-        "--ckpt", required=True, help="Lightning checkpoint of a ClassificationModule (plans are replayed)"
-    )
+    p.add_argument("--ckpt", required=True, help="Lightning checkpoint of a ClassificationModule (plans are replayed)")
     p.add_argument("--out", required=True, help="file to write (folders are created), e.g. model.onnx")
     p.add_argument("--format", default="onnx", choices=FORMATS, help="default: onnx")
-    p.add_argument(
-        "--input-shape",
-        type=_int_list,
-        default=None,
-        help="example input shape, e.g. 1,3,32,32 (default: from the checkpoint's plan or hyperparameters)",
-    )
-    p.add_argument(
-        "--batch-sizes", type=_int_list, default=[1, 7], help="batch sizes of the check, default 1,7"
-    )
-    p.add_argument(
-        "--no-verify", action="store_true", help="do not run the file back against the torch model"
-    )
-    p.add_argument(
-        "--atol", type=float, default=1e-4, help="tolerance of the check (max abs difference), default 1e-4"
-    )
+    p.add_argument("--input-shape", type=_int_list, default=None,
+                   help="example input shape, e.g. 1,3,32,32 (default: from the checkpoint's plan or hyperparameters)")
+    p.add_argument("--batch-sizes", type=_int_list, default=[1, 7], help="batch sizes of the check, default 1,7")
+    p.add_argument("--no-verify", action="store_true", help="do not run the file back against the torch model")
+    p.add_argument("--atol", type=float, default=1e-4, help="tolerance of the check (max abs difference), default 1e-4")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
-    p.add_argument(
-        "--static-batch", action="store_true", help="ONNX: fix the batch axis to the example's batch size"
-    )
-    p.add_argument(
-        "--latency-runs", type=int, default=20, help="timed runs of the file and the torch model, 0 = none"
-    )
+    p.add_argument("--static-batch", action="store_true", help="ONNX: fix the batch axis to the example's batch size")
+    p.add_argument("--latency-runs", type=int, default=20, help="timed runs of the file and the torch model, 0 = none")
     p.add_argument("--json", default=None, help="also write the report as JSON to this file")
     return p
 
@@ -642,16 +565,9 @@ def main(argv: list[str] | None = None) -> None:
         warnings.simplefilter("always", UserWarning)
         try:
             report = export_checkpoint(
-                args.ckpt,
-                args.out,
-                args.format,
-                input_shape=args.input_shape,
-                verify=not args.no_verify,
-                batch_sizes=tuple(args.batch_sizes),
-                atol=args.atol,
-                opset=args.opset,
-                dynamic_batch=not args.static_batch,
-                latency_runs=args.latency_runs,
+                args.ckpt, args.out, args.format, input_shape=args.input_shape, verify=not args.no_verify,
+                batch_sizes=tuple(args.batch_sizes), atol=args.atol, opset=args.opset,
+                dynamic_batch=not args.static_batch, latency_runs=args.latency_runs,
             )
         except (LightpruneError, ImportError) as err:
             error = err

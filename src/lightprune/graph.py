@@ -83,9 +83,7 @@ def out_channel_fn(module: nn.Module):
         return tp.prune_conv_out_channels
     if isinstance(module, nn.Linear):
         return tp.prune_linear_out_channels
-    raise ConfigError(
-        f"cannot remove output channels of a {type(module).__name__}; prunable layers are Conv2d and Linear"
-    )
+    raise ConfigError(f"cannot remove output channels of a {type(module).__name__}; prunable layers are Conv2d and Linear")
 
 
 # one entry (the last graph built): a graph holds its model's modules, so a per-model cache would keep
@@ -150,12 +148,8 @@ def _build(tp, model: nn.Module, x: torch.Tensor, **kwargs):
 
         frames = [f for f in traceback.extract_tb(err.__traceback__) if "torch_pruning" in f.filename]
         where = f" in torch-pruning's {frames[-1].name}" if frames else ""
-        hint = (
-            " (a reshape that mixes channels, such as ShuffleNet's channel shuffle, which torch-pruning "
-            "cannot map)"
-            if "reshape" in where
-            else ""
-        )
+        hint = (" (a reshape that mixes channels, such as ShuffleNet's channel shuffle, which torch-pruning "
+                "cannot map)" if "reshape" in where else "")
         raise ConfigError(
             f"{type(model).__name__} cannot be pruned: torch-pruning could not build its dependency graph: "
             f"{type(err).__name__}{where}{hint}: {err}"
@@ -214,10 +208,7 @@ def group_items(dg, group, names: Mapping[nn.Module, str]) -> list[GroupItem]:
 
 
 def find_groups(
-    model: nn.Module,
-    example_inputs: torch.Tensor,
-    layers: Mapping[str, Any],
-    skipped: dict[str, str] | None = None,
+    model: nn.Module, example_inputs: torch.Tensor, layers: Mapping[str, Any], skipped: dict[str, str] | None = None
 ) -> list[Group]:
     """Coupled groups among ``layers`` (every layer is in exactly one group), in execution order.
 
@@ -246,18 +237,13 @@ def find_groups(
         seen.update(members)
         left = next((m for m in members if skipped is not None and m in skipped), None)
         if permuted is not None or left is not None:
-            why = (
-                f"it is coupled with {permuted!r} through a channel permutation or a split (channel i of one is "
-                "another channel of the other), which one kept-index set cannot follow"
-                if permuted is not None
-                else f"it is coupled with {left!r}, which is left whole"
-            )
+            why = (f"it is coupled with {permuted!r} through a channel permutation or a split (channel i of one is "
+                   "another channel of the other), which one kept-index set cannot follow" if permuted is not None
+                   else f"it is coupled with {left!r}, which is left whole")
             if skipped is None:
                 raise ConfigError(f"layers {name!r} and {permuted or left!r}: {why}")
             for m in members:
-                skipped.setdefault(
-                    m, f"it is left whole: {why}" if m == name else f"it is left whole: coupled with {name!r}"
-                )
+                skipped.setdefault(m, f"it is left whole: {why}" if m == name else f"it is left whole: coupled with {name!r}")
             continue
         groups.append(Group(name, members, layer.out_channels))
     cg = channel_groups(model, example_inputs, {g.root: layers[g.root] for g in groups}, dg)
@@ -306,9 +292,7 @@ def output_layers(model: nn.Module, example_inputs: torch.Tensor, dg=None) -> li
     return found
 
 
-def channel_groups(
-    model: nn.Module, example_inputs: torch.Tensor, layers: Mapping[str, Any], dg=None
-) -> dict[str, int]:
+def channel_groups(model: nn.Module, example_inputs: torch.Tensor, layers: Mapping[str, Any], dg=None) -> dict[str, int]:
     """``{layer: G}`` for layers whose output channels feed a grouped (not depthwise) convolution or a
     GroupNorm with ``G`` groups: such channels can only be removed as the same positions in every one
     of the ``G`` consecutive blocks of ``C / G`` channels (torch-pruning's ``prune_conv_in_channels``
@@ -361,9 +345,7 @@ def group_blockers(
             node = item.dep.target
             mod = node.module
             if id(mod) in attn_mods:
-                out[g.root] = (
-                    f"its channels reach the attention module {attn_mods[id(mod)]!r} (split into heads)"
-                )
+                out[g.root] = f"its channels reach the attention module {attn_mods[id(mod)]!r} (split into heads)"
                 break
             if (
                 dg.is_out_channel_pruning_fn(item.dep.handler)
@@ -371,9 +353,7 @@ def group_blockers(
                 and not (isinstance(mod, nn.Conv2d) and mod.groups > 1)
                 and names.get(mod) not in layers
             ):
-                out[g.root] = (
-                    f"it would remove output channels of {names.get(mod)!r}, which is not a prunable layer"
-                )
+                out[g.root] = f"it would remove output channels of {names.get(mod)!r}, which is not a prunable layer"
                 break
     return out
 
@@ -412,11 +392,7 @@ def _reaches(dg, module: nn.Module, targets: Mapping[int, str]) -> str | None:
             continue
         if forward or node is start:
             stack.extend((o, True) for o in node.outputs)
-        if (
-            node.type == tp.ops.OPTYPE.ELEMENTWISE
-            and len(node.inputs) > 1
-            and _COUPLING.match(type(node.grad_fn).__name__)
-        ):
+        if node.type == tp.ops.OPTYPE.ELEMENTWISE and len(node.inputs) > 1 and _COUPLING.match(type(node.grad_fn).__name__):
             stack.extend((i, False) for i in node.inputs)
         elif not forward:
             stack.extend((i, False) for i in node.inputs)

@@ -64,21 +64,8 @@ from .evaluation import compare_latency, inference, measure_latency
 from .graph import Group, dependency_graph, group_items, pruning_group
 
 __all__ = [
-    "DEFAULT_GRID",
-    "LayerCost",
-    "parse_dtype",
-    "measure_model",
-    "measure_pair",
-    "latency_inputs",
-    "LatencyTable",
-    "LayerLatencyReport",
-    "auto_round_to",
-    "build_latency_table",
-    "cache_dir",
-    "device_name",
-    "greedy_search",
-    "importance_lost",
-    "layer_latency_report",
+    "DEFAULT_GRID", "LayerCost", "parse_dtype", "measure_model", "measure_pair", "latency_inputs", "LatencyTable", "LayerLatencyReport", "auto_round_to", "build_latency_table",
+    "cache_dir", "device_name", "greedy_search", "importance_lost", "layer_latency_report",
 ]
 
 DEFAULT_GRID = (0.125, 0.25, 0.5, 0.75, 1.0)
@@ -100,9 +87,7 @@ def parse_dtype(dtype: torch.dtype | str | None, default: torch.dtype) -> torch.
         return dtype
     d = getattr(torch, str(dtype).replace("torch.", ""), None)
     if not isinstance(d, torch.dtype):
-        raise ConfigError(
-            f"latency_dtype={dtype!r} is not allowed; give a torch dtype such as 'float32' or 'float16'"
-        )
+        raise ConfigError(f"latency_dtype={dtype!r} is not allowed; give a torch dtype such as 'float32' or 'float16'")
     return d
 
 
@@ -187,9 +172,7 @@ class LatencyTable:
     cached_layers: int = 0
 
     def full_width(self) -> list[int]:
-        n = 1 + max(
-            [c for lc in self.layers for c in (lc.in_group, lc.out_group) if c is not None], default=-1
-        )
+        n = 1 + max([c for lc in self.layers for c in (lc.in_group, lc.out_group) if c is not None], default=-1)
         widths = [0] * n
         for lc in self.layers:
             if lc.out_group is not None:
@@ -249,34 +232,18 @@ def _monotone(ms: list[list[float]]) -> list[list[float]]:
 def _block(mod: nn.Module, ci: int, co: int, diag: bool) -> nn.Module:
     if isinstance(mod, nn.Linear):
         return nn.Linear(ci, co, bias=mod.bias is not None)
-    conv = nn.Conv2d(
-        ci,
-        co,
-        mod.kernel_size,
-        mod.stride,
-        mod.padding,
-        mod.dilation,
-        groups=co if diag else 1,
-        bias=mod.bias is not None,
-        padding_mode=mod.padding_mode,
-    )
+    conv = nn.Conv2d(ci, co, mod.kernel_size, mod.stride, mod.padding, mod.dilation, groups=co if diag else 1,
+                     bias=mod.bias is not None, padding_mode=mod.padding_mode)
     return nn.Sequential(conv, nn.BatchNorm2d(co), nn.ReLU(inplace=True))
 
 
-def _trace_inputs(
-    model: nn.Module, example_inputs: torch.Tensor, types: tuple[type, ...]
-) -> dict[str, tuple[int, ...]]:
+def _trace_inputs(model: nn.Module, example_inputs: torch.Tensor, types: tuple[type, ...]) -> dict[str, tuple[int, ...]]:
     """Input shape of the first call of every leaf module of ``types`` (one traced forward of one input)."""
-    return {
-        c.name: tuple(c.inp.shape)
-        for c in trace_leaf_calls(model, example_inputs[:1])
-        if c.index == 0 and isinstance(c.module, types) and isinstance(c.inp, torch.Tensor)
-    }
+    return {c.name: tuple(c.inp.shape) for c in trace_leaf_calls(model, example_inputs[:1])
+            if c.index == 0 and isinstance(c.module, types) and isinstance(c.inp, torch.Tensor)}
 
 
-def _wiring(
-    model: nn.Module, example_inputs: torch.Tensor, groups: Sequence[Group]
-) -> dict[str, dict[str, Any]]:
+def _wiring(model: nn.Module, example_inputs: torch.Tensor, groups: Sequence[Group]) -> dict[str, dict[str, Any]]:
     """For every Conv2d/Linear touched by a group: which group sets its input / output width."""
     modules = dict(model.named_modules())
     names = {m: n for n, m in modules.items()}
@@ -334,23 +301,13 @@ def build_latency_table(
     n_threads = threads or torch.get_num_threads()
     rt = round_to if round_to and round_to > 1 else 1
     if measure is None:
-
         def measure(mod, x):
             return getattr(measure_latency(mod, x, runs=runs, warmup=warmup, threads=n_threads), f"{stat}_ms")
-
     shapes = _trace_inputs(model, example_inputs, (nn.Conv2d, nn.Linear))
     wiring = _wiring(model, example_inputs, groups)
     modules = dict(model.named_modules())
-    base_key = {
-        "device": device_name(dev),
-        "device_type": dev.type,
-        "dtype": str(dt),
-        "threads": n_threads,
-        "batch": batch,
-        "runs": runs,
-        "stat": stat,
-        "torch": torch.__version__.split("+")[0],
-    }
+    base_key = {"device": device_name(dev), "device_type": dev.type, "dtype": str(dt), "threads": n_threads,
+                "batch": batch, "runs": runs, "stat": stat, "torch": torch.__version__.split("+")[0]}
     directory = cache_dir(cache_path)
     layers: list[LayerCost] = []
     measured = cached = 0
@@ -367,25 +324,10 @@ def build_latency_table(
         g_in = [cin] if (w["in"] is None or diag) else [k * in_mult for k in _grid(cin // in_mult, grid, rt)]
         g_out = _grid(cout, grid, rt) if w["out"] is not None else [cout]
         in_shape = list(shapes[name][1:])
-        key = dict(
-            base_key,
-            kind=type(mod).__name__,
-            diag=diag,
-            cin=cin,
-            cout=cout,
-            in_shape=in_shape,
-            grid_in=g_in,
-            grid_out=g_out,
-            conv=[
-                list(mod.kernel_size),
-                list(mod.stride),
-                list(mod.padding),
-                list(mod.dilation),
-                bool(mod.bias is not None),
-            ]
-            if isinstance(mod, nn.Conv2d)
-            else [bool(mod.bias is not None)],
-        )
+        key = dict(base_key, kind=type(mod).__name__, diag=diag, cin=cin, cout=cout, in_shape=in_shape,
+                   grid_in=g_in, grid_out=g_out,
+                   conv=[list(mod.kernel_size), list(mod.stride), list(mod.padding), list(mod.dilation),
+                         bool(mod.bias is not None)] if isinstance(mod, nn.Conv2d) else [bool(mod.bias is not None)])
         f = _key_file(directory, key)
         ms = None
         if cache and f.exists():
@@ -411,54 +353,28 @@ def build_latency_table(
                 tmp = f.with_suffix(".tmp")
                 tmp.write_text(json.dumps({"key": key, "ms": ms}))
                 tmp.replace(f)
-        layers.append(
-            LayerCost(name, cin, cout, w["in"], w["out"], g_in, g_out, _monotone(ms), diag, in_mult)
-        )
+        layers.append(LayerCost(name, cin, cout, w["in"], w["out"], g_in, g_out, _monotone(ms), diag, in_mult))
     full_ms = None
     if measure_full:
         full_ms = float(measure_model(model, example_inputs, batch, dev, dt, measure))
     return LatencyTable(layers, full_ms, base_key, measured, cached)
 
 
-def latency_inputs(
-    example_inputs: torch.Tensor, batch: int, device: torch.device, dtype: torch.dtype
-) -> torch.Tensor:
+def latency_inputs(example_inputs: torch.Tensor, batch: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """A random batch of ``batch`` inputs shaped like ``example_inputs`` on ``device`` / ``dtype``."""
-    return torch.randn(
-        batch,
-        *example_inputs.shape[1:],
-        device=device,
-        dtype=dtype if example_inputs.is_floating_point() else None,
-    )
+    return torch.randn(batch, *example_inputs.shape[1:], device=device, dtype=dtype if example_inputs.is_floating_point() else None)
 
 
-def measure_model(
-    model: nn.Module,
-    example_inputs: torch.Tensor,
-    batch: int,
-    device,
-    dtype,
-    measure: Callable[[nn.Module, torch.Tensor], float],
-) -> float:
+def measure_model(model: nn.Module, example_inputs: torch.Tensor, batch: int, device, dtype,
+                  measure: Callable[[nn.Module, torch.Tensor], float]) -> float:
     """Whole-network latency (ms) of a copy of ``model`` on ``device`` / ``dtype`` at ``batch``."""
     m = copy.deepcopy(model).to(device, dtype).eval()
     return float(measure(m, latency_inputs(example_inputs, batch, torch.device(device), dtype)))
 
 
-def measure_pair(
-    model: nn.Module,
-    pruned: nn.Module,
-    example_inputs: torch.Tensor,
-    batch: int,
-    device,
-    dtype,
-    *,
-    measure: Callable[[nn.Module, torch.Tensor], float] | None = None,
-    runs: int = 10,
-    warmup: int = 3,
-    threads: int | None = None,
-    stat: str = "median",
-) -> tuple[float, float, float]:
+def measure_pair(model: nn.Module, pruned: nn.Module, example_inputs: torch.Tensor, batch: int, device, dtype, *,
+                 measure: Callable[[nn.Module, torch.Tensor], float] | None = None, runs: int = 10, warmup: int = 3,
+                 threads: int | None = None, stat: str = "median") -> tuple[float, float, float]:
     """(original ms, pruned ms, measured reduction) of copies of both networks on ``device`` / ``dtype``
     at ``batch``. By default their runs are interleaved (:func:`lightprune.evaluation.compare_latency`)
     and the reduction is the median of the per-round ratios; with a custom ``measure`` they are timed
@@ -521,10 +437,7 @@ def greedy_search(
     for lc in table.layers:
         for g in {lc.in_group, lc.out_group} - {None}:
             touch[g].append(lc)
-    neighbours = [
-        sorted({x for lc in touch[g] for x in (lc.in_group, lc.out_group) if x is not None})
-        for g in range(len(c))
-    ]
+    neighbours = [sorted({x for lc in touch[g] for x in (lc.in_group, lc.out_group) if x is not None}) for g in range(len(c))]
     step = [max(rt, rt * math.ceil(ci / steps_per_group / rt)) for ci in c]
 
     def nxt(g: int) -> int | None:
@@ -583,30 +496,20 @@ class LayerLatencyReport:
     setting: str = ""
 
     def _other(self) -> tuple[float, float]:
-        return (
-            self.total_before - sum(r["ms_before"] for r in self.rows),
-            self.total_after - sum(r["ms_after"] for r in self.rows),
-        )
+        return (self.total_before - sum(r["ms_before"] for r in self.rows),
+                self.total_after - sum(r["ms_after"] for r in self.rows))
 
     def to_markdown(self, top: int | None = None) -> str:
         rows = sorted(self.rows, key=lambda r: -r["ms_before"])[:top] if top else self.rows
-        out = [
-            "| layer | type | input before | input after | ms before | ms after | saved |",
-            "|---|---|---|---|---:|---:|---:|",
-        ]
+        out = ["| layer | type | input before | input after | ms before | ms after | saved |",
+               "|---|---|---|---|---:|---:|---:|"]
         for r in rows:
-            out.append(
-                f"| {r['layer']} | {r['type']} | {r['shape_before']} | {r['shape_after']} | {r['ms_before']:.3f} | "
-                f"{r['ms_after']:.3f} | {r['ms_before'] - r['ms_after']:.3f} |"
-            )
+            out.append(f"| {r['layer']} | {r['type']} | {r['shape_before']} | {r['shape_after']} | {r['ms_before']:.3f} | "
+                       f"{r['ms_after']:.3f} | {r['ms_before'] - r['ms_after']:.3f} |")
         ob, oa = self._other()
-        out.append(
-            f"| (unattributed: whole network - sum of layers) | | | | {ob:.3f} | {oa:.3f} | {ob - oa:.3f} |"
-        )
-        out.append(
-            f"| **whole network** | | | | **{self.total_before:.3f}** | **{self.total_after:.3f}** | "
-            f"**{self.total_before - self.total_after:.3f}** |"
-        )
+        out.append(f"| (unattributed: whole network - sum of layers) | | | | {ob:.3f} | {oa:.3f} | {ob - oa:.3f} |")
+        out.append(f"| **whole network** | | | | **{self.total_before:.3f}** | **{self.total_after:.3f}** | "
+                   f"**{self.total_before - self.total_after:.3f}** |")
         return "\n".join(out)
 
     __str__ = to_markdown
@@ -632,18 +535,8 @@ class LayerLatencyReport:
         names = list(blocks)
         xs = range(len(names))
         fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names) + 2), 4))
-        ax.bar(
-            [x - 0.2 for x in xs],
-            [blocks[n][0] for n in names],
-            0.4,
-            label=f"before ({self.total_before:.1f} ms)",
-        )
-        ax.bar(
-            [x + 0.2 for x in xs],
-            [blocks[n][1] for n in names],
-            0.4,
-            label=f"after ({self.total_after:.1f} ms)",
-        )
+        ax.bar([x - 0.2 for x in xs], [blocks[n][0] for n in names], 0.4, label=f"before ({self.total_before:.1f} ms)")
+        ax.bar([x + 0.2 for x in xs], [blocks[n][1] for n in names], 0.4, label=f"after ({self.total_after:.1f} ms)")
         ax.set_xticks(list(xs))
         ax.set_xticklabels(names, rotation=90, fontsize=7)
         ax.set_ylabel("ms (isolated timing)")
@@ -690,13 +583,8 @@ def layer_latency_report(
         with inference(model):
             for n, (mod, args) in leaves.items():
                 a = args  # an in-place activation re-applied to its own output is a no-op: same work
-                res[n] = (
-                    measure_latency(
-                        lambda _m=mod, _a=a: _m(*_a), runs=runs, warmup=warmup, threads=threads
-                    ).median_ms,
-                    _shape(a),
-                    type(mod).__name__,
-                )
+                res[n] = (measure_latency(lambda _m=mod, _a=a: _m(*_a), runs=runs, warmup=warmup, threads=threads).median_ms,
+                          _shape(a), type(mod).__name__)
         total = measure_latency(model, example_inputs, runs=runs, warmup=warmup, threads=threads).median_ms
         return res, total
 
@@ -705,18 +593,7 @@ def layer_latency_report(
     rows = []
     for n, (ms, shape, typ) in before.items():
         ms2, shape2, _ = after.get(n, (0.0, "-", typ))
-        rows.append(
-            {
-                "layer": n,
-                "type": typ,
-                "shape_before": shape,
-                "shape_after": shape2,
-                "ms_before": ms,
-                "ms_after": ms2,
-            }
-        )
-    setting = (
-        f"({example_inputs.device}, {str(example_inputs.dtype).replace('torch.', '')}, batch {example_inputs.shape[0]}, "
-        f"input {'x'.join(str(s) for s in example_inputs.shape[1:])}, {threads or torch.get_num_threads()} threads)"
-    )
+        rows.append({"layer": n, "type": typ, "shape_before": shape, "shape_after": shape2, "ms_before": ms, "ms_after": ms2})
+    setting = (f"({example_inputs.device}, {str(example_inputs.dtype).replace('torch.', '')}, batch {example_inputs.shape[0]}, "
+               f"input {'x'.join(str(s) for s in example_inputs.shape[1:])}, {threads or torch.get_num_threads()} threads)")
     return LayerLatencyReport(rows, tb, ta, setting)

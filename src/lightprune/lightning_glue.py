@@ -26,17 +26,8 @@ from .errors import ConfigError
 
 __all__ = [
     "quiet_lightning",
-    "CHECKPOINT_KEY",
-    "PrunedCheckpointMixin",
-    "applied_plans",
-    "eval_batches_for_trainer",
-    "get_network",
-    "load_pruned_checkpoint",
-    "rebuild_optimizers",
-    "replay_plans",
-    "resolve_model_attr",
-    "rewrap_ddp",
-    "save_plans",
+    "CHECKPOINT_KEY", "PrunedCheckpointMixin", "applied_plans", "eval_batches_for_trainer", "get_network",
+    "load_pruned_checkpoint", "rebuild_optimizers", "replay_plans", "resolve_model_attr", "rewrap_ddp", "save_plans",
     "scoring_set_for_trainer",
 ]
 
@@ -60,7 +51,6 @@ def quiet_lightning() -> Iterator[None]:
         finally:
             for n, lvl in old.items():
                 logging.getLogger(n).setLevel(lvl)
-
 
 CHECKPOINT_KEY = "lightprune"
 PLANS_ATTR = "lightprune_plans"
@@ -169,20 +159,16 @@ def replay_plans(pl_module: nn.Module, checkpoint: Mapping[str, Any], model_attr
     if model_attr is None:
         model_attr = (checkpoint.get(CHECKPOINT_KEY) or {}).get("model_attr")
     net = get_network(pl_module, model_attr)  # type: ignore[arg-type]
-    for plan_dict in stored[len(done) :]:
+    for plan_dict in stored[len(done):]:
         try:
             restore(net, plan_dict)
         except ConfigError as err:
-            raise ConfigError(
-                f"the checkpoint's pruning plan does not fit this model (another architecture?): {err}"
-            ) from None
+            raise ConfigError(f"the checkpoint's pruning plan does not fit this model (another architecture?): {err}") from None
         done.append(plan_dict)
     return len(stored)
 
 
-def load_pruned_checkpoint(
-    pl_module: nn.Module, path: str, model_attr: str | None = None, strict: bool = True
-) -> nn.Module:
+def load_pruned_checkpoint(pl_module: nn.Module, path: str, model_attr: str | None = None, strict: bool = True) -> nn.Module:
     """Load a checkpoint written after pruning into a freshly built module of any class.
 
     ``torch.load(path, weights_only=True)``, replay the stored plans on ``getattr(pl_module,
@@ -225,22 +211,15 @@ class PrunedCheckpointMixin:
         super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
 
 
-def scoring_set_for_trainer(
-    trainer: L.Trainer, samples_per_class: int, classes: list[int] | None, batch_size: int
-) -> ScoringSet:
+def scoring_set_for_trainer(trainer: L.Trainer, samples_per_class: int, classes: list[int] | None,
+                            batch_size: int) -> ScoringSet:
     """The scoring set of a running fit: a lightprune data module's class-balanced draw, split
     across ranks (each rank a disjoint shard; the criteria's states reduce); otherwise the first
     training batches (with a warning: not class-balanced)."""
     dm = trainer.datamodule
     if dm is not None and hasattr(dm, "balanced_subset"):
-        return resolve_scoring_set(
-            dm,
-            samples_per_class=samples_per_class,
-            classes=classes,
-            batch_size=batch_size,
-            rank=trainer.global_rank,
-            world_size=trainer.world_size,
-        )
+        return resolve_scoring_set(dm, samples_per_class=samples_per_class, classes=classes, batch_size=batch_size,
+                                   rank=trainer.global_rank, world_size=trainer.world_size)
     loader = trainer.train_dataloader if dm is None else dm.train_dataloader()
     if loader is None:
         raise ConfigError(
@@ -270,10 +249,7 @@ def eval_batches_for_trainer(trainer: L.Trainer, splits: list[str]) -> dict[str,
             continue
         if trainer.world_size > 1:
             ds = loader.dataset
-            loader = DataLoader(
-                Subset(ds, range(trainer.global_rank, len(ds), trainer.world_size)),
-                batch_size=loader.batch_size,
-                shuffle=False,
-            )
+            loader = DataLoader(Subset(ds, range(trainer.global_rank, len(ds), trainer.world_size)),
+                                batch_size=loader.batch_size, shuffle=False)
         out[split] = loader
     return out

@@ -106,15 +106,8 @@ class MLP(nn.Module):
         width_mult: multiplies the hidden widths, default 1.0.
     """
 
-    def __init__(
-        self,
-        num_classes: int = 10,
-        in_channels: int = 1,
-        hidden: tuple[int, ...] | list[int] = (128, 64, 32),
-        activation: str = "relu",
-        input_size: int = 8,
-        width_mult: float = 1.0,
-    ) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, hidden: tuple[int, ...] | list[int] = (128, 64, 32),
+                 activation: str = "relu", input_size: int = 8, width_mult: float = 1.0) -> None:
         super().__init__()
         check_choice("activation", activation, ("relu", "sigmoid"))
         if not width_mult > 0:
@@ -154,29 +147,17 @@ class CifarAlexNet(nn.Module):
 
         c = [w(64), w(192), w(384), w(256), w(256)]
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, c[0], 3, stride=2, padding=1),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-            nn.Conv2d(c[0], c[1], 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-            nn.Conv2d(c[1], c[2], 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(c[2], c[3], 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(c[3], c[4], 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, c[0], 3, stride=2, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(c[0], c[1], 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(c[1], c[2], 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c[2], c[3], 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c[3], c[4], 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
         )
         self.avgpool = nn.AdaptiveAvgPool2d(2)
         h = w(4096)
         self.classifier = nn.Sequential(
-            nn.Dropout(0.5),
-            nn.Linear(c[4] * 4, h),
-            nn.ReLU(inplace=True),
-            nn.Dropout(0.5),
-            nn.Linear(h, h),
-            nn.ReLU(inplace=True),
+            nn.Dropout(0.5), nn.Linear(c[4] * 4, h), nn.ReLU(inplace=True),
+            nn.Dropout(0.5), nn.Linear(h, h), nn.ReLU(inplace=True),
             nn.Linear(h, num_classes),
         )
 
@@ -247,9 +228,7 @@ class ModelInfo:
 _MODELS: dict[str, ModelInfo] = {}
 
 
-def _register(
-    name: str, builder: Callable[..., nn.Module], input_size: int, min_size: int, family: str
-) -> None:
+def _register(name: str, builder: Callable[..., nn.Module], input_size: int, min_size: int, family: str) -> None:
     _MODELS[name] = ModelInfo(name, builder, input_size, min_size, family)
 
 
@@ -266,13 +245,7 @@ _register("cifar_vgg16", _cifar_vgg("vgg16"), 32, 32, "vgg")
 _register("cifar_resnet18", _cifar_resnet(BasicBlock, [2, 2, 2, 2]), 32, 8, "resnet")
 _register("cifar_resnet34", _cifar_resnet(BasicBlock, [3, 4, 6, 3]), 32, 8, "resnet")
 _register("cifar_resnet50", _cifar_resnet(Bottleneck, [3, 4, 6, 3]), 32, 8, "resnet")
-_register(
-    "alexnet",
-    lambda num_classes, in_channels, **kw: CifarAlexNet(num_classes, in_channels, **kw),
-    32,
-    16,
-    "alexnet",
-)
+_register("alexnet", lambda num_classes, in_channels, **kw: CifarAlexNet(num_classes, in_channels, **kw), 32, 16, "alexnet")
 _register("mlp", lambda num_classes, in_channels, **kw: MLP(num_classes, in_channels, **kw), 8, 1, "mlp")
 
 
@@ -280,9 +253,7 @@ def _torchvision_names() -> list[str]:
     return sorted(tvm.list_models(module=tvm))
 
 
-def _torchvision_any(
-    name: str, num_classes: int, in_channels: int, image_size: int | None, kwargs: dict
-) -> nn.Module:
+def _torchvision_any(name: str, num_classes: int, in_channels: int, image_size: int | None, kwargs: dict) -> nn.Module:
     """Any torchvision classification model (``torchvision.models.list_models(module=torchvision.models)``),
     randomly initialised; ``image_size`` is passed on to the models that take it (ViT)."""
     kw = dict(kwargs)
@@ -295,9 +266,7 @@ def _torchvision_any(
     return _replace_first_conv(model, in_channels)
 
 
-def _timm_model(
-    name: str, num_classes: int, in_channels: int, image_size: int | None, kwargs: dict
-) -> nn.Module:
+def _timm_model(name: str, num_classes: int, in_channels: int, image_size: int | None, kwargs: dict) -> nn.Module:
     """``timm:<name>``: ``timm.create_model(name, pretrained=False, num_classes=..., in_chans=...)``;
     ``image_size`` becomes ``img_size`` for the models that take it (ViT, DeiT, ...)."""
     try:
@@ -366,7 +335,7 @@ def create_model(
         raise ConfigError(f"num_classes={num_classes!r} is not allowed; a classifier needs an integer >= 2")
     check_choice("in_channels", in_channels, (1, 3))
     if isinstance(name, str) and name.startswith("timm:"):
-        return _timm_model(name[len("timm:") :], num_classes, in_channels, image_size, kwargs)
+        return _timm_model(name[len("timm:"):], num_classes, in_channels, image_size, kwargs)
     if isinstance(name, str) and name not in _MODELS and name in _torchvision_names():
         return _torchvision_any(name, num_classes, in_channels, image_size, kwargs)
     info = model_info(name)

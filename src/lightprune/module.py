@@ -56,14 +56,10 @@ def check_distillation(d: dict[str, Any] | None) -> dict[str, Any] | None:
     if d is None:
         return None
     if not isinstance(d, dict):
-        raise ConfigError(
-            f"distillation={d!r} is not allowed; give a mapping such as {{'alpha': 0.5, 'temperature': 4.0}}"
-        )
+        raise ConfigError(f"distillation={d!r} is not allowed; give a mapping such as {{'alpha': 0.5, 'temperature': 4.0}}")
     unknown = set(d) - {"alpha", "temperature", "teacher_ckpt"}
     if unknown:
-        raise ConfigError(
-            f"distillation has unknown keys {sorted(unknown)}; allowed: alpha, temperature, teacher_ckpt"
-        )
+        raise ConfigError(f"distillation has unknown keys {sorted(unknown)}; allowed: alpha, temperature, teacher_ckpt")
     alpha, temp = float(d.get("alpha", 0.5)), float(d.get("temperature", 4.0))
     if not 0 <= alpha <= 1:
         raise ConfigError(f"distillation.alpha={alpha!r} is not allowed; it must lie in [0, 1]")
@@ -114,9 +110,7 @@ class ClassificationModule(PrunedCheckpointMixin, L.LightningModule):
     ) -> None:
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ConfigError(
-                f"num_classes={num_classes!r} is not allowed; a classifier needs an integer >= 2"
-            )
+            raise ConfigError(f"num_classes={num_classes!r} is not allowed; a classifier needs an integer >= 2")
         if isinstance(model, nn.Module):
             self.save_hyperparameters(ignore=["model"])
             self.model = model
@@ -173,13 +167,8 @@ class ClassificationModule(PrunedCheckpointMixin, L.LightningModule):
         if self.distillation is not None and self.teacher is not None:
             from .recovery import distillation_loss
 
-            loss, parts = distillation_loss(
-                logits,
-                self.teacher(x),
-                y,
-                alpha=self.distillation["alpha"],
-                temperature=self.distillation["temperature"],
-            )
+            loss, parts = distillation_loss(logits, self.teacher(x), y, alpha=self.distillation["alpha"],
+                                            temperature=self.distillation["temperature"])
             self.log("train/kd_loss", parts["kd"], on_step=False, on_epoch=True)
         else:
             loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)

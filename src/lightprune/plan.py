@@ -85,9 +85,7 @@ class Plan:
     def from_dict(cls, data: Mapping[str, Any]) -> Plan:
         """Inverse of :meth:`to_dict`; validates the indices."""
         try:
-            keep = {
-                n: torch.tensor(sorted(int(i) for i in k), dtype=torch.long) for n, k in data["keep"].items()
-            }
+            keep = {n: torch.tensor(sorted(int(i) for i in k), dtype=torch.long) for n, k in data["keep"].items()}
             channels = {n: int(c) for n, c in data["channels"].items()}
         except KeyError as err:
             raise ConfigError(f"Plan.from_dict: missing key {err}; expected 'keep' and 'channels'") from None
@@ -95,33 +93,18 @@ class Plan:
             if n not in channels:
                 raise ConfigError(f"Plan.from_dict: layer {n!r} has kept indices but no channel count")
             if len(k) == 0 or k.min() < 0 or k.max() >= channels[n] or len(set(k.tolist())) != len(k):
-                raise ConfigError(
-                    f"Plan.from_dict: kept indices of {n!r} must be distinct, in [0, {channels[n]}) and not empty"
-                )
-        heads = {
-            n: torch.tensor(sorted(int(i) for i in k), dtype=torch.long)
-            for n, k in (data.get("heads") or {}).items()
-        }
+                raise ConfigError(f"Plan.from_dict: kept indices of {n!r} must be distinct, in [0, {channels[n]}) and not empty")
+        heads = {n: torch.tensor(sorted(int(i) for i in k), dtype=torch.long) for n, k in (data.get("heads") or {}).items()}
         num_heads = {n: int(h) for n, h in (data.get("num_heads") or {}).items()}
         for n, k in heads.items():
             if n not in num_heads:
-                raise ConfigError(
-                    f"Plan.from_dict: attention module {n!r} has kept heads but no 'num_heads' entry"
-                )
+                raise ConfigError(f"Plan.from_dict: attention module {n!r} has kept heads but no 'num_heads' entry")
             if len(k) == 0 or k.min() < 0 or k.max() >= num_heads[n] or len(set(k.tolist())) != len(k):
-                raise ConfigError(
-                    f"Plan.from_dict: kept heads of {n!r} must be distinct, in [0, {num_heads[n]}) and not empty"
-                )
+                raise ConfigError(f"Plan.from_dict: kept heads of {n!r} must be distinct, in [0, {num_heads[n]}) and not empty")
         return cls(
-            keep,
-            channels,
-            [list(g) for g in data.get("groups", [[n] for n in keep])],
-            data.get("strategy", "manual"),
-            data.get("target_ratio"),
-            data.get("criterion"),
-            dict(data.get("meta") or {}),
-            heads,
-            num_heads,
+            keep, channels, [list(g) for g in data.get("groups", [[n] for n in keep])],
+            data.get("strategy", "manual"), data.get("target_ratio"), data.get("criterion"), dict(data.get("meta") or {}),
+            heads, num_heads,
         )
 
     def __str__(self) -> str:
@@ -129,18 +112,10 @@ class Plan:
         rows = [head, f"  {'layer':<34}{'before':>7}{'after':>7}{'ratio':>8}  group"]
         root_of = {m: g[0] for g in self.groups for m in g}
         for n, k in self.keep.items():
-            grp = (
-                ""
-                if root_of.get(n, n) == n and len(next((g for g in self.groups if g[0] == n), [n])) == 1
-                else f"<- {root_of.get(n, n)}"
-                if root_of.get(n, n) != n
-                else "root"
-            )
+            grp = "" if root_of.get(n, n) == n and len(next((g for g in self.groups if g[0] == n), [n])) == 1 else f"<- {root_of.get(n, n)}" if root_of.get(n, n) != n else "root"
             rows.append(f"  {n:<34}{self.channels[n]:>7}{len(k):>7}{self.ratios[n]:>8.3f}  {grp}")
         for n, k in self.heads.items():
-            rows.append(
-                f"  {n + ' (heads)':<34}{self.num_heads[n]:>7}{len(k):>7}{1 - len(k) / self.num_heads[n]:>8.3f}"
-            )
+            rows.append(f"  {n + ' (heads)':<34}{self.num_heads[n]:>7}{len(k):>7}{1 - len(k) / self.num_heads[n]:>8.3f}")
         return "\n".join(rows)
 
     __repr__ = __str__

@@ -75,18 +75,8 @@ from .plan import Plan
 from .surgery import count_macs_params, prune
 
 __all__ = [
-    "Group",
-    "Plan",
-    "StrategyContext",
-    "TARGETS",
-    "find_groups",
-    "list_strategies",
-    "normalise_importance",
-    "plan",
-    "plan_groups",
-    "register_strategy",
-    "scores_by_depth",
-    "STRATEGIES",
+    "Group", "Plan", "StrategyContext", "TARGETS", "find_groups", "list_strategies", "normalise_importance", "plan",
+    "plan_groups", "register_strategy", "scores_by_depth", "STRATEGIES",
 ]
 
 STRATEGIES = ("uniform", "afie", "global", "flops", "params", "latency", "manual")
@@ -130,9 +120,7 @@ def _top_grouped(importance: torch.Tensor, n_keep: int, channel_groups: int) -> 
     position per block); the kept positions are the most important ones (ties -> lower position)."""
     c = importance.numel()
     if c % channel_groups:
-        raise ConfigError(
-            f"{c} channels cannot be split into {channel_groups} groups of a grouped convolution"
-        )
+        raise ConfigError(f"{c} channels cannot be split into {channel_groups} groups of a grouped convolution")
     size = c // channel_groups
     per = min(size, max(1, math.floor(n_keep / channel_groups + 0.5)))
     pos = _top(importance.double().view(channel_groups, size).mean(0), per)
@@ -145,9 +133,7 @@ def _group_importance(group: Group, scores: Mapping[str, torch.Tensor]) -> torch
         raise ConfigError(f"no scores for the group {group.members}; score these layers or leave them out")
     for m, v in zip([m for m in group.members if m in scores], vals, strict=True):
         if v.numel() != group.channels:
-            raise ConfigError(
-                f"scores[{m!r}] has {v.numel()} values but the layer has {group.channels} channels"
-            )
+            raise ConfigError(f"scores[{m!r}] has {v.numel()} values but the layer has {group.channels} channels")
     return torch.stack(vals).mean(0)
 
 
@@ -158,17 +144,12 @@ def filter_l1(module: nn.Module) -> torch.Tensor:
 
 
 def _group_tiebreak(group: Group, tiebreak: Mapping[str, torch.Tensor] | None) -> torch.Tensor | None:
-    vals = [
-        tiebreak[m].double()
-        for m in group.members
-        if tiebreak and m in tiebreak and tiebreak[m].numel() == group.channels
-    ]
+    vals = [tiebreak[m].double() for m in group.members if tiebreak and m in tiebreak
+            and tiebreak[m].numel() == group.channels]
     return torch.stack(vals).mean(0) if vals else None
 
 
-def _afie_ratios(
-    groups: list[Group], layer_scores: Mapping[str, float], ratio: float, caps: list[float]
-) -> list[float]:
+def _afie_ratios(groups: list[Group], layer_scores: Mapping[str, float], ratio: float, caps: list[float]) -> list[float]:
     afie = []
     for g in groups:
         vals = [layer_scores[m] for m in g.members if m in layer_scores]
@@ -210,9 +191,7 @@ def normalise_importance(v: torch.Tensor, how: str) -> torch.Tensor:
         return v / m if m > 0 else v
     if how == "rank":
         r = torch.empty_like(v)
-        r[torch.sort(v, stable=True).indices] = torch.arange(v.numel(), dtype=torch.float64) / max(
-            1, v.numel() - 1
-        )
+        r[torch.sort(v, stable=True).indices] = torch.arange(v.numel(), dtype=torch.float64) / max(1, v.numel() - 1)
         return r
     return v
 
@@ -250,18 +229,12 @@ def plan_groups(
     n_keep = fn(ctx, **{k: v for k, v in given.items() if k in declared})
     for g, k, floor in zip(groups, n_keep, keep_floor, strict=True):
         if not floor <= k <= g.channels:
-            raise ConfigError(
-                f"strategy {strategy!r} keeps {k} channels of {g.root!r}; allowed: {floor} to {g.channels}"
-            )
+            raise ConfigError(f"strategy {strategy!r} keeps {k} channels of {g.root!r}; allowed: {floor} to {g.channels}")
 
     keep: dict[str, torch.Tensor] = {}
     channels: dict[str, int] = {}
     for g, k, v in zip(groups, n_keep, imp, strict=True):
-        idx = (
-            _top(v, k, _group_tiebreak(g, tiebreak))
-            if g.channel_groups <= 1
-            else _top_grouped(v, k, g.channel_groups)
-        )
+        idx = _top(v, k, _group_tiebreak(g, tiebreak)) if g.channel_groups <= 1 else _top_grouped(v, k, g.channel_groups)
         for m in g.members:
             keep[m] = idx.clone()
             channels[m] = g.channels
@@ -272,9 +245,7 @@ def _exact_counts(groups, group_ratio, ratio, keep_floor, round_to) -> list[int]
     """Integer keep counts from real-valued ratios so the total removed is round(ratio * total)."""
     c = [g.channels for g in groups]
     if round_to and round_to > 1:
-        return [
-            _n_keep(ci, r, kf / ci, round_to) for ci, r, kf in zip(c, group_ratio, keep_floor, strict=True)
-        ]
+        return [_n_keep(ci, r, kf / ci, round_to) for ci, r, kf in zip(c, group_ratio, keep_floor, strict=True)]
     target_remove = math.floor(ratio * sum(c) + 0.5)
     want = [r * ci for r, ci in zip(group_ratio, c, strict=True)]
     remove = [min(math.floor(w), ci - kf) for w, ci, kf in zip(want, c, keep_floor, strict=True)]
@@ -311,6 +282,7 @@ def _global_counts(groups, imp, ratio, keep_floor, max_layer_ratio, normalize, r
     if round_to and round_to > 1:
         keep = [_round_keep(k, ci, round_to, ci - lim) for ci, k, lim in zip(c, keep, limit, strict=True)]
     return keep
+
 
 
 # --------------------------------------------------------------------------------------------------
@@ -378,9 +350,7 @@ def _afie(ctx: StrategyContext) -> list[int]:
 
 @register_strategy("global", options=("max_layer_ratio", "normalize"))
 def _global(ctx: StrategyContext, max_layer_ratio: float = 0.9, normalize: str = "minmax") -> list[int]:
-    return _global_counts(
-        ctx.groups, ctx.importance, ctx.ratio, ctx.keep_floor, max_layer_ratio, normalize, ctx.round_to
-    )
+    return _global_counts(ctx.groups, ctx.importance, ctx.ratio, ctx.keep_floor, max_layer_ratio, normalize, ctx.round_to)
 
 
 @register_strategy("manual", options=("ratios",))
@@ -391,24 +361,17 @@ def _manual(ctx: StrategyContext, ratios: Mapping[str, float] | None = None) -> 
     per_group: dict[str, float] = {}
     for name, r in ratios.items():
         if name not in root_of:
-            raise ConfigError(
-                f"ratios names {name!r}, which is not a planned layer; planned layers: {list(root_of)}"
-            )
+            raise ConfigError(f"ratios names {name!r}, which is not a planned layer; planned layers: {list(root_of)}")
         check_fraction(f"ratios[{name!r}]", r)
         g = root_of[name]
         if g.root in per_group and per_group[g.root] != r:
-            raise ConfigError(
-                f"ratios disagree inside the coupled group {g.members}: give one ratio for the group"
-            )
+            raise ConfigError(f"ratios disagree inside the coupled group {g.members}: give one ratio for the group")
         per_group[g.root] = float(r)
     # layers not named keep every channel (round_to must not round their width down)
     return [
-        _n_keep(g.channels, per_group[g.root], ctx.min_keep_fraction, ctx.round_to)
-        if g.root in per_group
-        else g.channels
+        _n_keep(g.channels, per_group[g.root], ctx.min_keep_fraction, ctx.round_to) if g.root in per_group else g.channels
         for g in ctx.groups
     ]
-
 
 # --------------------------------------------------------------------------------------------------
 # model-facing wrapper
@@ -497,9 +460,7 @@ def plan(
     if strategy not in _STRATEGIES and strategy not in TARGETS and strategy != "latency":
         check_choice("strategy", strategy, list_strategies())
     if example_inputs is None:
-        raise ConfigError(
-            "example_inputs is needed to find coupled layers: pass e.g. torch.zeros(1, 3, 32, 32)"
-        )
+        raise ConfigError("example_inputs is needed to find coupled layers: pass e.g. torch.zeros(1, 3, 32, 32)")
     latency_opts = {k: options.pop(k) for k in list(options) if k.startswith("latency_")}
     if latency_opts and strategy != "latency":
         raise ConfigError(f"options {sorted(latency_opts)} are only for strategy='latency'")
@@ -510,14 +471,10 @@ def plan(
         raise ConfigError(f"head_ratio={head_ratio!r} is not allowed; give a fraction in [0, 1) or 'auto'")
     check_fraction("head_ratio", head_ratio)
     if head_ratio and strategy == "latency":
-        raise ConfigError(
-            f"head_ratio={head_ratio} is not supported with strategy='latency' (its latency table "
-            "covers channels only); pass head_ratio=0"
-        )
+        raise ConfigError(f"head_ratio={head_ratio} is not supported with strategy='latency' (its latency table "
+                          "covers channels only); pass head_ratio=0")
     heads, num_heads, head_skipped = plan_heads(model, head_ratio)
-    options["round_to"] = _resolve_round_to(
-        model, example_inputs, options.get("round_to", "auto"), latency_opts
-    )
+    options["round_to"] = _resolve_round_to(model, example_inputs, options.get("round_to", "auto"), latency_opts)
     per_layer, criterion, layer_scores = _flatten_scores(scores)
     # scores made without inputs may cover a layer the trace shows to be an output layer (a second
     # head, a conv classifier): such layers are left out of the plan (meta["not_planned"]), never pruned
@@ -543,48 +500,23 @@ def plan(
     per_layer = {n: v for n, v in per_layer.items() if n not in skipped}
     options.setdefault("tiebreak", {n: filter_l1(info.module) for n, info in found.items()})
     if strategy == "latency":
-        return _latency_target(
-            model, example_inputs, groups, per_layer, criterion, ratio, options, latency_opts
-        )
+        return _latency_target(model, example_inputs, groups, per_layer, criterion, ratio, options, latency_opts)
     if strategy not in TARGETS:
-        p = plan_groups(
-            groups,
-            per_layer,
-            strategy=strategy,
-            ratio=ratio,
-            layer_scores=layer_scores,
-            criterion=criterion,
-            **options,
-        )
+        p = plan_groups(groups, per_layer, strategy=strategy, ratio=ratio, layer_scores=layer_scores, criterion=criterion, **options)
         p.meta["input_shape"] = [1, *example_inputs.shape[1:]]
         if skipped:
             p.meta["not_planned"] = skipped
         _add_heads(p, heads, num_heads, head_ratio, head_skipped)
         return p
-    return _target_search(
-        model,
-        example_inputs,
-        groups,
-        per_layer,
-        layer_scores,
-        criterion,
-        strategy,
-        ratio,
-        base_strategy,
-        tolerance,
-        options,
-        skipped,
-        (heads, num_heads, head_ratio, head_skipped),
-    )
+    return _target_search(model, example_inputs, groups, per_layer, layer_scores, criterion, strategy, ratio,
+                          base_strategy, tolerance, options, skipped, (heads, num_heads, head_ratio, head_skipped))
 
 
 #: strategies whose ``ratio`` is a channel fraction: ``head_ratio="auto"`` prunes heads at that ratio
 HEAD_RATIO_STRATEGIES = ("uniform", "global", "afie")
 
 
-def plan_heads(
-    model: nn.Module, head_ratio: float
-) -> tuple[dict[str, torch.Tensor], dict[str, int], dict[str, str]]:
+def plan_heads(model: nn.Module, head_ratio: float) -> tuple[dict[str, torch.Tensor], dict[str, int], dict[str, str]]:
     """Whole heads to keep in every head-prunable attention module at ``head_ratio``
     (:mod:`lightprune.attention`: L1 head scores, ``round(head_ratio * H)`` heads removed, half-up, at
     least one kept). Returns ``(kept heads, heads before, {attention module: why its heads are kept})``."""
@@ -620,41 +552,18 @@ def _params(model: nn.Module, x: torch.Tensor) -> float:
 TARGETS: dict[str, Callable[[nn.Module, torch.Tensor], float]] = {"flops": _macs, "params": _params}
 
 
-def _target_search(
-    model,
-    example_inputs,
-    groups,
-    per_layer,
-    layer_scores,
-    criterion,
-    target_name,
-    ratio,
-    base_strategy,
-    tolerance,
-    options,
-    skipped=None,
-    head_plan=None,
-) -> Plan:
+def _target_search(model, example_inputs, groups, per_layer, layer_scores, criterion, target_name, ratio,
+                   base_strategy, tolerance, options, skipped=None, head_plan=None) -> Plan:
     """Bisection on the global channel ratio of ``base_strategy`` until ``measure(pruned copy)`` is at
     most ``(1 - ratio)`` of the original (channel counts are discrete: stops on a bracket < 1e-3)."""
     check_fraction("ratio", ratio)
-    check_choice(
-        "base_strategy", base_strategy, [n for n in _STRATEGIES if n != "manual" and not n.startswith("_")]
-    )
+    check_choice("base_strategy", base_strategy, [n for n in _STRATEGIES if n != "manual" and not n.startswith("_")])
     measure = TARGETS[target_name]
     value0 = measure(model, example_inputs)
     target = value0 * (1 - ratio)
 
     def at(r: float) -> tuple[float, Plan]:
-        p = plan_groups(
-            groups,
-            per_layer,
-            strategy=base_strategy,
-            ratio=r,
-            layer_scores=layer_scores,
-            criterion=criterion,
-            **options,
-        )
+        p = plan_groups(groups, per_layer, strategy=base_strategy, ratio=r, layer_scores=layer_scores, criterion=criterion, **options)
         if head_plan:
             _add_heads(p, *head_plan)  # the heads are fixed; the search is on the channel ratio
         clone = copy.deepcopy(model)
@@ -662,15 +571,7 @@ def _target_search(
         return measure(clone, example_inputs), p
 
     lo, hi = 0.0, 0.99
-    best = plan_groups(
-        groups,
-        per_layer,
-        strategy=base_strategy,
-        ratio=0.0,
-        layer_scores=layer_scores,
-        criterion=criterion,
-        **options,
-    )
+    best = plan_groups(groups, per_layer, strategy=base_strategy, ratio=0.0, layer_scores=layer_scores, criterion=criterion, **options)
     if head_plan:
         _add_heads(best, *head_plan)
     best_value = value0
@@ -697,14 +598,7 @@ def _target_search(
     best.strategy = target_name
     best.meta["input_shape"] = [1, *example_inputs.shape[1:]]
     best.target_ratio = float(ratio)
-    best.meta.update(
-        {
-            "base_strategy": base_strategy,
-            "channel_ratio": hi,
-            f"{unit}_before": value0,
-            f"{unit}_after": best_value,
-        }
-    )
+    best.meta.update({"base_strategy": base_strategy, "channel_ratio": hi, f"{unit}_before": value0, f"{unit}_after": best_value})
     return best
 
 
@@ -739,24 +633,9 @@ def _resolve_round_to(model, example_inputs, round_to, latency_opts) -> int | No
     return None if round_to == 1 else int(round_to)
 
 
-LATENCY_OPTIONS = (
-    "latency_batch_size",
-    "latency_input_size",
-    "latency_device",
-    "latency_dtype",
-    "latency_threads",
-    "latency_runs",
-    "latency_warmup",
-    "latency_tolerance",
-    "latency_refine",
-    "latency_verify",
-    "latency_cache_dir",
-    "latency_cache",
-    "latency_grid",
-    "latency_table",
-    "latency_measure",
-    "latency_stat",
-)
+LATENCY_OPTIONS = ("latency_batch_size", "latency_input_size", "latency_device", "latency_dtype", "latency_threads",
+                   "latency_runs", "latency_warmup", "latency_tolerance", "latency_refine", "latency_verify",
+                   "latency_cache_dir", "latency_cache", "latency_grid", "latency_table", "latency_measure", "latency_stat")
 
 
 def _latency_target(model, example_inputs, groups, per_layer, criterion, ratio, options, opts) -> Plan:
@@ -769,26 +648,20 @@ def _latency_target(model, example_inputs, groups, per_layer, criterion, ratio, 
     tiebreak = options.get("tiebreak")
     extra = sorted(set(options) - allowed)
     if extra:
-        raise ConfigError(
-            f"strategy='latency' does not take {extra}; it takes {sorted(allowed)} and the latency_* options"
-        )
+        raise ConfigError(f"strategy='latency' does not take {extra}; it takes {sorted(allowed)} and the latency_* options")
     round_to = options.get("round_to")
     min_keep = options.get("min_keep_fraction", 0.01)
     max_layer_ratio = options.get("max_layer_ratio", 0.9)
     check_fraction("min_keep_fraction", min_keep)
     check_fraction("max_layer_ratio", max_layer_ratio, low_open=True)
     device, dtype = _latency_setting(model, example_inputs, opts)
-    batch = check_positive_int(
-        "latency_batch_size", opts.get("latency_batch_size") or int(example_inputs.shape[0])
-    )
+    batch = check_positive_int("latency_batch_size", opts.get("latency_batch_size") or int(example_inputs.shape[0]))
     size = opts.get("latency_input_size")
     x = example_inputs[:1]
     if size is not None:
         hw = (size, size) if isinstance(size, int) else tuple(size)
         if x.ndim != 4 or len(hw) != 2:
-            raise ConfigError(
-                f"latency_input_size={size!r} is not allowed; give an int or (H, W) for image inputs"
-            )
+            raise ConfigError(f"latency_input_size={size!r} is not allowed; give an int or (H, W) for image inputs")
         x = torch.zeros(1, x.shape[1], *hw, dtype=x.dtype, device=x.device)
     runs = check_positive_int("latency_runs", opts.get("latency_runs", 10))
     warmup = int(opts.get("latency_warmup", 3))
@@ -799,31 +672,14 @@ def _latency_target(model, example_inputs, groups, per_layer, criterion, ratio, 
     stat = opts.get("latency_stat", "median")
     check_choice("latency_stat", stat, ("median", "min"))
     if measure is None:
-
         def measure(mod, inp):
-            return getattr(
-                evaluation_latency(mod, inp, runs=runs, warmup=warmup, threads=threads), f"{stat}_ms"
-            )
-
+            return getattr(evaluation_latency(mod, inp, runs=runs, warmup=warmup, threads=threads), f"{stat}_ms")
     table = opts.get("latency_table")
     if table is None:
         table = lat.build_latency_table(
-            model,
-            x,
-            groups,
-            batch_size=batch,
-            device=device,
-            dtype=dtype,
-            threads=threads,
-            runs=runs,
-            warmup=warmup,
-            grid=opts.get("latency_grid", lat.DEFAULT_GRID),
-            round_to=round_to,
-            cache=opts.get("latency_cache", True),
-            cache_path=opts.get("latency_cache_dir"),
-            measure=measure,
-            stat=stat,
-        )
+            model, x, groups, batch_size=batch, device=device, dtype=dtype, threads=threads, runs=runs, warmup=warmup,
+            grid=opts.get("latency_grid", lat.DEFAULT_GRID), round_to=round_to,
+            cache=opts.get("latency_cache", True), cache_path=opts.get("latency_cache_dir"), measure=measure, stat=stat)
     imp = [_group_importance(g, per_layer) for g in groups]
     keep_floor = [max(1, math.ceil(min_keep * g.channels - 1e-9)) for g in groups]
     full = [g.channels for g in groups]
@@ -831,15 +687,13 @@ def _latency_target(model, example_inputs, groups, per_layer, criterion, ratio, 
     goal = full_pred * (1 - ratio)
 
     def search(target_ms, first):
-        keep, pred = lat.greedy_search(
-            table, imp, target_ms, keep_floor=keep_floor, max_layer_ratio=max_layer_ratio, round_to=round_to
-        )
+        keep, pred = lat.greedy_search(table, imp, target_ms, keep_floor=keep_floor,
+                                       max_layer_ratio=max_layer_ratio, round_to=round_to)
         if pred > target_ms + 1e-9 and first:  # a corrected target out of reach: the narrowest plan is tried
             raise ConfigError(
                 f"strategy='latency': a reduction of {ratio} cannot be reached (max_layer_ratio={max_layer_ratio}, "
                 f"min_keep_fraction={min_keep}); the best reachable reduction is {1 - pred / full_pred:.3f} "
-                f"(predicted {pred:.3f} of {full_pred:.3f} ms)"
-            )
+                f"(predicted {pred:.3f} of {full_pred:.3f} ms)")
         return keep, pred
 
     def to_plan(keep):
@@ -865,19 +719,8 @@ def _latency_target(model, example_inputs, groups, per_layer, criterion, ratio, 
             prune(clone, p, example_inputs, measure_latency=False)
             # the original and the pruned copy timed with their runs interleaved: the reduction is the
             # median of per-round ratios (a drifting machine load cancels out)
-            m0, m, red = lat.measure_pair(
-                model,
-                clone,
-                x,
-                batch,
-                device,
-                dtype,
-                measure=user_measure,
-                runs=runs,
-                warmup=warmup,
-                threads=threads,
-                stat=stat,
-            )
+            m0, m, red = lat.measure_pair(model, clone, x, batch, device, dtype, measure=user_measure,
+                                          runs=runs, warmup=warmup, threads=threads, stat=stat)
             rec.update({"measured_before_ms": m0, "measured_ms": m, "measured_reduction": red})
         rounds.append(rec)
         err = abs(rec.get("measured_reduction", rec["predicted_reduction"]) - ratio)
@@ -890,33 +733,16 @@ def _latency_target(model, example_inputs, groups, per_layer, criterion, ratio, 
         factor = (1 - ratio) / max(1e-9, 1 - rec["measured_reduction"])
         target_ms = target_ms * min(1.3, max(0.7, factor))
     err, p, rec = best
-    p.meta.update(
-        {
-            "latency_target_met": bool(err <= tol),
-            "latency_tolerance": tol,
-            "input_shape": [1, *example_inputs.shape[1:]],
-            "latency_setting": {
-                "device": str(device),
-                "device_name": lat.device_name(device),
-                "dtype": str(dtype),
-                "batch_size": batch,
-                "input_shape": list(x.shape[1:]),
-                "threads": threads or torch.get_num_threads(),
-                "runs": runs,
-                "stat": stat,
-            },
-            "latency_before_ms": rec.get("measured_before_ms", measured_full),
-            "latency_predicted_ms": rec["predicted_ms"],
-            "latency_measured_ms": rec.get("measured_ms"),
-            "latency_predicted_reduction": rec["predicted_reduction"],
-            "latency_measured_reduction": rec.get("measured_reduction"),
-            "latency_rounds": rounds,
-            "latency_table": {
-                "layers": len(table.layers),
-                "measured": table.measured_layers,
-                "cached": table.cached_layers,
-            },
-            "round_to": round_to or 1,
-        }
-    )
+    p.meta.update({
+        "latency_target_met": bool(err <= tol), "latency_tolerance": tol,
+        "input_shape": [1, *example_inputs.shape[1:]],
+        "latency_setting": {"device": str(device), "device_name": lat.device_name(device), "dtype": str(dtype),
+                            "batch_size": batch, "input_shape": list(x.shape[1:]),
+                            "threads": threads or torch.get_num_threads(), "runs": runs, "stat": stat},
+        "latency_before_ms": rec.get("measured_before_ms", measured_full), "latency_predicted_ms": rec["predicted_ms"],
+        "latency_measured_ms": rec.get("measured_ms"), "latency_predicted_reduction": rec["predicted_reduction"],
+        "latency_measured_reduction": rec.get("measured_reduction"), "latency_rounds": rounds,
+        "latency_table": {"layers": len(table.layers), "measured": table.measured_layers, "cached": table.cached_layers},
+        "round_to": round_to or 1,
+    })
     return p

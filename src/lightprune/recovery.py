@@ -69,12 +69,7 @@ def _inputs(batch: object, keys: Sequence[str] | None) -> torch.Tensor:
 
 
 def _stream(
-    batches: Iterable[Any] | None,
-    *,
-    keys: Sequence[str] | None,
-    max_batches: int | None,
-    enabled: bool,
-    desc: str,
+    batches: Iterable[Any] | None, *, keys: Sequence[str] | None, max_batches: int | None, enabled: bool, desc: str
 ) -> Iterator[torch.Tensor]:
     """Input tensors of the first ``max_batches`` batches, behind the shared progress bar."""
     if batches is None or isinstance(batches, (str, bytes, torch.Tensor)) or not hasattr(batches, "__iter__"):
@@ -227,8 +222,7 @@ def recalibrate_bn(
     if max_batches is not None:
         check_positive_int("max_batches", max_batches)
     norms = [
-        (name, m)
-        for name, m in model.named_modules()
+        (name, m) for name, m in model.named_modules()
         if isinstance(m, BATCH_NORMS) and m.track_running_stats and m.running_mean is not None
     ]
     if not norms:
@@ -240,9 +234,7 @@ def recalibrate_bn(
         try:
             y = F.batch_norm(x, None, None, mod.weight, mod.bias, True, 0.0, mod.eps)
         except ValueError as err:  # "Expected more than 1 value per channel when training"
-            raise ConfigError(
-                f"recalibrate_bn: BatchNorm {_name!r} got inputs of shape {tuple(x.shape)}: {err}"
-            ) from None
+            raise ConfigError(f"recalibrate_bn: BatchNorm {_name!r} got inputs of shape {tuple(x.shape)}: {err}") from None
         s = sums[_name]
         s[0], s[1], n = _bn_update(x, s[0], s[1])
         s[2] += n
@@ -253,9 +245,7 @@ def recalibrate_bn(
     images = n_batches = 0
     try:
         with inference(model):
-            for x in _stream(
-                batches, keys=keys, max_batches=max_batches, enabled=progress, desc="recalibrating BatchNorm"
-            ):
+            for x in _stream(batches, keys=keys, max_batches=max_batches, enabled=progress, desc="recalibrating BatchNorm"):
                 if x.shape[0] == 0:
                     continue
                 _forward(model, x.to(device))
@@ -271,17 +261,12 @@ def recalibrate_bn(
         s1, s2, n = sums[name]
         c = m.running_mean.numel()
         zeros = torch.zeros(c, dtype=torch.float64, device=device)
-        parts += [
-            torch.tensor([n], dtype=torch.float64, device=device),
-            zeros if s1 is None else s1.to(device),
-            zeros if s2 is None else s2.to(device),
-        ]
+        parts += [torch.tensor([n], dtype=torch.float64, device=device),
+                  zeros if s1 is None else s1.to(device), zeros if s2 is None else s2.to(device)]
     flat = _all_reduce_sum(torch.cat(parts))
     images, n_batches = int(flat[0]), int(flat[1])
     if images == 0:
-        raise ConfigError(
-            "recalibrate_bn: batches holds no image" + (" on any rank" if _distributed() else "")
-        )
+        raise ConfigError("recalibrate_bn: batches holds no image" + (" on any rank" if _distributed() else ""))
     offset = 2
     with torch.no_grad():
         for _, m in norms:
@@ -398,9 +383,7 @@ def _layer_rows(
     if isinstance(layer, nn.Conv2d):
         yp = y.flatten(2)  # (N, C_out, P)
         idx = _positions(yp.shape[0], yp.shape[2], positions, seed, y.device)
-        return _patch_rows(layer, _padded(layer, x), None if idx is None else idx.to(x.device)), _grid_rows(
-            yp, idx
-        )
+        return _patch_rows(layer, _padded(layer, x), None if idx is None else idx.to(x.device)), _grid_rows(yp, idx)
     xp = x.reshape(x.shape[0], -1, x.shape[-1]).transpose(1, 2)  # Linear on (N, ..., F): (N, F, T)
     yp = y.reshape(y.shape[0], -1, y.shape[-1]).transpose(1, 2)
     idx = _positions(xp.shape[0], xp.shape[2], positions, seed, x.device)
@@ -435,9 +418,7 @@ class _NormalEquations:
             return
         g, r = self.gram.numel(), self.rhs.numel()
         rows = torch.tensor([self.rows], dtype=torch.float64, device=self.gram.device)
-        flat = _all_reduce_sum(
-            torch.cat([self.gram.reshape(-1), self.rhs.reshape(-1), self.yy.reshape(1), rows])
-        )
+        flat = _all_reduce_sum(torch.cat([self.gram.reshape(-1), self.rhs.reshape(-1), self.yy.reshape(1), rows]))
         self.gram, self.rhs = flat[:g].view_as(self.gram), flat[g : g + r].view_as(self.rhs)
         self.yy, self.rows = flat[g + r], int(flat[g + r + 1])
 
@@ -489,9 +470,7 @@ def _out_map(name: str, pruned_out: int, original_out: int, plan: Any) -> torch.
             "pass plan= (the Plan that pruned it) so the kept outputs are known"
         )
     if len(keep) != pruned_out:
-        raise ConfigError(
-            f"reconstruct: the plan keeps {len(keep)} outputs of {name!r}, the pruned layer has {pruned_out}"
-        )
+        raise ConfigError(f"reconstruct: the plan keeps {len(keep)} outputs of {name!r}, the pruned layer has {pruned_out}")
     return torch.as_tensor(keep, dtype=torch.long)
 
 
@@ -507,15 +486,14 @@ def _n_out(m: nn.Module) -> int:
     return m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
 
 
-def _refit_layers(pruned: nn.Module, original: nn.Module, layers: Sequence[str] | None) -> list[str]:
+def _refit_layers(
+    pruned: nn.Module, original: nn.Module, layers: Sequence[str] | None
+) -> list[str]:
     """The layers to refit: those named (checked) or every Conv2d/Linear whose inputs were reduced."""
     p_mods, o_mods = dict(pruned.named_modules()), dict(original.named_modules())
     if layers is None:
-        return [
-            n
-            for n, m in p_mods.items()
-            if _fittable(m) and type(o_mods.get(n)) is type(m) and _n_in(m) < _n_in(o_mods[n])
-        ]
+        return [n for n, m in p_mods.items()
+                if _fittable(m) and type(o_mods.get(n)) is type(m) and _n_in(m) < _n_in(o_mods[n])]
     layers = [layers] if isinstance(layers, str) else list(layers)
     for name in layers:
         if name not in p_mods or name not in o_mods:
@@ -523,9 +501,7 @@ def _refit_layers(pruned: nn.Module, original: nn.Module, layers: Sequence[str] 
             raise ConfigError(f"layers contains {name!r}, which the {where} network does not have")
         pm, om = p_mods[name], o_mods[name]
         if not _fittable(pm) or type(pm) is not type(om):
-            raise ConfigError(
-                f"layers contains {name!r} ({type(pm).__name__}); allowed: Conv2d with groups=1 and Linear"
-            )
+            raise ConfigError(f"layers contains {name!r} ({type(pm).__name__}); allowed: Conv2d with groups=1 and Linear")
         if _n_in(pm) >= _n_in(om):
             raise ConfigError(
                 f"layers contains {name!r}, whose inputs were not reduced ({_n_in(pm)} in pruned, {_n_in(om)} in original)"
@@ -534,20 +510,9 @@ def _refit_layers(pruned: nn.Module, original: nn.Module, layers: Sequence[str] 
 
 
 def _accumulate(
-    pruned: nn.Module,
-    original: nn.Module,
-    name: str,
-    layer_index: int,
-    calls: int,
-    eq: _NormalEquations,
-    out_map: torch.Tensor | None,
-    batches: Iterable[Any],
-    *,
-    positions: int | None,
-    seed: int,
-    keys: Sequence[str] | None,
-    max_batches: int | None,
-    progress: bool,
+    pruned: nn.Module, original: nn.Module, name: str, layer_index: int, calls: int, eq: _NormalEquations,
+    out_map: torch.Tensor | None, batches: Iterable[Any], *, positions: int | None, seed: int,
+    keys: Sequence[str] | None, max_batches: int | None, progress: bool,
 ) -> None:
     """Stream the batches through both networks and add the rows of every call of layer ``name`` to
     ``eq``: the pruned network's forward stops right before its layer's last call (only its inputs are
@@ -561,15 +526,11 @@ def _accumulate(
         if len(store) == calls:
             raise _Stop  # nothing after this layer is needed
 
-    handles = [
-        pm.register_forward_pre_hook(lambda m, a: grab(xs, a[0])),
-        om.register_forward_hook(lambda m, a, o: grab(ys, o)),
-    ]
+    handles = [pm.register_forward_pre_hook(lambda m, a: grab(xs, a[0])),
+               om.register_forward_hook(lambda m, a, o: grab(ys, o))]
     p_dev, o_dev = model_device(pruned), model_device(original)
     try:
-        stream = _stream(
-            batches, keys=keys, max_batches=max_batches, enabled=progress, desc=f"reconstructing {name}"
-        )
+        stream = _stream(batches, keys=keys, max_batches=max_batches, enabled=progress, desc=f"reconstructing {name}")
         for bi, x in enumerate(stream):
             if x.shape[0] == 0:
                 continue
@@ -578,9 +539,7 @@ def _accumulate(
             _forward(original, x.to(o_dev))
             _forward(pruned, x.to(p_dev))
             for ci, (xin, yout) in enumerate(zip(xs, ys, strict=True)):
-                xr, yr = _layer_rows(
-                    pm, xin, yout.to(xin.device), positions, _draw_seed(seed, layer_index, bi, ci)
-                )
+                xr, yr = _layer_rows(pm, xin, yout.to(xin.device), positions, _draw_seed(seed, layer_index, bi, ci))
                 eq.update(xr, yr if out_map is None else yr[:, out_map.to(yr.device)])
     finally:
         xs.clear()
@@ -693,10 +652,8 @@ def reconstruct(
     p_mods, o_mods = dict(pruned.named_modules()), dict(original.named_modules())
     p_dev = model_device(pruned)
     calls: dict[str, int] = {}
-    handles = [
-        p_mods[n].register_forward_pre_hook(lambda m, a, _n=n: calls.__setitem__(_n, calls.get(_n, 0) + 1))
-        for n in candidates
-    ]
+    handles = [p_mods[n].register_forward_pre_hook(lambda m, a, _n=n: calls.__setitem__(_n, calls.get(_n, 0) + 1))
+               for n in candidates]
     try:
         with inference(pruned):
             _forward(pruned, first.to(p_dev))
@@ -705,14 +662,10 @@ def reconstruct(
             h.remove()
     missing = [n for n in candidates if n not in calls]
     if missing and layers is not None:
-        raise ConfigError(
-            f"layers contains {missing[0]!r}, which does not run in the forward pass: it gets no data"
-        )
+        raise ConfigError(f"layers contains {missing[0]!r}, which does not run in the forward pass: it gets no data")
     order = list(calls)  # insertion order = order of the first calls
     norms: dict[str, nn.Module] = {}
-    if any(
-        p_mods[n].bias is None for n in order
-    ):  # a BatchNorm right after a bias-free layer takes the intercept
+    if any(p_mods[n].bias is None for n in order):  # a BatchNorm right after a bias-free layer takes the intercept
         from .collect import following_norms
 
         with inference(pruned):  # restores each module's own mode (the trace resets them all)
@@ -730,32 +683,14 @@ def reconstruct(
         n_w = pm.weight[0].numel()
         eq = _NormalEquations(n_w, _n_out(pm), intercept != "none", p_dev)
         with inference(pruned), inference(original):
-            _accumulate(
-                pruned,
-                original,
-                name,
-                li,
-                calls[name],
-                eq,
-                out_map,
-                batches,
-                positions=positions,
-                seed=seed,
-                keys=keys,
-                max_batches=max_batches,
-                progress=progress,
-            )
+            _accumulate(pruned, original, name, li, calls[name], eq, out_map, batches, positions=positions,
+                        seed=seed, keys=keys, max_batches=max_batches, progress=progress)
         eq.reduce()
         if eq.rows == 0:
             raise ConfigError(f"reconstruct: layer {name!r} received no image from batches")
         theta = _solve(eq.gram, eq.rhs, float(ridge), n_w)
-        report[name] = LayerFit(
-            _rel_error(_theta_of(pm, intercept), eq),
-            _rel_error(theta, eq),
-            eq.rows,
-            n_w + (intercept != "none"),
-            intercept,
-        )
+        report[name] = LayerFit(_rel_error(_theta_of(pm, intercept), eq), _rel_error(theta, eq), eq.rows,
+                                n_w + (intercept != "none"), intercept)
         with torch.no_grad():
             pm.weight.copy_(theta[:n_w].t().reshape(pm.weight.shape))
             if intercept == "bias":
@@ -814,9 +749,7 @@ def distillation_loss(
             f"{tuple(teacher_logits.shape)}; the teacher must have the same outputs (classes) as the student"
         )
     if student_logits.ndim != 2:
-        raise ConfigError(
-            f"distillation: logits must be (batch, classes); got shape {tuple(student_logits.shape)}"
-        )
+        raise ConfigError(f"distillation: logits must be (batch, classes); got shape {tuple(student_logits.shape)}")
     t = float(temperature)
     log_s = F.log_softmax(student_logits / t, dim=1)
     log_t = F.log_softmax(teacher_logits.detach().to(student_logits.dtype) / t, dim=1)
@@ -876,9 +809,7 @@ class Teacher:
         try:
             model.load_state_dict(state_dict)
         except RuntimeError as err:
-            raise ConfigError(
-                f"Teacher.from_state: the state_dict does not fit the built network: {err}"
-            ) from None
+            raise ConfigError(f"Teacher.from_state: the state_dict does not fit the built network: {err}") from None
         return cls(model)
 
     def to(self, *args: Any, **kwargs: Any) -> Teacher:
@@ -891,12 +822,7 @@ class Teacher:
             if x.device != model_device(self.model):
                 self.model.to(x.device)
             first = next(self.model.parameters(), None)
-            if (
-                x.is_floating_point()
-                and first is not None
-                and first.is_floating_point()
-                and first.dtype != x.dtype
-            ):
+            if x.is_floating_point() and first is not None and first.is_floating_point() and first.dtype != x.dtype:
                 self.model.to(x.dtype)
         self.model.eval()
         with torch.no_grad():
@@ -964,9 +890,7 @@ def index_maps(model: nn.Module, apply_prune: Callable[[nn.Module], Any]) -> dic
     maps: dict[str, torch.Tensor] = {}
     for name, p in twin.named_parameters():
         if name not in numel:
-            raise ConfigError(
-                f"index_maps: apply_prune added parameter {name!r}; it may only remove elements"
-            )
+            raise ConfigError(f"index_maps: apply_prune added parameter {name!r}; it may only remove elements")
         v = p.detach().reshape(-1)
         idx = v.round().long()
         if (
@@ -998,11 +922,7 @@ def snapshot_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module)
                 "that is not a parameter of the model"
             )
         snap[names[id(p)]] = ParamState(
-            tuple(p.shape),
-            {
-                k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
-                for k, v in state.items()
-            },
+            tuple(p.shape), {k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v) for k, v in state.items()}
         )
     return snap
 
@@ -1040,9 +960,7 @@ def restore_optimizer_state(
             continue
         entry = snapshot[name]
         if name not in maps:
-            raise ConfigError(
-                f"restore_optimizer_state: no index map for parameter {name!r}; maps come from index_maps()"
-            )
+            raise ConfigError(f"restore_optimizer_state: no index map for parameter {name!r}; maps come from index_maps()")
         idx = maps[name]
         if idx.numel() != p.numel():
             raise ConfigError(

@@ -66,9 +66,7 @@ class Iterative(OneShot):
         for i, r in enumerate(step_ratios):
             check_fraction(f"step_ratios[{i}]", r)
         if any(b <= a for a, b in zip(step_ratios, step_ratios[1:], strict=False)):
-            raise ConfigError(
-                f"step_ratios={list(step_ratios)} is not allowed; the ratios must increase strictly"
-            )
+            raise ConfigError(f"step_ratios={list(step_ratios)} is not allowed; the ratios must increase strictly")
         self.step_ratios = [float(r) for r in step_ratios]
         self.ratio = self.step_ratios[-1]
 
@@ -78,9 +76,7 @@ class Iterative(OneShot):
         return cls(at_epoch, [ratio * (i + 1) / steps for i in range(steps)], every_n_epochs)
 
     def events(self, groups: Sequence[Sequence[str]] | None = None) -> list[PruneEvent]:
-        return [
-            PruneEvent(i, self.at_epoch + i * self.every_n_epochs, r) for i, r in enumerate(self.step_ratios)
-        ]
+        return [PruneEvent(i, self.at_epoch + i * self.every_n_epochs, r) for i, r in enumerate(self.step_ratios)]
 
     def step_ratio(self, event: PruneEvent, previous: float = 0.0) -> float:
         """Ratio relative to the current widths that reaches the event's cumulative ratio."""
@@ -92,9 +88,7 @@ class Progressive(OneShot):
 
     needs_groups = True
 
-    def __init__(
-        self, at_epoch: int, ratio: float, layer_groups: int | None = None, finetune_epochs: int = 1
-    ) -> None:
+    def __init__(self, at_epoch: int, ratio: float, layer_groups: int | None = None, finetune_epochs: int = 1) -> None:
         super().__init__(at_epoch, ratio)
         self.layer_groups = None if layer_groups is None else check_positive_int("layer_groups", layer_groups)
         self.finetune_epochs = check_positive_int("finetune_epochs", finetune_epochs)

@@ -107,9 +107,7 @@ def consumer_input_means(
     return {n: sums[n] / counts[n] for n in sums}
 
 
-def _balance(
-    consumer: nn.Module, name: str, idxs: list[int], mean_in: torch.Tensor, norm: nn.Module | None
-) -> None:
+def _balance(consumer: nn.Module, name: str, idxs: list[int], mean_in: torch.Tensor, norm: nn.Module | None) -> None:
     """Add the removed inputs' mean contribution to the consumer's bias (or fold it into its BatchNorm)."""
     w = consumer.weight.detach().double()
     cols = torch.tensor(idxs, dtype=torch.long, device=w.device)
@@ -125,9 +123,7 @@ def _balance(
             # BN(y + delta) in eval mode == BN with running_mean - delta; in training BN removes constants anyway
             norm.running_mean.sub_(delta.to(norm.running_mean.dtype))
         else:
-            raise ConfigError(
-                f"bias balancing: consumer {name!r} has no bias and no BatchNorm to absorb the shift"
-            )
+            raise ConfigError(f"bias balancing: consumer {name!r} has no bias and no BatchNorm to absorb the shift")
 
 
 def prune(
@@ -195,16 +191,10 @@ def prune(
         if attn not in modules:
             raise ConfigError(f"the plan names attention module {attn!r}, which the model does not have")
         if getattr(modules[attn], "num_heads", None) != h:
-            raise ConfigError(
-                f"the plan expects {h} heads in {attn!r} but the model has "
-                f"{getattr(modules[attn], 'num_heads', None)}"
-            )
+            raise ConfigError(f"the plan expects {h} heads in {attn!r} but the model has "
+                              f"{getattr(modules[attn], 'num_heads', None)}")
     macs0, params0 = count_macs_params(model, example_inputs)
-    lat0 = (
-        evaluation.measure_latency(model, example_inputs, runs=latency_runs).to_dict()
-        if measure_latency
-        else None
-    )
+    lat0 = evaluation.measure_latency(model, example_inputs, runs=latency_runs).to_dict() if measure_latency else None
     before = {n: plan.channels[n] for n in plan.keep}
     with inference(model):
         out_shape = _output_shapes(model(example_inputs))
@@ -221,9 +211,7 @@ def prune(
         removed = plan.removed(root)
         for m in members[1:]:
             if plan.removed(m) != removed:
-                raise ConfigError(
-                    f"the plan removes different channels from coupled layers {root!r} and {m!r}"
-                )
+                raise ConfigError(f"the plan removes different channels from coupled layers {root!r} and {m!r}")
         if not removed:
             continue
         items = group_items(dg, pruning_group(dg, modules[root], removed), names)
@@ -283,25 +271,15 @@ def prune(
     fits: dict[str, Any] = {}
     if reconstruct:
         if calibration is None:
-            raise ConfigError(
-                "reconstruct=True needs calibration= (batches of the scoring set or training data)"
-            )
-        fits = {
-            n: f.to_dict()
-            for n, f in recovery.reconstruct(
-                model, backup, calibration, plan=plan, **dict(reconstruct_kwargs or {})
-            ).items()
-        }
+            raise ConfigError("reconstruct=True needs calibration= (batches of the scoring set or training data)")
+        fits = {n: f.to_dict() for n, f in recovery.reconstruct(model, backup, calibration, plan=plan,
+                                                                 **dict(reconstruct_kwargs or {})).items()}
         recovered.append("reconstruct")
     if calibration is not None and recalibrate_bn and recovery.recalibrate_bn(model, calibration):
         recovered.append("recalibrate_bn")
     after = {layer: _width(modules[layer]) for layer in plan.keep}
     macs1, params1 = count_macs_params(model, example_inputs)
-    lat1 = (
-        evaluation.measure_latency(model, example_inputs, runs=latency_runs).to_dict()
-        if measure_latency
-        else None
-    )
+    lat1 = evaluation.measure_latency(model, example_inputs, runs=latency_runs).to_dict() if measure_latency else None
     return PruneReport(params0, params1, macs0, macs1, before, after, lat0, lat1, balanced, recovered, fits)
 
 
@@ -326,9 +304,7 @@ def _check_after(model, backup, plan, modules, example_inputs, out_shape, train_
     problem = None
     for layer in plan.keep:
         if _width(modules[layer]) != len(plan.keep[layer]):
-            problem = (
-                f"{layer!r} has {_width(modules[layer])} channels, the plan keeps {len(plan.keep[layer])}"
-            )
+            problem = f"{layer!r} has {_width(modules[layer])} channels, the plan keeps {len(plan.keep[layer])}"
             break
     for attn, kept in plan.heads.items():
         if problem is None and modules[attn].num_heads != len(kept):
@@ -345,9 +321,7 @@ def _check_after(model, backup, plan, modules, example_inputs, out_shape, train_
                 with training_mode(model), torch.no_grad():
                     shape = _output_shapes(model(two_samples(example_inputs)))
                 if shape != train_shape:
-                    problem = (
-                        f"the network's training-mode output shape changed from {train_shape} to {shape}"
-                    )
+                    problem = f"the network's training-mode output shape changed from {train_shape} to {shape}"
         except RuntimeError as err:
             problem = f"the pruned network no longer runs{mode}: {str(err).splitlines()[0]}"
     if problem is not None:
@@ -355,9 +329,7 @@ def _check_after(model, backup, plan, modules, example_inputs, out_shape, train_
         raise ConfigError(f"the prune was undone: {problem}")
 
 
-def restore(
-    model: nn.Module, plan_dict: Plan | Mapping[str, Any], example_inputs: torch.Tensor | None = None
-) -> nn.Module:
+def restore(model: nn.Module, plan_dict: Plan | Mapping[str, Any], example_inputs: torch.Tensor | None = None) -> nn.Module:
     """Replay a saved plan on a freshly built model, so that the pruned model's plain ``state_dict``
     loads into it (``model.load_state_dict(pruned_state_dict)``). Returns ``model``.
 

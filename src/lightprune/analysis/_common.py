@@ -91,9 +91,7 @@ class _BatchView:
             x, y = split_batch(batch)
             if self.random_scale is not None:
                 lo, hi = self.random_scale
-                u = torch.rand(
-                    x.shape[0], generator=torch.Generator().manual_seed(self.seed + b), dtype=torch.float64
-                )
+                u = torch.rand(x.shape[0], generator=torch.Generator().manual_seed(self.seed + b), dtype=torch.float64)
                 factors = (lo + (hi - lo) * u).to(x.dtype).to(x.device)
                 x = x * factors.reshape(-1, *([1] * (x.ndim - 1)))
             if self.only_class is not None:
@@ -161,9 +159,7 @@ def class_count(data: ScoringSet, given: int | None) -> int:
         return int(data.num_classes)
     top = max((int(y.max()) for _, y in data.batches), default=-1)
     if top < 1:
-        raise ConfigError(
-            "num_classes could not be inferred (fewer than 2 classes in the labels); pass num_classes="
-        )
+        raise ConfigError("num_classes could not be inferred (fewer than 2 classes in the labels); pass num_classes=")
     return top + 1
 
 
@@ -297,9 +293,7 @@ class MaskedEval:
     ) -> None:
         check_choice("mode", mode, ABLATION_MODES)
         if mode == "mean" and fill is None:
-            raise ConfigError(
-                "mode='mean' needs the fill values (fill=, see lightprune.surgery.removed_channel_fill)"
-            )
+            raise ConfigError("mode='mean' needs the fill values (fill=, see lightprune.surgery.removed_channel_fill)")
         sizes = {int(m.shape[0]) for m in masks.values()} or {1}
         if len(sizes) != 1:
             raise ConfigError(f"every layer needs the same number of configurations; got {sorted(sizes)}")

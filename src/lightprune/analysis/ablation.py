@@ -94,18 +94,8 @@ NORMALIZERS = ("minmax", "max", "mean", "rank", "none")
 RANDOM = "random"
 #: columns of the summary table (markdown)
 SUMMARY_COLUMNS = [
-    "unit",
-    "criterion",
-    "order",
-    "channels",
-    "acc_0",
-    "acc_25",
-    "acc_50",
-    "acc_75",
-    "acc_end",
-    "area",
-    "removed_at_90",
-    "per_class_gain",
+    "unit", "criterion", "order", "channels", "acc_0", "acc_25", "acc_50", "acc_75", "acc_end", "area",
+    "removed_at_90", "per_class_gain",
 ]
 
 
@@ -483,9 +473,7 @@ def cumulative_ablation(
         scoring = test_data
     needs_scoring = mode == "mean" or class_specific or any(_needs_data(c) for c in crits)
     score_batches = (
-        resolve_scoring_set(
-            scoring, samples_per_class=samples_per_class, classes=classes, argument="scoring"
-        ).batches
+        resolve_scoring_set(scoring, samples_per_class=samples_per_class, classes=classes, argument="scoring").batches
         if scoring is not None
         else None
     )
@@ -516,13 +504,7 @@ def cumulative_ablation(
         _class_scores(net, crits, score_batches, names, n_classes, progress) if class_specific else {}
     )
     gen = torch.Generator().manual_seed(seed)
-    masked = {
-        "mode": mode,
-        "fill": means,
-        "num_classes": n_classes,
-        "max_images": max_images,
-        "progress": progress,
-    }
+    masked = {"mode": mode, "fill": means, "num_classes": n_classes, "max_images": max_images, "progress": progress}
     result = AblationResult([], [], [], {})
     steps_used: dict[str, int] = {}
     for unit, members in units:
@@ -546,9 +528,7 @@ def cumulative_ablation(
         steps_used[unit] = step or (1 if scope == "layer" else max(1, math.ceil(total / 50)))
         counts = _counts(total, steps_used[unit], max_fraction)
         layer_set = {n: found[n] for n in members}
-        met, plan_idx = _evaluate_plans(
-            net, layer_set, sizes, offsets, plans, counts, test_batches, masked, unit
-        )
+        met, plan_idx = _evaluate_plans(net, layer_set, sizes, offsets, plans, counts, test_batches, masked, unit)
         _collect(result, unit, plans, plan_idx, counts, total, met, n_classes)
 
     meta = {

@@ -166,11 +166,7 @@ class AuditResult:
             axes.flat[0].legend(fontsize=6)
             fig.suptitle(
                 f"randomness audit: {self.meta['layer']} ({self.meta['repeats']} "
-                + (
-                    "random networks)"
-                    if self.meta.get("reinit", "model") == "model"
-                    else "re-initialisations)"
-                )
+                + ("random networks)" if self.meta.get("reinit", "model") == "model" else "re-initialisations)")
             )
         return save_figure(fig, path)
 
@@ -285,9 +281,7 @@ def _prepare(model, scoring, test_data, layer, layers, criteria, samples_per_cla
         raise ConfigError(
             "scoring= is required: a data module, a DataLoader or (inputs, labels) batches of the scoring set"
         )
-    scoring_set = resolve_scoring_set(
-        scoring, samples_per_class=samples_per_class, classes=classes, argument="scoring"
-    )
+    scoring_set = resolve_scoring_set(scoring, samples_per_class=samples_per_class, classes=classes, argument="scoring")
     batches = scoring_set.batches
     example = scoring_set.example_inputs(2, model_device(net))
     if not isinstance(layer, str):
@@ -498,35 +492,22 @@ def randomness_audit(
     repeats = check_positive_int("repeats", repeats)
     check_choice("reinit", reinit, REINIT_SCOPES)
     if any(isinstance(c, Scores) for c in resolve_criteria(criteria)):
-        raise ConfigError(
-            "randomness_audit scores random networks: give criterion names or Criterion instances, not Scores"
-        )
+        raise ConfigError("randomness_audit scores random networks: give criterion names or Criterion instances, not Scores")
     net, crits, batches, example, _, test_batches, n_classes = _prepare(
         model, scoring, test_data, layer, [layer], criteria, samples_per_class, classes, num_classes
     )
     rows: list[dict[str, Any]] = []
-    means: dict[str, dict[str, Any]] = {
-        c: {"trained": None, "random": []} for c in map(criterion_label, crits)
-    }
+    means: dict[str, dict[str, Any]] = {c: {"trained": None, "random": []} for c in map(criterion_label, crits)}
     accs: dict[str, float] = {}
     bar = evaluation.progress(enabled=progress, desc="randomness audit", total=len(crits) * (repeats + 1))
     with bar:
         for key, other in _random_networks(net, layer, reinit, repeats, seed):
             for c in crits:
                 crit = copy.deepcopy(c) if not isinstance(c, str) else c
-                v = compute_scores(other, crit, batches, [layer], num_classes=n_classes, progress=False)[
-                    layer
-                ]
+                v = compute_scores(other, crit, batches, [layer], num_classes=n_classes, progress=False)[layer]
                 v = v.double()
-                row = {
-                    "criterion": criterion_label(c),
-                    "network": key,
-                    "layer": layer,
-                    "mean": float(v.mean()),
-                    "std": float(v.std()) if v.numel() > 1 else 0.0,
-                    "min": float(v.min()),
-                    "max": float(v.max()),
-                }
+                row = {"criterion": criterion_label(c), "network": key, "layer": layer, "mean": float(v.mean()),
+                       "std": float(v.std()) if v.numel() > 1 else 0.0, "min": float(v.min()), "max": float(v.max())}
                 if test_batches is not None:
                     if key not in accs:
                         accs[key] = _accuracy(other, test_batches, n_classes, None)
@@ -559,18 +540,10 @@ def randomness_audit(
     )
     if accs:
         r_acc = np.asarray([v for k, v in accs.items() if k != "trained"])
-        note += (
-            f" Test accuracy: trained {accs['trained']:.4f}, random {r_acc.mean():.4f} ({r_acc.std():.4f})."
-        )
+        note += f" Test accuracy: trained {accs['trained']:.4f}, random {r_acc.mean():.4f} ({r_acc.std():.4f})."
     cols = ["criterion", "trained", "random mean (std)", "trained > random"]
-    meta = {
-        "layer": layer,
-        "repeats": repeats,
-        "reinit": reinit,
-        "seed": seed,
-        "criteria": list(means),
-        "test_acc": accs,
-    }
+    meta = {"layer": layer, "repeats": repeats, "reinit": reinit, "seed": seed, "criteria": list(means),
+            "test_acc": accs}
     return AuditResult(
         "randomness_audit",
         rows,

@@ -43,9 +43,7 @@ def load_checkpoint(path: str | Path | None, device: str = "cpu"):
     from ..module import ClassificationModule
 
     if path is None:
-        raise ConfigError(
-            "ckpt=None: give the ClassificationModule checkpoint (.ckpt) of the trained network"
-        )
+        raise ConfigError("ckpt=None: give the ClassificationModule checkpoint (.ckpt) of the trained network")
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"ckpt={str(path)!r} is not allowed; no such file")
@@ -72,10 +70,7 @@ def build_datamodule(options: Mapping[str, Any], hparams: Mapping[str, Any]):
     else:
         cls = CIFAR10DataModule if options["data"] == "cifar10" else CIFAR100DataModule
         dm = cls(
-            data_dir=options["data_dir"],
-            batch_size=options["batch_size"],
-            seed=options["data_seed"],
-            num_workers=0,
+            data_dir=options["data_dir"], batch_size=options["batch_size"], seed=options["data_seed"], num_workers=0
         )
     nc = hparams.get("num_classes")
     if nc is not None and nc != dm.num_classes:
@@ -116,71 +111,31 @@ def _options() -> dict[str, tuple[str, str, list[tuple[str, Any, Any, str]]]]:
 
     audit_criteria = "criteria (lightprune.list_criteria()); default: " + ", ".join(DEFAULT_AUDIT_CRITERIA)
     ablation = [
-        (
-            "layers",
-            list[str] | str | None,
-            None,
-            "layers to ablate, each on its own (scope layer) or ranked together "
-            "(scope network); null: every prunable layer",
-        ),
+        ("layers", list[str] | str | None, None, "layers to ablate, each on its own (scope layer) or ranked together "
+         "(scope network); null: every prunable layer"),
         ("criteria", list[str] | str, ["l1", "feature_entropy"], "criteria (lightprune.list_criteria())"),
-        (
-            "mode",
-            str,
-            "zero",
-            "what a removed channel outputs: zero, or mean (bias balancing: the mean of what "
-            "its consumer receives, as lp.prune(bias_balancing=True))",
-        ),
-        (
-            "scope",
-            str,
-            "layer",
-            f"one of {', '.join(SCOPES)}: rank within each layer, or all layers together",
-        ),
-        (
-            "orders",
-            list[str] | str,
-            list(ORDERS),
-            f"removal orders, named by what goes first: a subset of "
-            f"{', '.join(ORDERS)} (aliases: {', '.join(ORDER_ALIASES)})",
-        ),
+        ("mode", str, "zero", "what a removed channel outputs: zero, or mean (bias balancing: the mean of what "
+         "its consumer receives, as lp.prune(bias_balancing=True))"),
+        ("scope", str, "layer", f"one of {', '.join(SCOPES)}: rank within each layer, or all layers together"),
+        ("orders", list[str] | str, list(ORDERS), f"removal orders, named by what goes first: a subset of "
+         f"{', '.join(ORDERS)} (aliases: {', '.join(ORDER_ALIASES)})"),
         ("random_orders", int, 3, "random permutations averaged (0: none)"),
         ("step", int | None, None, "channels removed per step (null: 1 layer-wise, total/50 whole-network)"),
         ("max_fraction", float, 1.0, "stop after removing this fraction of the channels, in (0, 1]"),
         ("normalize", str, "minmax", f"per-layer normalisation for scope network: {', '.join(NORMALIZERS)}"),
         ("class_specific", bool, False, "also rank per class and report the class-specific per-class gain"),
         ("seed", int, 0, "seed of the random orders and of random_rescale"),
-        (
-            "random_rescale",
-            tuple[float, float] | None,
-            None,
-            "[lo, hi], e.g. [0.5, 1.5]: every scoring and "
-            "test image multiplied by its own random factor from [lo, hi] (seeded; the paper's A.7); null: none",
-        ),
-        (
-            "max_images",
-            int,
-            2048,
-            "images per forward pass (configurations of one batch are stacked up to it)",
-        ),
+        ("random_rescale", tuple[float, float] | None, None, "[lo, hi], e.g. [0.5, 1.5]: every scoring and "
+         "test image multiplied by its own random factor from [lo, hi] (seeded; the paper's A.7); null: none"),
+        ("max_images", int, 2048, "images per forward pass (configurations of one batch are stacked up to it)"),
     ]
     rescale = [
-        (
-            "layer",
-            str | None,
-            None,
-            "the layer whose filters are scaled (its scores fill the table). Required",
-        ),
+        ("layer", str | None, None, "the layer whose filters are scaled (its scores fill the table). Required"),
         ("criteria", list[str] | str, list(DEFAULT_AUDIT_CRITERIA), audit_criteria),
         ("scale", float, 0.5, "the factor"),
-        (
-            "bn",
-            str,
-            "auto",
-            f"one of {', '.join(BN_MODES)}: fold adapts the running statistics of the BatchNorm "
-            "after a scaled tensor (what its re-normalisation learns), keep leaves them, auto folds when the "
-            "network has a BatchNorm (nothing to do on a BatchNorm-free network)",
-        ),
+        ("bn", str, "auto", f"one of {', '.join(BN_MODES)}: fold adapts the running statistics of the BatchNorm "
+         "after a scaled tensor (what its re-normalisation learns), keep leaves them, auto folds when the "
+         "network has a BatchNorm (nothing to do on a BatchNorm-free network)"),
         ("layers", list[str] | str | None, None, "layers scored (null: every prunable layer)"),
         ("test", bool, True, "also report the test accuracy of each condition"),
     ]
@@ -188,13 +143,8 @@ def _options() -> dict[str, tuple[str, str, list[tuple[str, Any, Any, str]]]]:
         ("layer", str | None, None, "the layer whose scores are compared. Required"),
         ("criteria", list[str] | str, list(DEFAULT_AUDIT_CRITERIA), audit_criteria),
         ("repeats", int, 100, "random networks (100: the feature-entropy paper's sample size)"),
-        (
-            "reinit",
-            str,
-            "model",
-            f"one of {', '.join(REINIT_SCOPES)}: whole randomly initialised networks, or "
-            "the trained network with only that layer re-initialised",
-        ),
+        ("reinit", str, "model", f"one of {', '.join(REINIT_SCOPES)}: whole randomly initialised networks, or "
+         "the trained network with only that layer re-initialised"),
         ("seed", int, 0, "random network i is drawn with seed + i"),
         ("test", bool, True, "also report the test accuracy of each network"),
     ]
@@ -205,12 +155,7 @@ def _options() -> dict[str, tuple[str, str, list[tuple[str, Any, Any, str]]]]:
     ]
     generalization = [
         ("model", str, "cifar_vgg11", "zoo model trained at every level (lightprune.list_models())"),
-        (
-            "model_kwargs",
-            dict | None,
-            None,
-            "its keyword arguments (null: {width_mult: 0.125} for cifar_vgg11)",
-        ),
+        ("model_kwargs", dict | None, None, "its keyword arguments (null: {width_mult: 0.125} for cifar_vgg11)"),
         ("levels", list[float], list(DEFAULT_LEVELS), "fractions of the training labels shuffled"),
         ("seeds", list[int], [0], "training seeds: one network per (level, seed)"),
         ("epochs", int, 30, "training epochs (Adam, no augmentation, no weight decay)"),
@@ -221,22 +166,12 @@ def _options() -> dict[str, tuple[str, str, list[tuple[str, Any, Any, str]]]]:
         ("channels", int, 1, "digits channels, 1 or 3"),
         ("data_seed", int, 0, "seed of the data split and of the scoring draw (the same for every network)"),
         ("samples_per_class", int, 50, "training images per class for the feature entropy"),
-        (
-            "class_labels",
-            str,
-            "true",
-            f"one of {', '.join(CLASS_LABELS)}: the labels that group the scoring "
-            "images into classes (true: the same groups for every network)",
-        ),
+        ("class_labels", str, "true", f"one of {', '.join(CLASS_LABELS)}: the labels that group the scoring "
+         "images into classes (true: the same groups for every network)"),
         ("layers", list[str] | None, None, "layers (null: every prunable layer with maps of at least 3x3)"),
         ("p", float, 0.1, "selective-rate threshold"),
         ("accelerator", str, "cpu", "Lightning accelerator of the training"),
-        (
-            "out",
-            str | None,
-            None,
-            f"output folder, one sub-folder per network (resumable; null: {DEFAULT_OUT}/generalization)",
-        ),
+        ("out", str | None, None, f"output folder, one sub-folder per network (resumable; null: {DEFAULT_OUT}/generalization)"),
         ("plot", bool, True, "also write the PNG plot"),
         ("progress", bool, True, "show progress bars (stderr)"),
     ]
@@ -279,24 +214,14 @@ def _options() -> dict[str, tuple[str, str, list[tuple[str, Any, Any, str]]]]:
 
 def _model_and_data(sub: str) -> list[tuple[str, Any, Any, str]]:
     return [
-        (
-            "ckpt",
-            str | None,
-            None,
-            "ClassificationModule checkpoint (.ckpt) of the trained network. Required",
-        ),
+        ("ckpt", str | None, None, "ClassificationModule checkpoint (.ckpt) of the trained network. Required"),
         ("data", str, "digits", f"data set, one of {', '.join(DATASETS)}"),
         ("data_dir", str, "data", "folder of the CIFAR files (nothing is downloaded)"),
         ("image_size", int | None, None, "digits image side (null: the checkpoint's, else 32)"),
         ("channels", int | None, None, "digits channels, 1 or 3 (null: the checkpoint's)"),
         ("data_seed", int, 0, "seed of the data split and of the scoring draw (0, as training)"),
         ("batch_size", int, 128, "batch size of the scoring and test loaders"),
-        (
-            "samples_per_class",
-            int,
-            50,
-            "scoring set: images per class drawn (class-balanced, training split)",
-        ),
+        ("samples_per_class", int, 50, "scoring set: images per class drawn (class-balanced, training split)"),
         ("classes", list[int] | None, None, "classes of the scoring set (null: all)"),
         ("device", str, "cpu", "torch device, e.g. cpu or cuda"),
         ("out", str | None, None, f"output folder (null: {DEFAULT_OUT}/{sub})"),
@@ -326,11 +251,7 @@ def build_parser():
     for sub, (short, description, options) in _options().items():
         p = ArgumentParser(prog=f"lightprune analyze {sub}", description=description, default_env=False)
         p.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of the options below")
-        groups = (
-            ((sub, options),)
-            if sub == "generalization"
-            else (("model and data", _model_and_data(sub)), (sub, options))
-        )
+        groups = ((sub, options),) if sub == "generalization" else (("model and data", _model_and_data(sub)), (sub, options))
         for title, rows in groups:
             group = p.add_argument_group(title)
             for key, typ, default, text in rows:
@@ -364,9 +285,7 @@ def run(sub: str, options: Mapping[str, Any]) -> dict[str, Path]:
     if sub == "generalization":
         return _run_generalization(o)
     if sub in ("rescale", "randomness") and not o.get("layer"):
-        raise ConfigError(
-            f"layer={o.get('layer')!r}: give the name of one prunable layer, e.g. --layer features.3"
-        )
+        raise ConfigError(f"layer={o.get('layer')!r}: give the name of one prunable layer, e.g. --layer features.3")
     out = Path(o["out"] or f"{DEFAULT_OUT}/{sub}")
     module = load_checkpoint(o["ckpt"], o["device"])
     dm = build_datamodule(o, dict(module.hparams))
@@ -374,57 +293,25 @@ def run(sub: str, options: Mapping[str, Any]) -> dict[str, Path]:
     test = None if not o.get("test", True) else dm
     if sub == "ablation":
         res = cumulative_ablation(
-            module,
-            dm,
-            dm,
-            layers=o["layers"],
-            criteria=o["criteria"],
-            mode=o["mode"],
-            scope=o["scope"],
-            orders=o["orders"],
-            random_orders=o["random_orders"],
-            step=o["step"],
-            max_fraction=o["max_fraction"],
-            normalize=o["normalize"],
-            class_specific=o["class_specific"],
-            seed=o["seed"],
-            random_rescale=o["random_rescale"],
-            max_images=o["max_images"],
-            **common,
+            module, dm, dm, layers=o["layers"], criteria=o["criteria"], mode=o["mode"], scope=o["scope"],
+            orders=o["orders"], random_orders=o["random_orders"], step=o["step"], max_fraction=o["max_fraction"],
+            normalize=o["normalize"], class_specific=o["class_specific"], seed=o["seed"],
+            random_rescale=o["random_rescale"], max_images=o["max_images"], **common,
         )
     elif sub == "rescale":
         res = rescaling_audit(
-            module,
-            dm,
-            layer=o["layer"],
-            criteria=o["criteria"],
-            scale=o["scale"],
-            bn=o["bn"],
-            layers=o["layers"],
-            test_data=test,
-            **common,
+            module, dm, layer=o["layer"], criteria=o["criteria"], scale=o["scale"], bn=o["bn"], layers=o["layers"],
+            test_data=test, **common,
         )
     elif sub == "randomness":
         res = randomness_audit(
-            module,
-            dm,
-            layer=o["layer"],
-            criteria=o["criteria"],
-            repeats=o["repeats"],
-            reinit=o["reinit"],
-            seed=o["seed"],
-            test_data=test,
-            **common,
+            module, dm, layer=o["layer"], criteria=o["criteria"], repeats=o["repeats"], reinit=o["reinit"],
+            seed=o["seed"], test_data=test, **common,
         )
     else:
         res = layer_analysis(
-            module,
-            dm,
-            layers=o["layers"],
-            random_model=_random_model(module, o["seed"]),
-            seed=o["seed"],
-            p=o["p"],
-            **common,
+            module, dm, layers=o["layers"], random_model=_random_model(module, o["seed"]), seed=o["seed"],
+            p=o["p"], **common,
         )
     paths = res.save(out, plot=o["plot"])
     if sub == "ablation":

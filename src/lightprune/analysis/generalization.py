@@ -160,38 +160,20 @@ class GeneralizationResult:
         out = []
         for n in self.networks:
             for r in n["layers"]:
-                base = {
-                    "level": n["level"],
-                    "seed": n["seed"],
-                    "layer": r["layer"],
-                    "map_size": r["map_size"],
-                }
-                out.append(
-                    {
-                        **base,
-                        "class": "mean",
-                        "feature_entropy": r["feature_entropy"],
-                        "selective_rate": r["selective_rate"],
-                    }
-                )
+                base = {"level": n["level"], "seed": n["seed"], "layer": r["layer"], "map_size": r["map_size"]}
+                out.append({**base, "class": "mean", "feature_entropy": r["feature_entropy"],
+                            "selective_rate": r["selective_rate"]})
                 for c, h in r["class_feature_entropy"].items():
-                    out.append(
-                        {**base, "class": int(c), "feature_entropy": h, "selective_rate": float("nan")}
-                    )
+                    out.append({**base, "class": int(c), "feature_entropy": h, "selective_rate": float("nan")})
         return out
 
     def network_table(self) -> list[dict[str, Any]]:
         """One row per network: level, seed, accuracies, mean feature entropy over its layers."""
         return [
             {
-                "level": n["level"],
-                "seed": n["seed"],
-                "train acc": n["train_acc"],
-                "train acc (true labels)": n["train_acc_true"],
-                "test acc": n["test_acc"],
-                "FE mean": float(np.mean([r["feature_entropy"] for r in n["layers"]]))
-                if n["layers"]
-                else float("nan"),
+                "level": n["level"], "seed": n["seed"], "train acc": n["train_acc"],
+                "train acc (true labels)": n["train_acc_true"], "test acc": n["test_acc"],
+                "FE mean": float(np.mean([r["feature_entropy"] for r in n["layers"]])) if n["layers"] else float("nan"),
             }
             for n in self.networks
         ]
@@ -224,9 +206,7 @@ class GeneralizationResult:
             f"(classes: {self.meta.get('class_labels')} labels), mean ± std over seeds; train acc on the labels "
             "each network was trained with, test acc on the true test labels."
         )
-        p = write_table(
-            self.summary(), out, "generalization_table", title="Feature entropy vs shuffled labels", note=note
-        )
+        p = write_table(self.summary(), out, "generalization_table", title="Feature entropy vs shuffled labels", note=note)
         paths["table_csv"], paths["table_md"] = p["csv"], p["md"]
         paths["json"] = out / "generalization.json"
         paths["json"].write_text(json.dumps({"meta": self.meta, "networks": self.networks}, indent=1))
@@ -243,27 +223,16 @@ class GeneralizationResult:
         cmap = plt.get_cmap("coolwarm")
         markers = "osD^vP*X"
         layers = self.layers
-        classes = sorted(
-            {int(c) for n in self.networks for r in n["layers"] for c in r["class_feature_entropy"]}
-        )
+        classes = sorted({int(c) for n in self.networks for r in n["layers"] for c in r["class_feature_entropy"]})
         for i, level in enumerate(levels):
             nets = [n for n in self.networks if n["level"] == level]
             colour = cmap(i / max(1, len(levels) - 1))
-            style = dict(
-                color=colour,
-                marker=markers[i % len(markers)],
-                capsize=3,
-                lw=1.5,
-                ms=5,
-                label=f"{round(100 * level)} % shuffled (test acc {np.mean([n['test_acc'] for n in nets]):.2f})",
-            )
+            style = dict(color=colour, marker=markers[i % len(markers)], capsize=3, lw=1.5, ms=5,
+                         label=f"{round(100 * level)} % shuffled (test acc {np.mean([n['test_acc'] for n in nets]):.2f})")
             per_layer = np.array([[_layer(n, la)["feature_entropy"] for la in layers] for n in nets])
             _errorbar(ax, np.arange(len(layers)), per_layer, style)
             per_class = np.array(
-                [
-                    [np.mean([r["class_feature_entropy"][str(c)] for r in n["layers"]]) for c in classes]
-                    for n in nets
-                ]
+                [[np.mean([r["class_feature_entropy"][str(c)] for r in n["layers"]]) for c in classes] for n in nets]
             )
             _errorbar(ax2, np.arange(len(classes)), per_class, style)
         ax.set_xticks(range(len(layers)))
@@ -279,11 +248,8 @@ class GeneralizationResult:
         for a in (ax, ax2):
             a.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        fig.suptitle(
-            f"feature entropy on training data vs shuffled training labels ({self.meta.get('model')}, "
-            f"{self.meta.get('seeds_per_level')} seed(s) per level; bars: min-max over seeds)",
-            fontsize=10,
-        )
+        fig.suptitle(f"feature entropy on training data vs shuffled training labels ({self.meta.get('model')}, "
+                     f"{self.meta.get('seeds_per_level')} seed(s) per level; bars: min-max over seeds)", fontsize=10)
         return save_figure(fig, path)
 
 
@@ -365,11 +331,7 @@ def generalization_experiment(
 
     levels = _check_levels(levels)
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
-    if (
-        not seeds
-        or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds)
-        or len(set(seeds)) != len(seeds)
-    ):
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds={seeds!r} is not allowed; give distinct integers, e.g. [0, 1, 2]")
     check_positive_int("epochs", epochs)
     if steps is not None:
@@ -378,26 +340,13 @@ def generalization_experiment(
     check_choice("class_labels", class_labels, CLASS_LABELS)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
         raise ConfigError(f"lr={lr!r} is not allowed; it must be a number > 0")
-    model_kwargs = (
-        {"width_mult": 0.125} if model_kwargs is None and model == "cifar_vgg11" else dict(model_kwargs or {})
-    )
+    model_kwargs = {"width_mult": 0.125} if model_kwargs is None and model == "cifar_vgg11" else dict(model_kwargs or {})
     out = Path(out)
     meta = {
-        "model": model,
-        "model_kwargs": model_kwargs,
-        "levels": levels,
-        "seeds": seeds,
-        "seeds_per_level": len(seeds),
-        "epochs": epochs,
-        "steps": steps,
-        "lr": lr,
-        "batch_size": batch_size,
-        "image_size": image_size,
-        "channels": channels,
-        "data_seed": data_seed,
-        "samples_per_class": samples_per_class,
-        "class_labels": class_labels,
-        "p": p,
+        "model": model, "model_kwargs": model_kwargs, "levels": levels, "seeds": seeds,
+        "seeds_per_level": len(seeds), "epochs": epochs, "steps": steps, "lr": lr, "batch_size": batch_size,
+        "image_size": image_size, "channels": channels, "data_seed": data_seed,
+        "samples_per_class": samples_per_class, "class_labels": class_labels, "p": p,
     }
     settings = {k: v for k, v in meta.items() if k not in ("levels", "seeds", "seeds_per_level")}
     jobs = [(f, s) for s in seeds for f in levels]  # seed-major: every level of a seed first
@@ -411,20 +360,11 @@ def generalization_experiment(
                 networks.append(saved["network"])
                 continue
         dm = ShuffledLabelsDigits(
-            fraction,
-            shuffle_seed=seed,
-            image_size=image_size,
-            channels=channels,
-            batch_size=batch_size,
-            seed=data_seed,
+            fraction, shuffle_seed=seed, image_size=image_size, channels=channels, batch_size=batch_size, seed=data_seed
         )
         dm.setup("fit")
         module = ClassificationModule(
-            model,
-            num_classes=dm.num_classes,
-            in_channels=channels,
-            image_size=image_size,
-            model_kwargs=model_kwargs,
+            model, num_classes=dm.num_classes, in_channels=channels, image_size=image_size, model_kwargs=model_kwargs,
             optimizer=lambda params: torch.optim.Adam(params, lr=lr),
         )
         weights, record = folder / "model.pt", folder / "train.json"
@@ -437,15 +377,9 @@ def generalization_experiment(
             t0 = time.perf_counter()
             with quiet_lightning():
                 trainer = L.Trainer(
-                    max_epochs=epochs if steps is None else -1,
-                    max_steps=-1 if steps is None else steps,
-                    accelerator=accelerator,
-                    devices=1,
-                    logger=False,
-                    enable_checkpointing=False,
-                    enable_progress_bar=False,
-                    enable_model_summary=False,
-                    num_sanity_val_steps=0,
+                    max_epochs=epochs if steps is None else -1, max_steps=-1 if steps is None else steps,
+                    accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                     limit_val_batches=0,
                 )
                 trainer.fit(module, datamodule=dm)
@@ -454,9 +388,7 @@ def generalization_experiment(
             torch.save(module.model.state_dict(), weights)
             record.write_text(json.dumps({"settings": settings, "train_seconds": trained_in}))
         net = module.model.eval()
-        networks.append(
-            _measure(net, dm, fraction, seed, samples_per_class, class_labels, layers, p, data_seed)
-        )
+        networks.append(_measure(net, dm, fraction, seed, samples_per_class, class_labels, layers, p, data_seed))
         networks[-1]["train_seconds"] = trained_in
         done.write_text(json.dumps({"settings": settings, "network": networks[-1]}, indent=1))
     images = samples_per_class * 10
@@ -464,17 +396,8 @@ def generalization_experiment(
     return GeneralizationResult(networks, {**meta, "images": images})
 
 
-def _measure(
-    net,
-    dm: ShuffledLabelsDigits,
-    fraction: float,
-    seed: int,
-    samples_per_class: int,
-    class_labels: str,
-    layers,
-    p: float,
-    data_seed: int,
-) -> dict[str, Any]:
+def _measure(net, dm: ShuffledLabelsDigits, fraction: float, seed: int, samples_per_class: int,
+             class_labels: str, layers, p: float, data_seed: int) -> dict[str, Any]:
     x, y_train = dm.train_set.tensors  # type: ignore[union-attr]
     y_true = dm.true_train_labels
     assert y_true is not None
@@ -492,22 +415,12 @@ def _measure(
     stats = feature_entropy_stats(net, batches(x[idx], groups[idx]), layers=layers, p=p)
     kept = [r for r in stats if not math.isnan(r["feature_entropy"])]
     return {
-        "level": fraction,
-        "seed": seed,
-        "train_acc": acc_train,
-        "train_acc_true": acc_true,
-        "test_acc": acc_test,
-        "changed_labels": int((y_train != y_true).sum()),
-        "train_images": int(len(y_true)),
+        "level": fraction, "seed": seed, "train_acc": acc_train, "train_acc_true": acc_true, "test_acc": acc_test,
+        "changed_labels": int((y_train != y_true).sum()), "train_images": int(len(y_true)),
         "layers": [
-            {
-                "layer": r["layer"],
-                "map_size": r["map_size"],
-                "feature_entropy": r["feature_entropy"],
-                "feature_entropy_std": r["feature_entropy_std"],
-                "selective_rate": r["selective_rate"],
-                "class_feature_entropy": {str(c): h for c, h in r["class_feature_entropy"].items()},
-            }
+            {"layer": r["layer"], "map_size": r["map_size"], "feature_entropy": r["feature_entropy"],
+             "feature_entropy_std": r["feature_entropy_std"], "selective_rate": r["selective_rate"],
+             "class_feature_entropy": {str(c): h for c, h in r["class_feature_entropy"].items()}}
             for r in kept
         ],
     }

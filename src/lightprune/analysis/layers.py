@@ -88,12 +88,7 @@ def feature_entropy_stats(
     for n, layer in found.items():
         shape = shapes.get(n, ())
         m = shape[-1] if len(shape) == 3 else 1
-        row: dict[str, Any] = {
-            "layer": n,
-            "channels": layer.out_channels,
-            "map_size": m,
-            "class_feature_entropy": {},
-        }
+        row: dict[str, Any] = {"layer": n, "channels": layer.out_channels, "map_size": m, "class_feature_entropy": {}}
         if not births[n]:
             row.update(
                 feature_entropy=float("nan"),
@@ -217,9 +212,7 @@ def layer_analysis(
         progress: progress bars.
     """
     net = unwrap(model)
-    batches = resolve_scoring_set(
-        scoring, samples_per_class=samples_per_class, classes=classes, argument="scoring"
-    ).batches
+    batches = resolve_scoring_set(scoring, samples_per_class=samples_per_class, classes=classes, argument="scoring").batches
     rnd = unwrap(random_model) if random_model is not None else random_copy(net, seed)
     rows = []
     for label, m in (("trained", net), ("random", rnd)):
@@ -300,9 +293,7 @@ class FeatureEntropyMonitor(L.Callback):
             raise ConfigError(
                 "FeatureEntropyMonitor needs a scoring set: fit with a lightprune data module or pass dataloader="
             )
-        return resolve_scoring_set(
-            data, samples_per_class=self.samples_per_class, classes=self.classes
-        ).batches
+        return resolve_scoring_set(data, samples_per_class=self.samples_per_class, classes=self.classes).batches
 
     def _record(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int, loss: float) -> None:
         net = getattr(pl_module, "model", pl_module)

@@ -124,9 +124,7 @@ def build_parser():
     )
     p.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of the options below")
     p.add_argument(
-        "--recipe",
-        type=AnyPath | dict | None,
-        default=None,
+        "--recipe", type=AnyPath | dict | None, default=None,
         help="LightningCLI fit config (model, data, trainer) of the base model: a YAML path, e.g. "
         "configs/quickstart.yaml, or the same mapping inline. Its data module is the comparison's data, "
         "its model the architecture, its trainer trains the base model when no checkpoint is given "
@@ -134,159 +132,92 @@ def build_parser():
         "unpruned, logs go to <run_dir>/train). Required",
     )
     p.add_argument(
-        "--recipe_overrides",
-        type=list[str],
-        default=[],
+        "--recipe_overrides", type=list[str], default=[],
         help="extra LightningCLI arguments applied to the recipe, e.g. ['--trainer.max_epochs=2']",
     )
     p.add_argument(
-        "--checkpoint",
-        type=AnyPath | None,
-        default=None,
+        "--checkpoint", type=AnyPath | None, default=None,
         help="trained checkpoint of the recipe's model (a Lightning .ckpt or a state_dict); "
         "null: <run_dir>/base.ckpt, trained from the recipe first when missing (reruns reuse it)",
     )
     p.add_argument(
-        "--train_epochs",
-        type=int | None,
-        default=None,
+        "--train_epochs", type=int | None, default=None,
         help="epochs when training the base model (null: the recipe's trainer.max_epochs)",
     )
     p.add_argument(
-        "--run_dir",
-        type=str,
-        default="runs/compare",
+        "--run_dir", type=str, default="runs/compare",
         help="output folder (base checkpoint, results, report, W&B runs), relative to the working directory; "
         "rerunning with the same run_dir resumes",
     )
     p.add_argument(
-        "--criteria",
-        type=list[str],
-        default=["all"],
+        "--criteria", type=list[str], default=["all"],
         help="criteria to compare (see lightprune.list_criteria()); ['all'] = every registered criterion",
     )
     p.add_argument(
-        "--criterion_hparams",
-        type=dict[str, dict[str, Any]],
-        default={},
+        "--criterion_hparams", type=dict[str, dict[str, Any]], default={},
         help="hyperparameters per criterion, e.g. {feature_entropy: {p: 0.1}, taylor: {precision: model}}",
     )
     p.add_argument(
-        "--strategy",
-        type=str,
-        default="uniform",
+        "--strategy", type=str, default="uniform",
         help=f"planner strategy, the same for every criterion: one of {', '.join(COMPARE_STRATEGIES)}. "
         "With 'afie' the per-layer ratios come from the AFIE layer scores of the base model (the same "
         "for every criterion) and each criterion ranks the channels inside the layers",
     )
     p.add_argument(
-        "--strategy_options",
-        type=dict[str, Any],
-        default={},
+        "--strategy_options", type=dict[str, Any], default={},
         help="extra options of lightprune.plan, e.g. {normalize: rank, max_layer_ratio: 0.8} (global), "
         "{base_strategy: global} (flops), {round_to: 8}",
     )
     p.add_argument(
-        "--ratios",
-        type=float | list[float],
-        default=[0.5],
+        "--ratios", type=float | list[float], default=[0.5],
         help="pruning ratio(s) in [0, 1): fraction of channels removed (strategy flops: of MACs); "
         "several give accuracy-vs-ratio curves",
     )
+    p.add_argument("--seed", type=int, default=0, help="seed of scoring (random criteria) and of every fine-tuning run")
     p.add_argument(
-        "--seed", type=int, default=0, help="seed of scoring (random criteria) and of every fine-tuning run"
-    )
-    p.add_argument(
-        "--samples_per_class",
-        type=int,
-        default=100,
+        "--samples_per_class", type=int, default=100,
         help="scoring set: images per class drawn (class-balanced, from the training split)",
     )
+    p.add_argument("--scoring_classes", type=list[int] | None, default=None, help="classes of the scoring set (null: all)")
     p.add_argument(
-        "--scoring_classes",
-        type=list[int] | None,
-        default=None,
-        help="classes of the scoring set (null: all)",
-    )
-    p.add_argument(
-        "--layers",
-        type=list[str] | None,
-        default=None,
+        "--layers", type=list[str] | None, default=None,
         help="layers to prune (module names or glob patterns), the same for every criterion; null: every prunable layer "
         "(without bn_scale) or every prunable layer followed by a BatchNorm (with bn_scale)",
     )
+    p.add_argument("--recalibrate_bn", type=bool, default=True,
+                   help="re-estimate BatchNorm statistics right after each prune (on the scoring set); the accuracy "
+                   "right after the prune is also reported without it (test_acc_before_ft_no_recovery)")
+    p.add_argument("--reconstruct", type=bool, default=False,
+                   help="least-squares reconstruction of the layers that lost inputs, right after each prune")
     p.add_argument(
-        "--recalibrate_bn",
-        type=bool,
-        default=True,
-        help="re-estimate BatchNorm statistics right after each prune (on the scoring set); the accuracy "
-        "right after the prune is also reported without it (test_acc_before_ft_no_recovery)",
-    )
-    p.add_argument(
-        "--reconstruct",
-        type=bool,
-        default=False,
-        help="least-squares reconstruction of the layers that lost inputs, right after each prune",
-    )
-    p.add_argument(
-        "--depth_split",
-        type=list[float] | None,
-        default=None,
+        "--depth_split", type=list[float] | None, default=None,
         help="split points of per-layer criteria 'a+b' (fractions of the layers in execution order; null: equal "
         "parts); the information paper: mutual_information+kl_selectivity with [0.3333]",
     )
+    p.add_argument("--exclude", type=list[str] | None, default=None, help="layers not pruned (names or glob patterns)")
     p.add_argument(
-        "--exclude", type=list[str] | None, default=None, help="layers not pruned (names or glob patterns)"
-    )
-    p.add_argument(
-        "--layer_types",
-        type=list[str] | None,
-        default=None,
+        "--layer_types", type=list[str] | None, default=None,
         help="layer types pruned: conv and/or linear (null: both); the papers prune convolutions only",
     )
+    p.add_argument("--finetune", type=Finetune, default=Finetune(), help="fine-tuning budget (the same for every pair)")
     p.add_argument(
-        "--finetune", type=Finetune, default=Finetune(), help="fine-tuning budget (the same for every pair)"
-    )
-    p.add_argument(
-        "--accelerator",
-        type=str,
-        default="cpu",
+        "--accelerator", type=str, default="cpu",
         help="Lightning accelerator of evaluation and fine-tuning ('cpu', 'gpu', 'auto'); scoring runs on the same device",
     )
+    p.add_argument("--threads", type=int | None, default=None, help="torch CPU threads (null: torch's default)")
+    p.add_argument("--latency_batch_size", type=int, default=64, help="batch size of the latency / img/s measurement")
+    p.add_argument("--latency_runs", type=int, default=10, help="timed forward passes per latency measurement (median)")
     p.add_argument(
-        "--threads", type=int | None, default=None, help="torch CPU threads (null: torch's default)"
-    )
-    p.add_argument(
-        "--latency_batch_size", type=int, default=64, help="batch size of the latency / img/s measurement"
-    )
-    p.add_argument(
-        "--latency_runs", type=int, default=10, help="timed forward passes per latency measurement (median)"
-    )
-    p.add_argument(
-        "--save_weights",
-        type=bool,
-        default=False,
+        "--save_weights", type=bool, default=False,
         help="also save each fine-tuned pruned model (<run_dir>/pairs/*.pt: plan + state_dict, reload with lightprune.restore)",
     )
     p.add_argument("--progress", type=bool, default=True, help="show progress bars")
-    p.add_argument(
-        "--wandb",
-        type=bool,
-        default=True,
-        help="log to Weights & Biases (offline unless WANDB_MODE says otherwise)",
-    )
+    p.add_argument("--wandb", type=bool, default=True, help="log to Weights & Biases (offline unless WANDB_MODE says otherwise)")
     p.add_argument("--wandb_project", type=str, default="lightprune-compare", help="W&B project")
-    p.add_argument(
-        "--wandb_group",
-        type=str | None,
-        default=None,
-        help="W&B group of the runs (null: the run_dir's name)",
-    )
+    p.add_argument("--wandb_group", type=str | None, default=None, help="W&B group of the runs (null: the run_dir's name)")
     p.add_argument("--wandb_entity", type=str | None, default=None, help="W&B entity (null: your default)")
     p.add_argument(
-        "--wandb_workspace",
-        type=bool,
-        default=False,
+        "--wandb_workspace", type=bool, default=False,
         help="online only: save a W&B workspace view of the group at the end (needs `pip install wandb-workspaces`)",
     )
     return p
@@ -320,9 +251,7 @@ def _criteria(names: list[str]) -> list[str]:
 
     known = list_criteria()
     if not isinstance(names, list) or not names:
-        raise ConfigError(
-            f"criteria={names!r} is not allowed; give a non-empty list of: all, {', '.join(known)}"
-        )
+        raise ConfigError(f"criteria={names!r} is not allowed; give a non-empty list of: all, {', '.join(known)}")
     if "all" in names:
         if len(names) > 1:
             raise ConfigError(f"criteria={names!r}: 'all' stands alone (it already means every criterion)")
@@ -350,23 +279,17 @@ def validate(ns: Any) -> CompareConfig:
     get = ns.get if hasattr(ns, "get") else lambda k, d=None: getattr(ns, k, d)
     raw_recipe = get("recipe")
     if raw_recipe is None:
-        raise ConfigError(
-            "recipe=None: give the LightningCLI fit config of the base model, e.g. --recipe configs/quickstart.yaml"
-        )
+        raise ConfigError("recipe=None: give the LightningCLI fit config of the base model, e.g. --recipe configs/quickstart.yaml")
     if isinstance(raw_recipe, dict) or hasattr(raw_recipe, "keys") and not hasattr(raw_recipe, "relative"):
         recipe: Path | dict[str, Any] = _plain(raw_recipe)
         for key in ("model", "data"):
             if key not in recipe:
-                raise ConfigError(
-                    f"recipe (inline) has no {key!r} section; it must be a LightningCLI fit config with model and data"
-                )
+                raise ConfigError(f"recipe (inline) has no {key!r} section; it must be a LightningCLI fit config with model and data")
     else:
         recipe = _path(raw_recipe)
         assert recipe is not None
         if not recipe.is_file():
-            raise ConfigError(
-                f"recipe={str(recipe)!r} does not exist; give the path of a LightningCLI fit config (YAML)"
-            )
+            raise ConfigError(f"recipe={str(recipe)!r} does not exist; give the path of a LightningCLI fit config (YAML)")
     checkpoint = _path(get("checkpoint"))
     if checkpoint is not None and not checkpoint.is_file():
         raise ConfigError(
@@ -376,13 +299,9 @@ def validate(ns: Any) -> CompareConfig:
     hparams = dict(get("criterion_hparams") or {})
     for name, hp in hparams.items():
         if name not in criteria:
-            raise ConfigError(
-                f"criterion_hparams names {name!r}, which is not among the compared criteria: {', '.join(criteria)}"
-            )
+            raise ConfigError(f"criterion_hparams names {name!r}, which is not among the compared criteria: {', '.join(criteria)}")
         if not isinstance(hp, dict):
-            raise ConfigError(
-                f"criterion_hparams[{name!r}]={hp!r} is not allowed; give a mapping of hyperparameters"
-            )
+            raise ConfigError(f"criterion_hparams[{name!r}]={hp!r} is not allowed; give a mapping of hyperparameters")
         if "+" in name:  # per-layer criteria: {part: {hyperparameters}}
             for part, sub in hp.items():
                 if part not in name.split("+") or not isinstance(sub, dict):
@@ -402,19 +321,11 @@ def validate(ns: Any) -> CompareConfig:
     options = dict(get("strategy_options") or {})
     for bad in ("ratio", "strategy", "example_inputs", "ratios"):
         if bad in options:
-            raise ConfigError(
-                f"strategy_options contains {bad!r}, which the comparison sets itself; use --{'ratios' if bad.startswith('ratio') else bad}"
-            )
+            raise ConfigError(f"strategy_options contains {bad!r}, which the comparison sets itself; use --{'ratios' if bad.startswith('ratio') else bad}")
     if options.get("base_strategy") not in (None, "uniform", "global", "afie"):
-        check_choice(
-            "strategy_options.base_strategy", options["base_strategy"], ("uniform", "global", "afie")
-        )
+        check_choice("strategy_options.base_strategy", options["base_strategy"], ("uniform", "global", "afie"))
     raw_ratios = get("ratios")
-    ratios = (
-        [raw_ratios]
-        if isinstance(raw_ratios, (int, float)) and not isinstance(raw_ratios, bool)
-        else list(raw_ratios or [])
-    )
+    ratios = [raw_ratios] if isinstance(raw_ratios, (int, float)) and not isinstance(raw_ratios, bool) else list(raw_ratios or [])
     if not ratios:
         raise ConfigError("ratios=[] is not allowed; give at least one ratio in [0, 1)")
     ratios = [check_fraction(f"ratios[{i}]", r) for i, r in enumerate(ratios)]
@@ -426,11 +337,7 @@ def validate(ns: Any) -> CompareConfig:
         classes = [int(c) for c in classes]
     layers = get("layers")
     ft_raw = get("finetune")
-    ft_dict = (
-        dict(vars(ft_raw))
-        if not isinstance(ft_raw, (dict, Finetune))
-        else (asdict(ft_raw) if isinstance(ft_raw, Finetune) else dict(ft_raw))
-    )
+    ft_dict = dict(vars(ft_raw)) if not isinstance(ft_raw, (dict, Finetune)) else (asdict(ft_raw) if isinstance(ft_raw, Finetune) else dict(ft_raw))
     known_ft = set(inspect.signature(Finetune).parameters)
     ft_dict = {k: v for k, v in ft_dict.items() if k in known_ft and not k.startswith("__")}
     ft = Finetune(**ft_dict)
@@ -449,9 +356,7 @@ def validate(ns: Any) -> CompareConfig:
     except ConfigError as err:
         raise ConfigError(f"finetune.{err}") from None
     if not (isinstance(ft.limit_train_batches, (int, float)) and ft.limit_train_batches > 0):
-        raise ConfigError(
-            f"finetune.limit_train_batches={ft.limit_train_batches!r} is not allowed; it must be > 0"
-        )
+        raise ConfigError(f"finetune.limit_train_batches={ft.limit_train_batches!r} is not allowed; it must be > 0")
     train_epochs = get("train_epochs")
     if train_epochs is not None:
         check_positive_int("train_epochs", train_epochs)
@@ -462,36 +367,19 @@ def validate(ns: Any) -> CompareConfig:
     run_dir = _path(get("run_dir"))
     assert run_dir is not None
     values: dict[str, Any] = {
-        "recipe": recipe,
-        "run_dir": run_dir,
-        "checkpoint": checkpoint,
-        "recipe_overrides": [str(a) for a in (get("recipe_overrides") or [])],
-        "train_epochs": train_epochs,
-        "criteria": criteria,
-        "criterion_hparams": hparams,
-        "strategy": strategy,
-        "strategy_options": options,
-        "ratios": ratios,
-        "seed": int(get("seed")),
-        "samples_per_class": samples,
-        "scoring_classes": classes,
-        "layers": list(layers) if layers is not None else None,
-        "exclude": _str_list(get("exclude")),
+        "recipe": recipe, "run_dir": run_dir, "checkpoint": checkpoint,
+        "recipe_overrides": [str(a) for a in (get("recipe_overrides") or [])], "train_epochs": train_epochs,
+        "criteria": criteria, "criterion_hparams": hparams, "strategy": strategy, "strategy_options": options,
+        "ratios": ratios, "seed": int(get("seed")), "samples_per_class": samples, "scoring_classes": classes,
+        "layers": list(layers) if layers is not None else None, "exclude": _str_list(get("exclude")),
         "layer_types": _str_list(get("layer_types")),
         "depth_split": [float(f) for f in get("depth_split")] if get("depth_split") is not None else None,
-        "finetune": ft,
-        "accelerator": get("accelerator"),
-        "recalibrate_bn": bool(get("recalibrate_bn")),
-        "reconstruct": bool(get("reconstruct")),
-        "threads": threads,
-        "latency_batch_size": check_positive_int("latency_batch_size", get("latency_batch_size")),
-        "latency_runs": check_positive_int("latency_runs", get("latency_runs")),
-        "save_weights": bool(get("save_weights")),
-        "progress": bool(get("progress")),
-        "wandb": bool(get("wandb")),
-        "wandb_project": str(get("wandb_project")),
-        "wandb_group": get("wandb_group"),
-        "wandb_entity": get("wandb_entity"),
+        "finetune": ft, "accelerator": get("accelerator"),
+        "recalibrate_bn": bool(get("recalibrate_bn")), "reconstruct": bool(get("reconstruct")),
+        "threads": threads, "latency_batch_size": check_positive_int("latency_batch_size", get("latency_batch_size")),
+        "latency_runs": check_positive_int("latency_runs", get("latency_runs")), "save_weights": bool(get("save_weights")),
+        "progress": bool(get("progress")), "wandb": bool(get("wandb")), "wandb_project": str(get("wandb_project")),
+        "wandb_group": get("wandb_group"), "wandb_entity": get("wandb_entity"),
         "wandb_workspace": bool(get("wandb_workspace")),
     }
     return CompareConfig(**values)

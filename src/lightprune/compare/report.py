@@ -27,41 +27,15 @@ import numpy as np
 __all__ = ["CSV_COLUMNS", "spearman_matrices", "write_report"]
 
 CSV_COLUMNS = [
-    "criterion",
-    "ratio",
-    "strategy",
-    "channel_ratio",
-    "val_acc_before_ft",
-    "test_acc_before_ft",
-    "test_acc_before_ft_no_recovery",
-    "recovery",
-    "val_acc",
-    "val_balanced_acc",
-    "test_acc",
-    "test_balanced_acc",
-    "test_acc_no_kd",
-    "distillation",
-    "base_test_acc",
-    "acc_drop",
-    "acc_drop_before_ft",
-    "params",
-    "params_base",
-    "params_pruned_ratio",
-    "macs",
-    "macs_base",
-    "macs_pruned_ratio",
-    "latency_ms",
-    "latency_median_ms",
-    "img_per_s",
-    "score_s",
-    "finetune_s",
-    "wandb_run",
+    "criterion", "ratio", "strategy", "channel_ratio",
+    "val_acc_before_ft", "test_acc_before_ft", "test_acc_before_ft_no_recovery", "recovery", "val_acc", "val_balanced_acc", "test_acc", "test_balanced_acc",
+    "test_acc_no_kd", "distillation", "base_test_acc", "acc_drop", "acc_drop_before_ft",
+    "params", "params_base", "params_pruned_ratio", "macs", "macs_base", "macs_pruned_ratio",
+    "latency_ms", "latency_median_ms", "img_per_s", "score_s", "finetune_s", "wandb_run",
 ]
 
 
-def spearman_matrices(
-    scores: Mapping[str, Mapping[str, Any]], layers: Sequence[str]
-) -> tuple[np.ndarray, np.ndarray]:
+def spearman_matrices(scores: Mapping[str, Mapping[str, Any]], layers: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Spearman rank correlation of every pair of criteria on every layer.
 
     Returns:
@@ -110,13 +84,9 @@ def _short(layer: str) -> str:
     return layer if len(layer) <= 18 else "..." + layer[-15:]
 
 
-def plot_layer_ratios(
-    results: list[dict[str, Any]], layers: list[str], ratios: list[float], path: Path, strategy: str = ""
-) -> None:
+def plot_layer_ratios(results: list[dict[str, Any]], layers: list[str], ratios: list[float], path: Path, strategy: str = "") -> None:
     plt = _plt()
-    fig, axes = plt.subplots(
-        len(ratios), 1, figsize=(max(7, 0.55 * len(layers) + 3), 3.2 * len(ratios)), squeeze=False
-    )
+    fig, axes = plt.subplots(len(ratios), 1, figsize=(max(7, 0.55 * len(layers) + 3), 3.2 * len(ratios)), squeeze=False)
     crits = list(dict.fromkeys(r["criterion"] for r in results))
     markers = "os^vD<>pPhX*"
     for ax, ratio in zip(axes[:, 0], ratios, strict=True):
@@ -150,23 +120,8 @@ def plot_acc_vs_macs(rows: list[dict[str, Any]], base: dict[str, Any], path: Pat
         xs = [r["macs"] / 1e6 for r in rs]
         color = cmap(i % 20)
         ax.plot(xs, [r["test_acc"] for r in rs], marker="o", color=color, label=c)
-        ax.scatter(
-            xs,
-            [r["test_acc_before_ft"] for r in rs],
-            marker="o",
-            facecolors="none",
-            edgecolors=color,
-            alpha=0.7,
-        )
-    ax.scatter(
-        [base["macs"] / 1e6],
-        [base["metrics"].get("test/acc", np.nan)],
-        marker="*",
-        s=160,
-        color="k",
-        label="unpruned",
-        zorder=5,
-    )
+        ax.scatter(xs, [r["test_acc_before_ft"] for r in rs], marker="o", facecolors="none", edgecolors=color, alpha=0.7)
+    ax.scatter([base["macs"] / 1e6], [base["metrics"].get("test/acc", np.nan)], marker="*", s=160, color="k", label="unpruned", zorder=5)
     ax.set_xlabel("MACs per image (M)")
     ax.set_ylabel("test accuracy")
     ax.set_title("accuracy vs MACs (filled: after fine-tuning, hollow: before)", fontsize=10)
@@ -204,15 +159,8 @@ def _heat(ax, mat: np.ndarray, names: list[str], title: str, annotate: bool, fon
         for i in range(len(names)):
             for j in range(len(names)):
                 if not np.isnan(mat[i, j]):
-                    ax.text(
-                        j,
-                        i,
-                        f"{mat[i, j]:.2f}",
-                        ha="center",
-                        va="center",
-                        fontsize=max(5, fontsize - 1),
-                        color="white" if abs(mat[i, j]) > 0.6 else "black",
-                    )
+                    ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=max(5, fontsize - 1),
+                            color="white" if abs(mat[i, j]) > 0.6 else "black")
     return im
 
 
@@ -220,9 +168,7 @@ def plot_correlation(mean: np.ndarray, names: list[str], path: Path) -> None:
     plt = _plt()
     side = max(5.0, 0.55 * len(names) + 2.5)
     fig, ax = plt.subplots(figsize=(side + 1, side))
-    im = _heat(
-        ax, mean, names, "Spearman rank correlation of channel scores (mean over layers)", annotate=True
-    )
+    im = _heat(ax, mean, names, "Spearman rank correlation of channel scores (mean over layers)", annotate=True)
     fig.colorbar(im, ax=ax, shrink=0.8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -235,9 +181,7 @@ def plot_correlation_layers(per: np.ndarray, names: list[str], layers: list[str]
     cols = min(4, n)
     rows = math.ceil(n / cols)
     side = max(2.8, 0.25 * len(names) + 1.8)
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(cols * side + 1, rows * side), squeeze=False, layout="constrained"
-    )
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * side + 1, rows * side), squeeze=False, layout="constrained")
     fig.suptitle("Spearman rank correlation of channel scores, per layer")
     im = None
     for idx in range(rows * cols):
@@ -314,10 +258,8 @@ def write_report(cmp, results: list[dict[str, Any]], scores: Mapping[str, Any]) 
     if cmp.layer_note:
         notes.append(cmp.layer_note)
     if cfg.strategy == "afie" or cfg.strategy_options.get("base_strategy") == "afie":
-        notes.append(
-            "per-layer ratios from the AFIE layer scores of the base model (the same for every criterion); "
-            "each criterion ranks the channels inside the layers"
-        )
+        notes.append("per-layer ratios from the AFIE layer scores of the base model (the same for every criterion); "
+                     "each criterion ranks the channels inside the layers")
     for c in names:
         for w in scores[c].meta.get("warnings", []) or []:
             notes.append(w if w.startswith(c) else f"{c}: {w}")
@@ -330,8 +272,7 @@ def write_report(cmp, results: list[dict[str, Any]], scores: Mapping[str, Any]) 
         + (f" of classes {cfg.scoring_classes}" if cfg.scoring_classes else "")
         + f"; {len(cmp.layers)} layers pruned",
         f"- fine-tuning: {ft.epochs} epoch(s), SGD lr {ft.lr:g} momentum {ft.momentum:g} weight decay {ft.weight_decay:g}, "
-        f"{ft.schedule} schedule"
-        + (f", limit_train_batches {ft.limit_train_batches:g}" if ft.limit_train_batches != 1.0 else ""),
+        f"{ft.schedule} schedule" + (f", limit_train_batches {ft.limit_train_batches:g}" if ft.limit_train_batches != 1.0 else ""),
         f"- accuracy: top-1 on the test split; acc. drop = unpruned - after fine-tuning (pp = percentage points); "
         f"img/s: batch {cfg.latency_batch_size}, fastest of {cfg.latency_runs} forward passes ({cmp._device().type})",
         "",
@@ -346,13 +287,7 @@ def write_report(cmp, results: list[dict[str, Any]], scores: Mapping[str, Any]) 
     for i, c in enumerate(names):
         text.append(f"| {c} | " + " | ".join(_fmt(float(v), ".2f") for v in mean[i]) + " |")
     text += ["", "## Plots", ""]
-    for key in (
-        "acc_vs_macs",
-        "acc_vs_ratio",
-        "layer_ratios",
-        "score_correlation",
-        "score_correlation_layers",
-    ):
+    for key in ("acc_vs_macs", "acc_vs_ratio", "layer_ratios", "score_correlation", "score_correlation_layers"):
         if key in files:
             text.append(f"![{key}]({files[key].name})")
     if notes:

@@ -82,6 +82,8 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+
+
 class Comparison:
     """One comparison (see the module docstring). ``Comparison(cfg).run()`` returns the result rows."""
 
@@ -115,25 +117,17 @@ class Comparison:
             except (OSError, yaml.YAMLError) as err:
                 raise ConfigError(f"recipe={str(cfg.recipe)!r} cannot be read as YAML: {err}") from None
         if not isinstance(recipe, dict) or "model" not in recipe or "data" not in recipe:
-            raise ConfigError(
-                f"recipe={str(cfg.recipe)!r} is not a LightningCLI fit config with model and data sections"
-            )
+            raise ConfigError(f"recipe={str(cfg.recipe)!r} is not a LightningCLI fit config with model and data sections")
         trainer = recipe.setdefault("trainer", {}) or {}
         recipe["trainer"] = trainer
         callbacks = trainer.get("callbacks")
         if isinstance(callbacks, dict):
             callbacks = [callbacks]
         if callbacks:
-            kept = [
-                cb
-                for cb in callbacks
-                if not str((cb or {}).get("class_path", "")).startswith("lightprune.callbacks")
-            ]
+            kept = [cb for cb in callbacks if not str((cb or {}).get("class_path", "")).startswith("lightprune.callbacks")]
             dropped = [cb.get("class_path") for cb in callbacks if cb not in kept]
             if dropped:
-                self.echo(
-                    f"recipe: dropped {', '.join(dropped)} (the base model of a comparison is not pruned)"
-                )
+                self.echo(f"recipe: dropped {', '.join(dropped)} (the base model of a comparison is not pruned)")
             trainer["callbacks"] = kept
         trainer.pop("logger", None)
         trainer["default_root_dir"] = str(self.run_dir / "train")
@@ -153,13 +147,8 @@ class Comparison:
             args.append(f"--trainer.max_epochs={cfg.train_epochs}")
         args += list(cfg.recipe_overrides)
         try:
-            options = {
-                "subclass_mode_model": True,
-                "subclass_mode_data": True,
-                "save_config_callback": None,
-                "run": False,
-                "auto_configure_optimizers": False,
-            }
+            options = {"subclass_mode_model": True, "subclass_mode_data": True, "save_config_callback": None,
+                       "run": False, "auto_configure_optimizers": False}
             return LightpruneCLI(ClassificationModule, ClassificationDataModule, args=args, **options)
         except SystemExit as err:
             raise ConfigError(
@@ -207,11 +196,7 @@ class Comparison:
         device = self._device()
         x = torch.zeros(self.cfg.latency_batch_size, *self.example.shape[1:], device=device)
         lat = measure_latency(model.to(device), x, warmup=3, runs=self.cfg.latency_runs)
-        return {
-            "latency_ms": lat.min_ms,
-            "latency_median_ms": lat.median_ms,
-            "img_per_s": x.shape[0] / (lat.min_ms / 1000.0),
-        }
+        return {"latency_ms": lat.min_ms, "latency_median_ms": lat.median_ms, "img_per_s": x.shape[0] / (lat.min_ms / 1000.0)}
 
     def setup(self) -> None:
         cfg = self.cfg
@@ -227,9 +212,7 @@ class Comparison:
         dm.setup("fit")
         ckpt = cfg.checkpoint or self.run_dir / "base.ckpt"
         if cfg.checkpoint is None and not ckpt.exists():
-            self.echo(
-                f"no checkpoint given: training the base model from the recipe {_show(cfg.recipe)} (saved to {ckpt})"
-            )
+            self.echo(f"no checkpoint given: training the base model from the recipe {_show(cfg.recipe)} (saved to {ckpt})")
             from lightning.pytorch.loggers import CSVLogger
 
             trainer = cli.trainer
@@ -256,9 +239,7 @@ class Comparison:
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear message
-            raise ConfigError(
-                f"checkpoint={str(path)!r} cannot be read with torch.load(weights_only=True): {err}"
-            ) from None
+            raise ConfigError(f"checkpoint={str(path)!r} cannot be read with torch.load(weights_only=True): {err}") from None
         state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
         if not isinstance(state, dict) or not state:
             raise ConfigError(f"checkpoint={str(path)!r} holds no state_dict")
@@ -280,17 +261,10 @@ class Comparison:
         from ..criteria import criterion_class
 
         model = self.base_module.model
-        found = select_layers(
-            find_prunable_layers(model, self.example),
-            self.cfg.layers,
-            self.cfg.exclude,
-            self.cfg.layer_types,
-            modules=dict(model.named_modules()),
-        )
+        found = select_layers(find_prunable_layers(model, self.example), self.cfg.layers, self.cfg.exclude,
+                              self.cfg.layer_types, modules=dict(model.named_modules()))
         if self.cfg.layers is None:
-            needs_bn = [
-                c for c in self.cfg.criteria if any(criterion_class(p).needs_batchnorm for p in c.split("+"))
-            ]
+            needs_bn = [c for c in self.cfg.criteria if any(criterion_class(p).needs_batchnorm for p in c.split("+"))]
             if needs_bn:
                 dropped = [n for n, info in found.items() if info.norm is None]
                 found = {n: info for n, info in found.items() if info.norm is not None}
@@ -327,10 +301,7 @@ class Comparison:
 
     def _data_signature(self) -> dict[str, Any]:
         """What defines the data (splits, scoring set): the recipe's data section."""
-        return {
-            "class": type(self.dm).__name__,
-            "config": json.loads(json.dumps(self.data_config, default=str)),
-        }
+        return {"class": type(self.dm).__name__, "config": json.loads(json.dumps(self.data_config, default=str))}
 
     # ------------------------------------------------------------------------------------------
     # scoring (once per criterion, cached)
@@ -371,24 +342,15 @@ class Comparison:
     def _spec(self, criterion: str, ratio: float):
         from ..engine import PruneSpec
 
-        return PruneSpec(
-            criterion=criterion,
-            criterion_kwargs=self._criterion_hparams(criterion),
-            strategy=self.cfg.strategy,
-            ratio=ratio,
-            strategy_kwargs=dict(self.cfg.strategy_options),
-            layers=self.layers,
-            recalibrate_bn=self.cfg.recalibrate_bn,
-            reconstruct=self.cfg.reconstruct,
-            depth_split=self.cfg.depth_split if "+" in criterion else None,
-        )
+        return PruneSpec(criterion=criterion, criterion_kwargs=self._criterion_hparams(criterion), strategy=self.cfg.strategy,
+                         ratio=ratio, strategy_kwargs=dict(self.cfg.strategy_options), layers=self.layers,
+                         recalibrate_bn=self.cfg.recalibrate_bn, reconstruct=self.cfg.reconstruct,
+                         depth_split=self.cfg.depth_split if "+" in criterion else None)
 
     def _scoring(self):
         from ..data import resolve_scoring_set
 
-        return resolve_scoring_set(
-            self.dm, samples_per_class=self.cfg.samples_per_class, classes=self.cfg.scoring_classes
-        )
+        return resolve_scoring_set(self.dm, samples_per_class=self.cfg.samples_per_class, classes=self.cfg.scoring_classes)
 
     def get_scores(self, criterion: str):
         """Scores of ``criterion`` on the base model, through the engine (cached in ``scores/<criterion>.json``);
@@ -411,9 +373,7 @@ class Comparison:
             return s
         L.seed_everything(self.cfg.seed, verbose=False)
         t0 = time.perf_counter()
-        s = score_for_spec(
-            self.base_module.model, self._spec(criterion, 0.5), self._scoring(), progress=self.cfg.progress
-        )
+        s = score_for_spec(self.base_module.model, self._spec(criterion, 0.5), self._scoring(), progress=self.cfg.progress)
         if not isinstance(s, Scores):  # per-layer criteria: one Scores, the criterion by layer in meta
             s = merge_per_layer(s, criterion)
         elapsed = time.perf_counter() - t0
@@ -462,39 +422,17 @@ class Comparison:
         scores = self.get_scores(criterion)
         stage("pruning")
         module = copy.deepcopy(self.base_module)
-        plain = (
-            copy.deepcopy(self.base_module)
-            if cfg.finetune.distillation and cfg.finetune.without_distillation
-            else None
-        )
-        res = run_prune(
-            module.model,
-            self._scoring(),
-            self._spec(criterion, ratio),
-            scores=scores,
-            evaluate_on=self._eval_loaders(),
-            num_classes=self.num_classes,
-            evaluate_before=False,
-            latency_inputs=None,
-        )
+        plain = copy.deepcopy(self.base_module) if cfg.finetune.distillation and cfg.finetune.without_distillation else None
+        res = run_prune(module.model, self._scoring(), self._spec(criterion, ratio), scores=scores,
+                        evaluate_on=self._eval_loaders(), num_classes=self.num_classes, evaluate_before=False,
+                        latency_inputs=None)
         p, rep, before = res.plan, res.report, res.metrics_after or {}
         no_recovery: dict[str, float] = {}
         if rep.recovered:  # the same prune without recovery, for the report
             bare = copy.deepcopy(self.base_module)
             spec = dataclasses.replace(self._spec(criterion, ratio), recalibrate_bn=False, reconstruct=False)
-            no_recovery = (
-                run_prune(
-                    bare.model,
-                    self._scoring(),
-                    spec,
-                    scores=scores,
-                    evaluate_on=self._eval_loaders(),
-                    num_classes=self.num_classes,
-                    evaluate_before=False,
-                    latency_inputs=None,
-                ).metrics_after
-                or {}
-            )
+            no_recovery = run_prune(bare.model, self._scoring(), spec, scores=scores, evaluate_on=self._eval_loaders(),
+                                    num_classes=self.num_classes, evaluate_before=False, latency_inputs=None).metrics_after or {}
             del bare
         run = wandb_log.init_pair_run(cfg, criterion, ratio, self) if cfg.wandb else None
         try:
@@ -503,9 +441,7 @@ class Comparison:
             ft_s = 0.0
             no_kd: dict[str, float] = {}
             if cfg.finetune.epochs > 0:
-                if (
-                    plain is not None
-                ):  # the same pruned (and recovered) network, fine-tuned without distillation
+                if plain is not None:  # the same pruned (and recovered) network, fine-tuned without distillation
                     stage("fine-tuning (no distillation)")
                     restore(plain.model, p)
                     plain.model.load_state_dict(module.model.state_dict())
@@ -569,9 +505,7 @@ class Comparison:
         def scheduler(opt):
             return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=ft.epochs)
 
-        module._log_hyperparams = (
-            False  # the recipe's optimizer settings would mislead: ours are in the run config
-        )
+        module._log_hyperparams = False  # the recipe's optimizer settings would mislead: ours are in the run config
         module.optimizer_factory = optimizer
         module.lr_scheduler_factory = scheduler if ft.schedule == "cosine" else None
         logger = False
@@ -584,10 +518,7 @@ class Comparison:
         t0 = time.perf_counter()
         with quiet_lightning():
             trainer = self._trainer(
-                max_epochs=ft.epochs,
-                logger=logger,
-                limit_train_batches=limit,
-                log_every_n_steps=1,
+                max_epochs=ft.epochs, logger=logger, limit_train_batches=limit, log_every_n_steps=1,
             )
             trainer.fit(module, datamodule=self.dm)
         return time.perf_counter() - t0
@@ -699,10 +630,8 @@ class _EpochEcho:
                     return
                 m = trainer.callback_metrics
                 acc = float(m["val/acc"]) if "val/acc" in m else float("nan")
-                echo(
-                    f"  base epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: val/acc {acc:.4f} "
-                    f"({time.perf_counter() - self.t0:.0f} s)"
-                )
+                echo(f"  base epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: val/acc {acc:.4f} "
+                     f"({time.perf_counter() - self.t0:.0f} s)")
 
         return EpochEcho()
 

@@ -34,40 +34,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "PAIR_KEYS",
-    "dashboard_spec",
-    "init_pair_run",
-    "log_pruning",
-    "log_result",
-    "log_summary",
-    "save_workspace",
-]
+__all__ = ["PAIR_KEYS", "dashboard_spec", "init_pair_run", "log_pruning", "log_result", "log_summary", "save_workspace"]
 
 #: Keys every pair run has in its summary (besides the per-layer ``prune/ratio/<layer>`` ones).
 PAIR_KEYS = (
-    "prune/params",
-    "prune/macs",
-    "prune/params_before",
-    "prune/macs_before",
-    "prune/params_ratio",
-    "prune/macs_ratio",
-    "prune/channel_ratio",
-    "val/acc_before_ft",
-    "val/balanced_acc_before_ft",
-    "test/acc_before_ft",
-    "test/balanced_acc_before_ft",
-    "val/acc",
-    "val/balanced_acc",
-    "test/acc",
-    "test/balanced_acc",
-    "test/acc_drop",
-    "test/acc_drop_before_ft",
-    "latency_ms",
-    "latency_median_ms",
-    "img_per_s",
-    "time/score_s",
-    "time/finetune_s",
+    "prune/params", "prune/macs", "prune/params_before", "prune/macs_before", "prune/params_ratio",
+    "prune/macs_ratio", "prune/channel_ratio", "val/acc_before_ft", "val/balanced_acc_before_ft",
+    "test/acc_before_ft", "test/balanced_acc_before_ft", "val/acc", "val/balanced_acc", "test/acc",
+    "test/balanced_acc", "test/acc_drop", "test/acc_drop_before_ft", "latency_ms", "latency_median_ms", "img_per_s",
+    "time/score_s", "time/finetune_s",
 )
 
 
@@ -112,13 +87,7 @@ def init_pair_run(cfg, criterion: str, ratio: float, cmp):
         "data": type(cmp.dm).__name__,
         "layers": cmp.layers,
     }
-    return _init(
-        cmp,
-        name=f"{criterion}@{ratio:g}",
-        job_type="prune",
-        config=config,
-        tags=[criterion, f"ratio={ratio:g}"],
-    )
+    return _init(cmp, name=f"{criterion}@{ratio:g}", job_type="prune", config=config, tags=[criterion, f"ratio={ratio:g}"])
 
 
 def log_pruning(run, plan, report, scores, before: dict[str, float]) -> None:
@@ -142,36 +111,13 @@ def log_pruning(run, plan, report, scores, before: dict[str, float]) -> None:
         data[f"prune/channels/{layer}"] = len(plan.keep[layer])
         v = scores[layer].double().numpy() if layer in scores else np.zeros(1)
         data[f"scores/{layer}"] = wandb.Histogram(v, num_bins=min(64, max(4, v.size)))
-        rows.append(
-            [
-                layer,
-                plan.channels[layer],
-                len(plan.keep[layer]),
-                ratios[layer],
-                float(v.min()),
-                float(v.mean()),
-                float(v.max()),
-            ]
-        )
+        rows.append([layer, plan.channels[layer], len(plan.keep[layer]), ratios[layer], float(v.min()), float(v.mean()), float(v.max())])
     for k, v in before.items():
         stage, _, name = k.partition("/")
         data[f"{stage}/{name}_before_ft"] = v
-    table = wandb.Table(
-        columns=[
-            "layer",
-            "channels_before",
-            "channels_after",
-            "ratio",
-            "score_min",
-            "score_mean",
-            "score_max",
-        ],
-        data=rows,
-    )
+    table = wandb.Table(columns=["layer", "channels_before", "channels_after", "ratio", "score_min", "score_mean", "score_max"], data=rows)
     data["tables/layers"] = table
-    data["charts/layer_ratio"] = wandb.plot.bar(
-        table, "layer", "ratio", title="fraction of channels removed per layer"
-    )
+    data["charts/layer_ratio"] = wandb.plot.bar(table, "layer", "ratio", title="fraction of channels removed per layer")
     data["charts/layer_channels"] = wandb.plot.line_series(
         xs=list(range(len(rows))),
         ys=[[r[1] for r in rows], [r[2] for r in rows]],
@@ -185,17 +131,15 @@ def log_pruning(run, plan, report, scores, before: dict[str, float]) -> None:
 def log_result(run, row: dict[str, Any], after: dict[str, float]) -> None:
     """Final metrics after fine-tuning (logged and set in the run summary)."""
     data = {k: v for k, v in after.items()}
-    data.update(
-        {
-            "test/acc_drop": row["acc_drop"],
-            "test/acc_drop_before_ft": row["acc_drop_before_ft"],
-            "latency_ms": row["latency_ms"],
-            "latency_median_ms": row["latency_median_ms"],
-            "img_per_s": row["img_per_s"],
-            "time/score_s": row["score_s"] if row["score_s"] is not None else float("nan"),
-            "time/finetune_s": row["finetune_s"],
-        }
-    )
+    data.update({
+        "test/acc_drop": row["acc_drop"],
+        "test/acc_drop_before_ft": row["acc_drop_before_ft"],
+        "latency_ms": row["latency_ms"],
+        "latency_median_ms": row["latency_median_ms"],
+        "img_per_s": row["img_per_s"],
+        "time/score_s": row["score_s"] if row["score_s"] is not None else float("nan"),
+        "time/finetune_s": row["finetune_s"],
+    })
     run.log(data)
     run.summary.update(data)
 
@@ -220,23 +164,15 @@ def log_summary(cmp, results: list[dict[str, Any]], files: dict[str, Path]) -> s
             return None
     except (OSError, ValueError):
         pass
-    run = _init(
-        cmp, name="summary", job_type="summary", config={"compare_group": cmp.cfg.group, **cmp.cfg.to_dict()}
-    )
+    run = _init(cmp, name="summary", job_type="summary", config={"compare_group": cmp.cfg.group, **cmp.cfg.to_dict()})
     try:
         table = wandb.Table(columns=CSV_COLUMNS, data=[[_plain(r.get(c)) for c in CSV_COLUMNS] for r in rows])
         names = list(dict.fromkeys(r["criterion"] for r in rows))
         data: dict[str, Any] = {
             "summary/table": table,
-            "summary/acc_vs_macs": wandb.plot.scatter(
-                table, "macs", "test_acc", title="test accuracy after fine-tuning vs MACs"
-            ),
-            "summary/test_acc": wandb.plot.bar(
-                table, "criterion", "test_acc", title="test accuracy after fine-tuning"
-            ),
-            "summary/acc_before_ft": wandb.plot.bar(
-                table, "criterion", "test_acc_before_ft", title="test accuracy before fine-tuning"
-            ),
+            "summary/acc_vs_macs": wandb.plot.scatter(table, "macs", "test_acc", title="test accuracy after fine-tuning vs MACs"),
+            "summary/test_acc": wandb.plot.bar(table, "criterion", "test_acc", title="test accuracy after fine-tuning"),
+            "summary/acc_before_ft": wandb.plot.bar(table, "criterion", "test_acc_before_ft", title="test accuracy before fine-tuning"),
         }
         sp = files.get("spearman")
         if sp and sp.exists():
@@ -244,16 +180,8 @@ def log_summary(cmp, results: list[dict[str, Any]], files: dict[str, Path]) -> s
 
             with open(sp) as fh:
                 lines = list(csv.reader(fh))
-            data["summary/spearman"] = wandb.Table(
-                columns=lines[0], data=[[x[0], *(float(v) if v else None for v in x[1:])] for x in lines[1:]]
-            )
-        for key in (
-            "acc_vs_macs",
-            "acc_vs_ratio",
-            "layer_ratios",
-            "score_correlation",
-            "score_correlation_layers",
-        ):
+            data["summary/spearman"] = wandb.Table(columns=lines[0], data=[[x[0], *(float(v) if v else None for v in x[1:])] for x in lines[1:]])
+        for key in ("acc_vs_macs", "acc_vs_ratio", "layer_ratios", "score_correlation", "score_correlation_layers"):
             if key in files and files[key].exists():
                 data[f"plots/{key}"] = wandb.Image(str(files[key]))
         run.log(data)
@@ -290,72 +218,28 @@ def dashboard_spec(project: str, group: str) -> dict[str, Any]:
         "name": f"compare: {group}",
         "filter": {"group": group, "job_type": "prune"},
         "sections": [
-            {
-                "name": "Accuracy",
-                "panels": [
-                    {"type": "BarPlot", "metrics": ["test/acc"], "title": "test accuracy after fine-tuning"},
-                    {
-                        "type": "BarPlot",
-                        "metrics": ["test/acc_before_ft"],
-                        "title": "test accuracy before fine-tuning",
-                    },
-                    {
-                        "type": "BarPlot",
-                        "metrics": ["test/acc_drop"],
-                        "title": "accuracy drop (unpruned - pruned)",
-                    },
-                    {
-                        "type": "LinePlot",
-                        "x": "trainer/global_step",
-                        "y": ["val/acc"],
-                        "title": "fine-tuning: val/acc",
-                    },
-                    {"type": "ScatterPlot", "x": "prune/macs", "y": "test/acc", "title": "accuracy vs MACs"},
-                    {
-                        "type": "ScatterPlot",
-                        "x": "ratio (config)",
-                        "y": "test/acc",
-                        "title": "accuracy vs ratio",
-                    },
-                ],
-            },
-            {
-                "name": "Cost",
-                "panels": [
-                    {"type": "BarPlot", "metrics": ["prune/params_ratio"], "title": "params removed"},
-                    {"type": "BarPlot", "metrics": ["prune/macs_ratio"], "title": "MACs removed"},
-                    {"type": "BarPlot", "metrics": ["img_per_s"], "title": "throughput (img/s)"},
-                    {
-                        "type": "ParallelCoordinatesPlot",
-                        "title": "criterion, ratio, MACs, accuracy",
-                        "columns": [
-                            "criterion (config)",
-                            "ratio (config)",
-                            "prune/macs",
-                            "test/acc_before_ft",
-                            "test/acc",
-                        ],
-                    },
-                ],
-            },
-            {
-                "name": "Layers",
-                "panels": [
-                    {
-                        "type": "BarPlot",
-                        "metrics_regex": "prune/ratio/.*",
-                        "title": "per-layer ratio (one bar per layer and run)",
-                    },
-                    {"type": "Media/custom chart", "key": "charts/layer_ratio"},
-                    {"type": "Media/custom chart", "key": "charts/layer_channels"},
-                    {"type": "Histogram", "key": "scores/<layer>"},
-                ],
-            },
+            {"name": "Accuracy", "panels": [
+                {"type": "BarPlot", "metrics": ["test/acc"], "title": "test accuracy after fine-tuning"},
+                {"type": "BarPlot", "metrics": ["test/acc_before_ft"], "title": "test accuracy before fine-tuning"},
+                {"type": "BarPlot", "metrics": ["test/acc_drop"], "title": "accuracy drop (unpruned - pruned)"},
+                {"type": "LinePlot", "x": "trainer/global_step", "y": ["val/acc"], "title": "fine-tuning: val/acc"},
+                {"type": "ScatterPlot", "x": "prune/macs", "y": "test/acc", "title": "accuracy vs MACs"},
+                {"type": "ScatterPlot", "x": "ratio (config)", "y": "test/acc", "title": "accuracy vs ratio"},
+            ]},
+            {"name": "Cost", "panels": [
+                {"type": "BarPlot", "metrics": ["prune/params_ratio"], "title": "params removed"},
+                {"type": "BarPlot", "metrics": ["prune/macs_ratio"], "title": "MACs removed"},
+                {"type": "BarPlot", "metrics": ["img_per_s"], "title": "throughput (img/s)"},
+                {"type": "ParallelCoordinatesPlot", "title": "criterion, ratio, MACs, accuracy", "columns": ["criterion (config)", "ratio (config)", "prune/macs", "test/acc_before_ft", "test/acc"]},
+            ]},
+            {"name": "Layers", "panels": [
+                {"type": "BarPlot", "metrics_regex": "prune/ratio/.*", "title": "per-layer ratio (one bar per layer and run)"},
+                {"type": "Media/custom chart", "key": "charts/layer_ratio"},
+                {"type": "Media/custom chart", "key": "charts/layer_channels"},
+                {"type": "Histogram", "key": "scores/<layer>"},
+            ]},
         ],
-        "runset": {
-            "groupby": ["config:criterion"],
-            "pinned_columns": ["config:criterion", "config:ratio", "summary:test/acc", "summary:prune/macs"],
-        },
+        "runset": {"groupby": ["config:criterion"], "pinned_columns": ["config:criterion", "config:ratio", "summary:test/acc", "summary:prune/macs"]},
     }
 
 
@@ -370,59 +254,36 @@ def build_workspace(project: str, group: str, *, entity: str) -> Any:
         import wandb_workspaces.reports.v2 as wr
         import wandb_workspaces.workspaces as ws
     except ImportError as err:
-        raise ImportError(
-            "the W&B workspace needs wandb-workspaces: pip install 'lightprune[wandb]'"
-        ) from err
+        raise ImportError("the W&B workspace needs wandb-workspaces: pip install 'lightprune[wandb]'") from err
 
     return ws.Workspace(
         name=f"compare: {group}",
         entity=entity,
         project=project,
         sections=[
-            ws.Section(
-                name="Accuracy",
-                is_open=True,
-                panels=[
-                    wr.BarPlot(title="test accuracy after fine-tuning", metrics=["test/acc"]),
-                    wr.BarPlot(title="test accuracy before fine-tuning", metrics=["test/acc_before_ft"]),
-                    wr.BarPlot(title="accuracy drop (unpruned - pruned)", metrics=["test/acc_drop"]),
-                    wr.LinePlot(title="fine-tuning: val/acc", x="trainer/global_step", y=["val/acc"]),
-                    wr.ScatterPlot(
-                        title="accuracy vs MACs",
-                        x=wr.SummaryMetric("prune/macs"),
-                        y=wr.SummaryMetric("test/acc"),
-                    ),
-                    wr.ScatterPlot(
-                        title="accuracy vs ratio", x=wr.Config("ratio"), y=wr.SummaryMetric("test/acc")
-                    ),
-                ],
-            ),
-            ws.Section(
-                name="Cost",
-                is_open=True,
-                panels=[
-                    wr.BarPlot(title="params removed", metrics=["prune/params_ratio"]),
-                    wr.BarPlot(title="MACs removed", metrics=["prune/macs_ratio"]),
-                    wr.BarPlot(title="throughput (img/s)", metrics=["img_per_s"]),
-                    wr.ParallelCoordinatesPlot(
-                        title="criterion, ratio, MACs, accuracy",
-                        columns=[
-                            wr.ParallelCoordinatesPlotColumn(metric=wr.Config("criterion")),
-                            wr.ParallelCoordinatesPlotColumn(metric=wr.Config("ratio")),
-                            wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric("prune/macs")),
-                            wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric("test/acc_before_ft")),
-                            wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric("test/acc")),
-                        ],
-                    ),
-                ],
-            ),
-            ws.Section(
-                name="Layers",
-                is_open=True,
-                panels=[
-                    wr.LinePlot(title="per-layer ratio", metric_regex="prune/ratio/.*"),
-                ],
-            ),
+            ws.Section(name="Accuracy", is_open=True, panels=[
+                wr.BarPlot(title="test accuracy after fine-tuning", metrics=["test/acc"]),
+                wr.BarPlot(title="test accuracy before fine-tuning", metrics=["test/acc_before_ft"]),
+                wr.BarPlot(title="accuracy drop (unpruned - pruned)", metrics=["test/acc_drop"]),
+                wr.LinePlot(title="fine-tuning: val/acc", x="trainer/global_step", y=["val/acc"]),
+                wr.ScatterPlot(title="accuracy vs MACs", x=wr.SummaryMetric("prune/macs"), y=wr.SummaryMetric("test/acc")),
+                wr.ScatterPlot(title="accuracy vs ratio", x=wr.Config("ratio"), y=wr.SummaryMetric("test/acc")),
+            ]),
+            ws.Section(name="Cost", is_open=True, panels=[
+                wr.BarPlot(title="params removed", metrics=["prune/params_ratio"]),
+                wr.BarPlot(title="MACs removed", metrics=["prune/macs_ratio"]),
+                wr.BarPlot(title="throughput (img/s)", metrics=["img_per_s"]),
+                wr.ParallelCoordinatesPlot(title="criterion, ratio, MACs, accuracy", columns=[
+                    wr.ParallelCoordinatesPlotColumn(metric=wr.Config("criterion")),
+                    wr.ParallelCoordinatesPlotColumn(metric=wr.Config("ratio")),
+                    wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric("prune/macs")),
+                    wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric("test/acc_before_ft")),
+                    wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric("test/acc")),
+                ]),
+            ]),
+            ws.Section(name="Layers", is_open=True, panels=[
+                wr.LinePlot(title="per-layer ratio", metric_regex="prune/ratio/.*"),
+            ]),
         ],
         runset_settings=ws.RunsetSettings(
             filters=[ws.Metric("Group") == group, ws.Metric("JobType") == "prune"],

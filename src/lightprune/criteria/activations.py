@@ -67,19 +67,8 @@ _ACTIVATION_THRESHOLDS: tuple[tuple[tuple[type[nn.Module], ...], float], ...] = 
     ((nn.Sigmoid, nn.Hardsigmoid), 0.5),
     (
         (
-            nn.ReLU,
-            nn.ReLU6,
-            nn.LeakyReLU,
-            nn.PReLU,
-            nn.ELU,
-            nn.SELU,
-            nn.CELU,
-            nn.GELU,
-            nn.SiLU,
-            nn.Mish,
-            nn.Hardswish,
-            nn.Hardtanh,
-            nn.Tanh,
+            nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+            nn.Mish, nn.Hardswish, nn.Hardtanh, nn.Tanh,
         ),
         0.0,
     ),
@@ -125,9 +114,7 @@ def _check_labels(labels: Any, batch: int, num_classes: int) -> torch.Tensor:
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise ConfigError(f"labels must be integer class indices, got dtype {labels.dtype}")
     if labels.shape != (batch,):
-        raise ConfigError(
-            f"labels of shape {tuple(labels.shape)} do not fit activations of batch size {batch}"
-        )
+        raise ConfigError(f"labels of shape {tuple(labels.shape)} do not fit activations of batch size {batch}")
     labels = labels.long()
     if batch:
         lo, hi = int(labels.min()), int(labels.max())
@@ -250,9 +237,7 @@ class ClassSelectivityMetric(_ChannelMetric):
         self.num_channels = _check_num_channels(num_channels)
         self.num_classes = _check_num_classes(num_classes, "class_selectivity")
         self.add_state(
-            "sums",
-            torch.zeros(self.num_classes, self.num_channels, dtype=torch.float64),
-            dist_reduce_fx="sum",
+            "sums", torch.zeros(self.num_classes, self.num_channels, dtype=torch.float64), dist_reduce_fx="sum"
         )
         self.add_state("counts", torch.zeros(self.num_classes, dtype=torch.int64), dist_reduce_fx="sum")
 
@@ -362,9 +347,7 @@ class InformationMetric(_ChannelMetric):
         self.measure = measure
         self.num_channels = _check_num_channels(num_channels)
         self.num_classes = None if measure == "entropy" else _check_num_classes(num_classes, measure)
-        self.quantizer, self.threshold, self.bins = _check_quantizer(
-            quantizer, threshold, bins, _METRIC_QUANTIZERS
-        )
+        self.quantizer, self.threshold, self.bins = _check_quantizer(quantizer, threshold, bins, _METRIC_QUANTIZERS)
         k = self.num_classes or 1
         if self.quantizer == "threshold":
             self.add_state(
@@ -478,7 +461,7 @@ def _kl_selectivity(joint: torch.Tensor) -> torch.Tensor:
     """max over classes with images of D_KL(P(T|Y=y) || P(T)), from (C, K, L) counts."""
     n = joint.double()
     n_y = n.sum(dim=2, keepdim=True)  # (C, K, 1)
-    p_t = n.sum(dim=1, keepdim=True) / n.sum(dim=(1, 2), keepdim=True)  # (C, 1, L)
+    p_t = (n.sum(dim=1, keepdim=True) / n.sum(dim=(1, 2), keepdim=True))  # (C, 1, L)
     p_t_given_y = torch.where(n_y > 0, n / n_y.clamp_min(1.0), torch.zeros_like(n))
     kl = (torch.xlogy(p_t_given_y, p_t_given_y) - torch.xlogy(p_t_given_y, p_t)).sum(dim=2)  # (C, K)
     return kl.max(dim=1).values.clamp_min(0.0)  # empty classes give 0, never above a real maximum
@@ -519,14 +502,8 @@ def _check_quantizer(
     check_choice("quantizer", quantizer, allowed)
     if threshold is not None:
         if quantizer != "threshold":
-            raise ConfigError(
-                f"threshold={threshold!r} is only used with quantizer='threshold'; got quantizer={quantizer!r}"
-            )
-        if (
-            isinstance(threshold, bool)
-            or not isinstance(threshold, (int, float))
-            or not math.isfinite(threshold)
-        ):
+            raise ConfigError(f"threshold={threshold!r} is only used with quantizer='threshold'; got quantizer={quantizer!r}")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
             raise ConfigError(f"threshold={threshold!r} is not allowed; it must be a finite number")
         threshold = float(threshold)
     elif quantizer == "threshold" and "auto" not in allowed:
@@ -598,9 +575,7 @@ class ClassSelectivity(ActivationCriterion):
     needs_labels = True
 
     def make_state(self, layer: PrunableLayer, num_classes: int | None) -> ClassSelectivityMetric:
-        return ClassSelectivityMetric(
-            layer.out_channels, _check_num_classes(num_classes, f"criterion {self.name!r}")
-        )
+        return ClassSelectivityMetric(layer.out_channels, _check_num_classes(num_classes, f"criterion {self.name!r}"))
 
 
 class _InformationCriterion(ActivationCriterion):
@@ -626,9 +601,7 @@ class _InformationCriterion(ActivationCriterion):
     #: (quantizer, threshold, bins) of a conv unit under ``quantizer="auto"``.
     conv_auto: ClassVar[tuple[str, float | None, int | None]] = ("median", None, None)
 
-    def __init__(
-        self, quantizer: str = "auto", threshold: float | None = None, bins: int | None = None
-    ) -> None:
+    def __init__(self, quantizer: str = "auto", threshold: float | None = None, bins: int | None = None) -> None:
         self.quantizer, self.threshold, self.bins = _check_quantizer(quantizer, threshold, bins, _QUANTIZERS)
 
     def resolve_quantizer(self, layer: PrunableLayer) -> tuple[str, float | None, int | None]:

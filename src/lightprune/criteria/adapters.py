@@ -56,9 +56,7 @@ def _working_copy(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Modu
     try:
         net = copy.deepcopy(model)
     except Exception as err:  # noqa: BLE001 (any failure of user code)
-        raise ConfigError(
-            f"torch-pruning adapters need a deep copy of the model, which failed: {err}"
-        ) from err
+        raise ConfigError(f"torch-pruning adapters need a deep copy of the model, which failed: {err}") from err
     if dtype is not None:
         net.to(dtype=dtype)
     for p in net.parameters():
@@ -77,9 +75,7 @@ def _batch(batch: Any, need_labels: bool) -> tuple[torch.Tensor, torch.Tensor | 
     return x, (torch.as_tensor(batch[1]) if need_labels else None)
 
 
-def _example_input(
-    net: nn.Module, batches: Iterable[Any] | None, input_size: int | tuple | None
-) -> torch.Tensor:
+def _example_input(net: nn.Module, batches: Iterable[Any] | None, input_size: int | tuple | None) -> torch.Tensor:
     """Two example images (see the module docstring), on the copy's device and dtype."""
     device, dtype = _device(net), _dtype(net)
     if batches is not None:
@@ -89,9 +85,7 @@ def _example_input(
         raise ConfigError("the scoring set holds no image")
     if isinstance(input_size, (tuple, list)):
         return torch.zeros(2, *input_size, device=device, dtype=dtype)
-    first = next(
-        (m for m in net.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))), None
-    )
+    first = next((m for m in net.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))), None)
     if first is None:
         raise ConfigError("the model has no Conv/Linear layer to infer an input shape from; pass input_size=")
     if isinstance(first, nn.Linear):
@@ -116,9 +110,7 @@ def _dependency_graph(net: nn.Module, example: torch.Tensor) -> tp.DependencyGra
     try:
         return dependency_graph(net, example, fresh=True)  # the adapters' copies change: never cached
     except Exception as err:  # noqa: BLE001
-        raise ConfigError(
-            f"torch-pruning could not trace the model on an input of shape {tuple(example.shape)}: {err}"
-        ) from err
+        raise ConfigError(f"torch-pruning could not trace the model on an input of shape {tuple(example.shape)}: {err}") from err
 
 
 def _group_importance(
@@ -128,12 +120,8 @@ def _group_importance(
     try:
         group = pruning_group(dg, module, list(range(layer.out_channels)))
     except ValueError:
-        raise ConfigError(
-            f"layer {layer.name!r} is not in torch-pruning's dependency graph (did it run?)"
-        ) from None
-    if group[0].dep.target.module is not module or list(group[0].root_idxs) != list(
-        range(layer.out_channels)
-    ):
+        raise ConfigError(f"layer {layer.name!r} is not in torch-pruning's dependency graph (did it run?)") from None
+    if group[0].dep.target.module is not module or list(group[0].root_idxs) != list(range(layer.out_channels)):
         raise ConfigError(f"torch-pruning rooted the group of {layer.name!r} elsewhere")  # pragma: no cover
     v = imp(group)
     if v is None:
@@ -219,12 +207,7 @@ class Taylor(_TorchPruningCriterion):
         if progress:
             from tqdm.auto import tqdm
 
-            it = tqdm(
-                batches,
-                desc="scoring taylor",
-                leave=False,
-                total=len(batches) if hasattr(batches, "__len__") else None,
-            )
+            it = tqdm(batches, desc="scoring taylor", leave=False, total=len(batches) if hasattr(batches, "__len__") else None)
         seen, example = 0, None
         for batch in it:
             x, y = _batch(batch, need_labels=True)
@@ -234,9 +217,7 @@ class Taylor(_TorchPruningCriterion):
             if not isinstance(out, torch.Tensor) or out.ndim != 2:
                 raise ConfigError("taylor needs a model whose output is a (batch, classes) tensor of logits")
             if y.numel() and (y.min() < 0 or y.max() >= out.shape[1]):
-                raise ConfigError(
-                    f"taylor: labels must lie in [0, {out.shape[1]}) (the model's outputs); got {y.unique().tolist()}"
-                )
+                raise ConfigError(f"taylor: labels must lie in [0, {out.shape[1]}) (the model's outputs); got {y.unique().tolist()}")
             F.cross_entropy(out, y, reduction="sum").backward()
             seen += int(x.shape[0])
             example = x[:2] if example is None else example
@@ -315,30 +296,19 @@ class BNScale(_TorchPruningCriterion):
     needs_batchnorm = True
 
     def __init__(
-        self,
-        group_reduction: str = "mean",
-        normalizer: str | None = None,
-        input_size: int | tuple | list | None = None,
+        self, group_reduction: str = "mean", normalizer: str | None = None, input_size: int | tuple | list | None = None
     ) -> None:
         super().__init__(group_reduction, normalizer)
-        ok = input_size is None or (
-            isinstance(input_size, int) and not isinstance(input_size, bool) and input_size > 0
-        )
-        ok = ok or (
-            isinstance(input_size, (tuple, list)) and all(isinstance(v, int) and v > 0 for v in input_size)
-        )
+        ok = input_size is None or (isinstance(input_size, int) and not isinstance(input_size, bool) and input_size > 0)
+        ok = ok or (isinstance(input_size, (tuple, list)) and all(isinstance(v, int) and v > 0 for v in input_size))
         if not ok:
-            raise ConfigError(
-                f"input_size={input_size!r} is not allowed; give a positive int, a shape (C, H, W) or None"
-            )
+            raise ConfigError(f"input_size={input_size!r} is not allowed; give a positive int, a shape (C, H, W) or None")
         self.input_size = input_size
 
     def score(self, model, layers, batches=None, *, num_classes=None, progress=False) -> Scores:
         net = _working_copy(model)
         dg = _dependency_graph(net, _example_input(net, batches, self.input_size))
-        imp = tp.importance.BNScaleImportance(
-            group_reduction=self.group_reduction, normalizer=self.normalizer
-        )
+        imp = tp.importance.BNScaleImportance(group_reduction=self.group_reduction, normalizer=self.normalizer)
         modules = dict(net.named_modules())
         scores, missing = {}, []
         for name, layer in layers.items():

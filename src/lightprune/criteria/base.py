@@ -89,10 +89,7 @@ def _load_entry_points() -> None:
         except Exception as err:  # noqa: BLE001 - a broken plug-in must not break the registry
             import warnings
 
-            warnings.warn(
-                f"lightprune: the criterion entry point {ep.name!r} ({ep.value}) failed to load: {err}",
-                stacklevel=2,
-            )
+            warnings.warn(f"lightprune: the criterion entry point {ep.name!r} ({ep.value}) failed to load: {err}", stacklevel=2)
             continue
         if isinstance(obj, type) and issubclass(obj, Criterion) and obj not in _REGISTRY.values():
             register_criterion(ep.name)(obj)
@@ -206,9 +203,7 @@ class ActivationCriterion(Criterion):
 
     def score(self, model, layers, batches=None, *, num_classes=None, progress=False) -> Scores:
         states = {n: self.make_state(layer, num_classes) for n, layer in layers.items()}
-        seen = stream_states(
-            model, layers, states, batches, progress_bar=progress, desc=f"scoring {self.name}"
-        )
+        seen = stream_states(model, layers, states, batches, progress_bar=progress, desc=f"scoring {self.name}")
         imp = {n: st.compute().detach().double().cpu().reshape(-1) for n, st in states.items()}
         return Scores(imp, criterion=self.name, meta={"hparams": self.hparams(), "num_images": seen})
 
@@ -240,9 +235,7 @@ class Scores(Mapping[str, torch.Tensor]):
         for name, value in scores.items():
             t = torch.as_tensor(value)
             if t.ndim != 1:
-                raise ConfigError(
-                    f"scores[{name!r}] must be 1-D (one value per channel), got shape {tuple(t.shape)}"
-                )
+                raise ConfigError(f"scores[{name!r}] must be 1-D (one value per channel), got shape {tuple(t.shape)}")
             self._scores[name] = t
         self.criterion = criterion
         self.layer_scores = dict(layer_scores) if layer_scores is not None else None
@@ -289,29 +282,15 @@ class Scores(Mapping[str, torch.Tensor]):
         """Inverse of :meth:`to_dict`."""
         try:
             scores = {k: torch.tensor(v, dtype=torch.float64) for k, v in data["scores"].items()}
-            return cls(
-                scores,
-                data["criterion"],
-                data.get("layer_scores"),
-                data.get("meta"),
-                data.get("cannot_rank") or (),
-            )
+            return cls(scores, data["criterion"], data.get("layer_scores"), data.get("meta"), data.get("cannot_rank") or ())
         except KeyError as err:
-            raise ConfigError(
-                f"Scores.from_dict: missing key {err}; expected 'criterion' and 'scores'"
-            ) from None
+            raise ConfigError(f"Scores.from_dict: missing key {err}; expected 'criterion' and 'scores'") from None
 
     def __repr__(self) -> str:
         rows = [f"Scores(criterion={self.criterion!r}, layers={len(self)})"]
         for name, v in self._scores.items():
-            extra = (
-                f"  layer_score={self.layer_scores[name]:.4g}"
-                if self.layer_scores and name in self.layer_scores
-                else ""
-            )
-            rows.append(
-                f"  {name:<32} C={v.numel():<5} min={v.min():.4g} mean={v.mean():.4g} max={v.max():.4g}{extra}"
-            )
+            extra = f"  layer_score={self.layer_scores[name]:.4g}" if self.layer_scores and name in self.layer_scores else ""
+            rows.append(f"  {name:<32} C={v.numel():<5} min={v.min():.4g} mean={v.mean():.4g} max={v.max():.4g}{extra}")
         return "\n".join(rows)
 
 

@@ -77,9 +77,7 @@ def _average_ranks(x: torch.Tensor) -> torch.Tensor:
     new_run[1:] = sorted_x[1:] != sorted_x[:-1]
     run = new_run.long().cumsum(0) - 1 + torch.arange(d, device=x.device) * n  # unique run id per column
     pos = torch.arange(1, n + 1, dtype=torch.float64, device=x.device).unsqueeze(1).expand(n, d)
-    total = torch.zeros(n * d, dtype=torch.float64, device=x.device).scatter_add_(
-        0, run.flatten(), pos.flatten()
-    )
+    total = torch.zeros(n * d, dtype=torch.float64, device=x.device).scatter_add_(0, run.flatten(), pos.flatten())
     count = torch.zeros(n * d, dtype=torch.float64, device=x.device).scatter_add_(
         0, run.flatten(), torch.ones(n * d, dtype=torch.float64, device=x.device)
     )
@@ -138,14 +136,10 @@ def inf_fs(
     """
     _check_inf_fs_hparams(alpha, factor, correlation)
     if responses.ndim != 2:
-        raise ConfigError(
-            f"inf_fs: responses must be (N samples, D features), got shape {tuple(responses.shape)}"
-        )
+        raise ConfigError(f"inf_fs: responses must be (N samples, D features), got shape {tuple(responses.shape)}")
     n, d = responses.shape
     if n < 2:
-        raise ConfigError(
-            f"inf_fs: needs at least 2 samples to estimate deviations and correlations, got {n}"
-        )
+        raise ConfigError(f"inf_fs: needs at least 2 samples to estimate deviations and correlations, got {n}")
     x = responses.detach().to(torch.float64)
     if not torch.isfinite(x).all():
         raise ConfigError("inf_fs: responses contain NaN or infinite values")
@@ -174,9 +168,7 @@ def _check_inf_fs_hparams(alpha: object, factor: object, correlation: object) ->
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"alpha={alpha!r} is not allowed; it must be a number in [0, 1]")
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0.0 < factor < 1.0:
-        raise ConfigError(
-            f"factor={factor!r} is not allowed; it must be a number in (0, 1) (r = factor / rho(A))"
-        )
+        raise ConfigError(f"factor={factor!r} is not allowed; it must be a number in (0, 1) (r = factor / rho(A))")
     check_choice("correlation", correlation, _CORRELATIONS)
 
 
@@ -211,9 +203,7 @@ class _LinearPool(nn.Module):
         if self.adaptive:
             return self._adaptive(x)
         if self.nd == 1:  # avg_pool1d has no divisor_override: go through 2-D
-            return self._window(
-                x.unsqueeze(-2), 2, (1, *self.kernel), (1, *self.stride), (0, *self.padding)
-            ).squeeze(-2)
+            return self._window(x.unsqueeze(-2), 2, (1, *self.kernel), (1, *self.stride), (0, *self.padding)).squeeze(-2)
         return self._window(x, self.nd, self.kernel, self.stride, self.padding)
 
     def _window(self, x, nd, kernel, stride, padding):
@@ -231,9 +221,7 @@ class _LinearPool(nn.Module):
             count = torch.ones((), dtype=x.dtype, device=x.device)
             for k, (o, s) in enumerate(zip(out, sizes, strict=True)):
                 i = torch.arange(o, device=x.device)
-                n = torch.div((i + 1) * s + o - 1, o, rounding_mode="floor") - torch.div(
-                    i * s, o, rounding_mode="floor"
-                )
+                n = torch.div((i + 1) * s + o - 1, o, rounding_mode="floor") - torch.div(i * s, o, rounding_mode="floor")
                 count = count.unsqueeze(-1) * n.to(x.dtype).view(*([1] * k), o)
             y = y * count
         return y
@@ -243,10 +231,7 @@ class _LinearPool(nn.Module):
 
 
 def linearized_copy(
-    model: nn.Module,
-    pooling: str = "mean",
-    dtype: torch.dtype = torch.float64,
-    device: torch.device | str | None = None,
+    model: nn.Module, pooling: str = "mean", dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
 ) -> nn.Module:
     """A deep copy of ``model`` made linear for NISP's back-propagation (the model is not touched).
 
@@ -329,9 +314,7 @@ class _Responses(torchmetrics.Metric):
 def _inputs_of(batch: Any) -> torch.Tensor:
     x = batch[0] if isinstance(batch, (list, tuple)) else batch
     if not isinstance(x, torch.Tensor):
-        raise ConfigError(
-            f"each scoring batch must be a tensor or (inputs, labels); got {type(batch).__name__}"
-        )
+        raise ConfigError(f"each scoring batch must be a tensor or (inputs, labels); got {type(batch).__name__}")
     return x
 
 
@@ -432,18 +415,14 @@ class NISP(Criterion):
     ) -> None:
         _check_inf_fs_hparams(alpha, factor, correlation)
         if frl is not None and (not isinstance(frl, str) or not frl):
-            raise ConfigError(
-                f"frl={frl!r} is not allowed; give a module name or None (the input of the last Linear)"
-            )
+            raise ConfigError(f"frl={frl!r} is not allowed; give a module name or None (the input of the last Linear)")
         check_choice("pooling", pooling, _POOLINGS)
         check_choice("precision", precision, _PRECISIONS)
         self.alpha, self.factor, self.correlation = alpha, factor, correlation
         self.frl, self.pooling, self.precision = frl, pooling, precision
 
     # -- step 1 ------------------------------------------------------------------------------------
-    def _responses(
-        self, net: nn.Module, batches: Iterable[Any], progress: bool
-    ) -> tuple[torch.Tensor, str, tuple]:
+    def _responses(self, net: nn.Module, batches: Iterable[Any], progress: bool) -> tuple[torch.Tensor, str, tuple]:
         device, dtype = _device(net), next(net.parameters()).dtype
         state = _Responses().to(device)
         store: dict[str, Any] = {}
@@ -453,12 +432,7 @@ class NISP(Criterion):
         if progress:
             from tqdm.auto import tqdm
 
-            it = tqdm(
-                batches,
-                desc="scoring nisp",
-                leave=False,
-                total=len(batches) if hasattr(batches, "__len__") else None,
-            )
+            it = tqdm(batches, desc="scoring nisp", leave=False, total=len(batches) if hasattr(batches, "__len__") else None)
         handles = _frl_hooks(net, self.frl, store, for_grad=False)
         was_training = net.training
         net.eval()
@@ -468,9 +442,7 @@ class NISP(Criterion):
                     x = _inputs_of(batch).to(device)
                     net(x.to(dtype) if x.is_floating_point() else x)
                     if "x" not in store:
-                        raise ConfigError(
-                            "NISP: the model ran no nn.Linear layer; name the FRL module with frl="
-                        )
+                        raise ConfigError("NISP: the model ran no nn.Linear layer; name the FRL module with frl=")
                     rows = store.pop("x").flatten(1)
                     if rows.shape[1] > MAX_FRL_WIDTH:
                         raise ConfigError(
@@ -485,21 +457,14 @@ class NISP(Criterion):
             for h in handles:
                 h.remove()
         if len(names) > 1:
-            raise ConfigError(
-                f"NISP: the last Linear layer differs between batches ({sorted(names)}); pass frl="
-            )
+            raise ConfigError(f"NISP: the last Linear layer differs between batches ({sorted(names)}); pass frl=")
         if not state.rows:
             raise ConfigError("NISP: the scoring set holds no image")
         return state.compute().cpu(), names.pop(), shape
 
     # -- step 3 ------------------------------------------------------------------------------------
     def _propagate(
-        self,
-        net: nn.Module,
-        layers: dict[str, PrunableLayer],
-        frl_name: str,
-        shape: tuple,
-        s_frl: torch.Tensor,
+        self, net: nn.Module, layers: dict[str, PrunableLayer], frl_name: str, shape: tuple, s_frl: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         modules = dict(net.named_modules())
         outputs: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
@@ -519,18 +484,12 @@ class NISP(Criterion):
                 try:
                     net(probe.clone())
                 except RuntimeError as err:
-                    raise ConfigError(
-                        f"NISP: the linearised copy failed on a probe of shape {(1, *shape)}: {err}"
-                    ) from err
+                    raise ConfigError(f"NISP: the linearised copy failed on a probe of shape {(1, *shape)}: {err}") from err
                 if self.frl is None and store.get("name") != frl_name:
-                    raise ConfigError(
-                        f"NISP: the linearised copy's last Linear is {store.get('name')!r}, not {frl_name!r}"
-                    )
+                    raise ConfigError(f"NISP: the linearised copy's last Linear is {store.get('name')!r}, not {frl_name!r}")
                 target = store["x"]
                 if target.numel() != s_frl.numel():
-                    raise ConfigError(
-                        f"NISP: the FRL has {target.numel()} values on the probe, {s_frl.numel()} scores"
-                    )
+                    raise ConfigError(f"NISP: the FRL has {target.numel()} values on the probe, {s_frl.numel()} scores")
                 missing = [n for n, outs in outputs.items() if not outs]
                 if missing:
                     raise ConfigError(f"NISP: layers {missing} did not run in the forward pass")
@@ -544,17 +503,13 @@ class NISP(Criterion):
         finally:
             for h in handles:
                 h.remove()
-        unused = sorted(
-            {n for (n, _), g in zip(flat, grads, strict=True) if g is None}, key=list(layers).index
-        )
+        unused = sorted({n for (n, _), g in zip(flat, grads, strict=True) if g is None}, key=list(layers).index)
         if unused:
             raise ConfigError(
                 f"NISP: layers {unused} do not feed the FRL {frl_name!r}, so no score reaches them; "
                 "score them with another criterion, drop them with layers=, or choose a later frl="
             )
-        imp: dict[str, torch.Tensor] = {
-            n: torch.zeros(layers[n].out_channels, dtype=torch.float64) for n in layers
-        }
+        imp: dict[str, torch.Tensor] = {n: torch.zeros(layers[n].out_channels, dtype=torch.float64) for n in layers}
         for (n, _), g in zip(flat, grads, strict=True):
             ch = 1 if layers[n].kind == "conv" else g.ndim - 1
             dims = [d for d in range(g.ndim) if d != ch]
@@ -584,10 +539,5 @@ class NISP(Criterion):
         s_frl = inf_fs(responses, self.alpha, self.factor, self.correlation)
         net = linearized_copy(model, self.pooling, torch.float64, "cpu" if device.type == "mps" else None)
         imp = self._propagate(net, layers, frl_name, shape, s_frl)
-        meta = {
-            "hparams": self.hparams(),
-            "frl": frl_name,
-            "frl_width": int(s_frl.numel()),
-            "num_images": int(responses.shape[0]),
-        }
+        meta = {"hparams": self.hparams(), "frl": frl_name, "frl_width": int(s_frl.numel()), "num_images": int(responses.shape[0])}
         return Scores(imp, criterion=self.name, meta=meta)

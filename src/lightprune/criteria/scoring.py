@@ -22,14 +22,11 @@ def resolve_criterion(criterion: str | Criterion, **hparams: Any) -> Criterion:
     if isinstance(criterion, str):
         return create_criterion(criterion, **hparams)
     if hparams:
-        raise ConfigError(
-            f"hyperparameters {sorted(hparams)} given with a Criterion instance; set them on the instance"
-        )
+        raise ConfigError(f"hyperparameters {sorted(hparams)} given with a Criterion instance; set them on the instance")
     if not isinstance(criterion, Criterion):
-        raise ConfigError(
-            f"criterion={criterion!r} is not allowed; give a registered name or a Criterion instance"
-        )
+        raise ConfigError(f"criterion={criterion!r} is not allowed; give a registered name or a Criterion instance")
     return criterion
+
 
 
 def score(
@@ -88,9 +85,7 @@ def score(
     criterion = resolve_criterion(criterion, **hparams)
     batches = None
     if dataloader is not None:
-        scoring = resolve_scoring_set(
-            dataloader, samples_per_class=samples_per_class, classes=classes, keys=keys
-        )
+        scoring = resolve_scoring_set(dataloader, samples_per_class=samples_per_class, classes=classes, keys=keys)
         batches = scoring.batches
         num_classes = num_classes or scoring.num_classes
     if criterion.needs_data and batches is None:
@@ -102,13 +97,8 @@ def score(
         example = next(iter(batches))[0][:2].to(model_device(model)) if _nonempty(batches) else None
         if example is None:
             raise ConfigError("dataloader is empty: the scoring set holds no image")
-    found = select_layers(
-        find_prunable_layers(model, example),
-        layers,
-        exclude,
-        layer_types,
-        modules=dict(model.named_modules()),
-    )
+    found = select_layers(find_prunable_layers(model, example), layers, exclude, layer_types,
+                          modules=dict(model.named_modules()))
     if not found:
         raise ConfigError("the model has no prunable layer (Conv2d with groups=1 or hidden Linear)")
     if criterion.needs_labels and num_classes is None:
@@ -131,7 +121,5 @@ def _infer_num_classes(batches: Iterable[Any]) -> int:
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)  # every rank: the same count
         top = int(t.item())
     if top < 1:
-        raise ConfigError(
-            "num_classes could not be inferred (fewer than 2 classes in the scoring set); pass num_classes="
-        )
+        raise ConfigError("num_classes could not be inferred (fewer than 2 classes in the scoring set); pass num_classes=")
     return top + 1

@@ -40,9 +40,7 @@ __all__ = ["FeatureEntropy", "FeatureEntropyMetric", "VARIANTS"]
 VARIANTS = ("birth", "betti_max", "betti_integral")
 
 
-def _unit_values(
-    act: torch.Tensor, variant: str, method: str, levels: int, axis: str = "index"
-) -> torch.Tensor:
+def _unit_values(act: torch.Tensor, variant: str, method: str, levels: int, axis: str = "index") -> torch.Tensor:
     """(B, C, m, m) -> (B, C) int32 characterisation (-1 / 0 = no birth / no cycle)."""
     if act.ndim == 2:  # Linear neurons: a scalar is a 1x1 map, which cannot hold a cycle
         return torch.full(act.shape, -1, dtype=torch.int32, device=act.device)
@@ -83,22 +81,14 @@ class FeatureEntropyMetric(torchmetrics.Metric):
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
-        self.num_channels, self.p, self.variant, self.method, self.levels = (
-            num_channels,
-            p,
-            variant,
-            method,
-            levels,
-        )
+        self.num_channels, self.p, self.variant, self.method, self.levels = num_channels, p, variant, method, levels
         self.axis = axis
         self.add_state("births", default=[], dist_reduce_fx="cat")
         self.add_state("labels", default=[], dist_reduce_fx="cat")
 
     def update(self, act: torch.Tensor, labels: torch.Tensor) -> None:
         if act.shape[1] != self.num_channels:
-            raise ConfigError(
-                f"expected {self.num_channels} channels, got activations of shape {tuple(act.shape)}"
-            )
+            raise ConfigError(f"expected {self.num_channels} channels, got activations of shape {tuple(act.shape)}")
         self.births.append(_unit_values(act, self.variant, self.method, self.levels, self.axis))
         self.labels.append(labels.to(torch.int64))
 
@@ -196,9 +186,7 @@ class FeatureEntropy(ActivationCriterion):
         self.levels = 20 if levels is None else levels
 
     def make_state(self, layer: PrunableLayer, num_classes: int | None) -> FeatureEntropyMetric:
-        return FeatureEntropyMetric(
-            layer.out_channels, self.p, self.variant, self.method, self.levels, self.axis
-        )
+        return FeatureEntropyMetric(layer.out_channels, self.p, self.variant, self.method, self.levels, self.axis)
 
     def score(self, model, layers, batches=None, *, num_classes=None, progress=False):
         scores = super().score(model, layers, batches, num_classes=num_classes, progress=progress)
@@ -211,3 +199,5 @@ class FeatureEntropy(ActivationCriterion):
                 stacklevel=2,
             )
         return scores
+
+
