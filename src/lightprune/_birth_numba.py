@@ -98,12 +98,6 @@ _TIE = -4  # returned by _tiny_scan: a tie group of two or more edges, left to t
 # small helpers
 # ------------------------------------------------------------------------------------------------
 @njit(cache=True, _nrt=False, inline="always")
-def _lowest_bit_index(word):
-    """Index of the lowest set bit of a non-zero uint64."""
-    return lowest_bit(word)
-
-
-@njit(cache=True, _nrt=False, inline="always")
 def _key(b, sh, msk):
     """Order key of a float's bits: integer order = float order, -0.0 and +0.0 share a key."""
     k = b ^ ((b >> sh) & msk)
@@ -135,17 +129,6 @@ def _add_edge(adj, a, b):
 # ------------------------------------------------------------------------------------------------
 # sorting (decreasing keys, edge ids alongside)
 # ------------------------------------------------------------------------------------------------
-@njit(cache=True, _nrt=False)
-def _median3(a, b, c):
-    if a < b:
-        if b < c:
-            return b
-        return c if a < c else a
-    if a < c:
-        return a
-    return c if b < c else b
-
-
 @njit(cache=True, _nrt=False, inline="always")
 def _take(w, ids, q, state):
     """Make position q final: move the largest of w[q:n] (and its id) there."""
@@ -222,45 +205,14 @@ def _radix_sort(w, ids, n, w2, ids2, hist, msk):
             ids[i] = ids2[i]
 
 
-_RANK_SELECT = 64  # up to this n, _select_desc counts ranks (branch-free) instead of quickselect
-
-
 @njit(cache=True, _nrt=False)
 def _select_desc(a, n, k):
-    """The k-th largest (0-based) of a[:n]. Up to _RANK_SELECT values: the smallest value with at
-    most k values above it (rank counting, branch-free: a quickselect's 3-way branches on random
-    keys mispredict about every other element); above: quickselect (reorders a)."""
-    if n <= _RANK_SELECT:
-        for i in range(n):
-            if rank_desc(a, n, i) == k:
-                return a[i]
-    lo = 0
-    hi = n
-    while hi - lo > 1:
-        pivot = _median3(a[lo], a[(lo + hi) // 2], a[hi - 1])
-        lt = lo
-        i = lo
-        gt = hi
-        while i < gt:  # [lo, lt) > pivot, [lt, gt) == pivot, [gt, hi) < pivot
-            x = a[i]
-            if x > pivot:
-                a[i] = a[lt]
-                a[lt] = x
-                lt += 1
-                i += 1
-            elif x < pivot:
-                gt -= 1
-                a[i] = a[gt]
-                a[gt] = x
-            else:
-                i += 1
-        if k < lt:
-            hi = lt
-        elif k >= gt:
-            lo = gt
-        else:
-            return pivot
-    return a[lo]
+    """The k-th largest (0-based) of a[:n] (n <= _SAMPLES): the value of rank k
+    (:func:`lightprune._simd.rank_desc`, ties by position)."""
+    for i in range(n):
+        if rank_desc(a, n, i) == k:
+            return a[i]
+    return a[0]  # not reached: the ranks of a[:n] are 0 .. n - 1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -289,7 +241,7 @@ def _row_candidates(K, u, m, i, j0, length, lo, hi, sh, msk, tmp, k):
     bits = row_bits_keys(K, (u * m + i) * m + j0, length, lo, hi, sh, msk)
     base = (i << _SHIFT) | j0
     while bits:
-        tmp[k] = base + _lowest_bit_index(bits)
+        tmp[k] = base + lowest_bit(bits)
         bits &= bits - np.uint64(1)
         k += 1
     return k
@@ -396,7 +348,7 @@ def _group_beta1(ids, gs, ge, adj, m, words, n_cycles):
         for wd in range(words):
             common = adj[a, wd] & adj[b, wd]
             while common:
-                x = wd * 64 + _lowest_bit_index(common)
+                x = wd * 64 + lowest_bit(common)
                 common &= common - np.uint64(1)
                 ca = col[a * m + x]
                 cb = col[b * m + x]
@@ -470,7 +422,7 @@ def _group_beta1(ids, gs, ge, adj, m, words, n_cycles):
             lead = -1
             for wd in range(nw):
                 if row[wd]:
-                    lead = wd * 64 + _lowest_bit_index(row[wd])
+                    lead = wd * 64 + lowest_bit(row[wd])
                     break
             if lead < 0:
                 break
@@ -535,7 +487,7 @@ def _diameter_at_most_2(adj, m, words):
         for wd in range(words):
             bits = adj[a, wd]
             while bits:
-                b = wd * 64 + _lowest_bit_index(bits)
+                b = wd * 64 + lowest_bit(bits)
                 bits &= bits - np.uint64(1)
                 for w2 in range(words):
                     adj[m, w2] |= adj[b, w2]
@@ -574,7 +526,7 @@ def _future_covered(adj, m, fut):
         cover = np.uint64(0)
         bits = adj[a, 0]
         while bits:
-            cover |= adj[_lowest_bit_index(bits), 0]
+            cover |= adj[lowest_bit(bits), 0]
             bits &= bits - np.uint64(1)
         if need & ~cover:
             return False
