@@ -279,18 +279,6 @@ def lowest_bit(typingctx, x):
 
 
 @intrinsic
-def popcount(typingctx, x):
-    """Number of set bits of a uint64."""
-    sig = types.int64(types.uint64)
-
-    def codegen(context, builder, sig, args):
-        fn = builder.module.declare_intrinsic("llvm.ctpop", [_I64], fnty=ir.FunctionType(_I64, [_I64]))
-        return builder.call(fn, [args[0]])
-
-    return sig, codegen
-
-
-@intrinsic
 def argmax_from(typingctx, w, lo, hi):
     """Position of the largest of the 1-D keys ``w[lo:hi]`` (``lo < hi``), the first one if tied."""
     dt = w.dtype
