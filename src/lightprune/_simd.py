@@ -24,8 +24,10 @@ _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
 
 
-def _lanes(ity):
-    return 512 // ity.width
+def _key_vector(dt):
+    """(lanes, vector type) for keys of the numba integer type ``dt``: 512-bit vectors."""
+    lanes = 512 // dt.bitwidth
+    return lanes, ir.VectorType(ir.IntType(dt.bitwidth), lanes)
 
 
 def _splat(builder, x, vt):
@@ -52,13 +54,18 @@ def _lane_mask(builder, n, count):
     return builder.icmp_signed("<", _const_vec(vt, range(count)), _splat(builder, n, vt))
 
 
+def _declare(builder, name, ret, params):
+    """The LLVM intrinsic ``name`` of the module, declared on first use."""
+    fn = builder.module.globals.get(name)
+    if fn is None:
+        fn = ir.Function(builder.module, ir.FunctionType(ret, params), name=name)
+    return fn
+
+
 def _masked_load(builder, ptr, mask, passthru):
     vt = passthru.type
     name = f"llvm.masked.load.v{vt.count}i{vt.element.width}.p0"
-    fn = builder.module.globals.get(name)
-    if fn is None:
-        fnty = ir.FunctionType(vt, [ptr.type, _I32, ir.VectorType(_I1, vt.count), vt])
-        fn = ir.Function(builder.module, fnty, name=name)
+    fn = _declare(builder, name, vt, [ptr.type, _I32, ir.VectorType(_I1, vt.count), vt])
     return builder.call(fn, [ptr, ir.Constant(_I32, vt.element.width // 8), mask, passthru])
 
 
@@ -69,9 +76,7 @@ def _full_load(builder, ptr, vt):
 def _reduce(builder, v, op):
     vt = v.type
     name = f"llvm.vector.reduce.{op}.v{vt.count}i{vt.element.width}"
-    fn = builder.module.globals.get(name)
-    if fn is None:
-        fn = ir.Function(builder.module, ir.FunctionType(vt.element, [vt]), name=name)
+    fn = _declare(builder, name, vt.element, [vt])
     return builder.call(fn, [v])
 
 
@@ -135,8 +140,7 @@ def row_max_min_keys(typingctx, K, off, n, sh, msk):
 
     def codegen(context, builder, sig, args):
         ary, off, n, sh, msk = _args(context, builder, sig, args, dt, (1, 2), (3, 4))
-        ity = ir.IntType(dt.bitwidth)
-        vt = ir.VectorType(ity, _lanes(ity))
+        L, vt = _key_vector(dt)
         base = _ptr(context, builder, sig.args[0], ary, off)
         first = _splat(builder, builder.load(base), vt)  # masked-off lanes: the first entry
         k0 = _key_vec(builder, first, sh, msk)
@@ -153,10 +157,10 @@ def row_max_min_keys(typingctx, K, off, n, sh, msk):
             return fold(_full_load(builder, builder.gep(base, [j]), vt), accs)
 
         def tail(j, rem, accs):
-            lm = _lane_mask(builder, rem, vt.count)
+            lm = _lane_mask(builder, rem, L)
             return fold(_masked_load(builder, builder.gep(base, [j]), lm, first), accs)
 
-        hi, lo = _chunk_loop(builder, n, vt.count, [k0, k0], step, tail)
+        hi, lo = _chunk_loop(builder, n, L, [k0, k0], step, tail)
         return context.make_tuple(
             builder, sig.return_type, [_reduce(builder, hi, "smax"), _reduce(builder, lo, "smin")]
         )
@@ -173,9 +177,7 @@ def row_bits_keys(typingctx, K, off, n, lo, hi, sh, msk):
 
     def codegen(context, builder, sig, args):
         ary, off, n, lo, hi, sh, msk = _args(context, builder, sig, args, dt, (1, 2), (3, 4, 5, 6))
-        ity = ir.IntType(dt.bitwidth)
-        L = _lanes(ity)
-        vt = ir.VectorType(ity, L)
+        L, vt = _key_vector(dt)
         base = _ptr(context, builder, sig.args[0], ary, off)
         lov = _splat(builder, lo, vt)
         hiv = _splat(builder, hi, vt)
@@ -201,8 +203,7 @@ def count_above_keys(typingctx, K, off, n, thr, sh, msk):
 
     def codegen(context, builder, sig, args):
         ary, off, n, thr, sh, msk = _args(context, builder, sig, args, dt, (1, 2), (3, 4, 5))
-        ity = ir.IntType(dt.bitwidth)
-        vt = ir.VectorType(ity, _lanes(ity))
+        L, vt = _key_vector(dt)
         base = _ptr(context, builder, sig.args[0], ary, off)
         thv = _splat(builder, thr, vt)
         zero = _const_vec(vt, [0] * vt.count)
@@ -236,9 +237,7 @@ def rank_desc(typingctx, w, n, i):
 
     def codegen(context, builder, sig, args):
         ary, n, i = _args(context, builder, sig, args, dt, (1, 2), ())
-        ity = ir.IntType(dt.bitwidth)
-        L = _lanes(ity)
-        vt = ir.VectorType(ity, L)
+        L, vt = _key_vector(dt)
         base = _ptr(context, builder, sig.args[0], ary, ir.Constant(_I64, 0))
         x = _splat(builder, builder.load(builder.gep(base, [i])), vt)
         iv = _splat(builder, i, ir.VectorType(_I64, L))
@@ -286,9 +285,7 @@ def argmax_from(typingctx, w, lo, hi):
 
     def codegen(context, builder, sig, args):
         ary, lo, hi = _args(context, builder, sig, args, dt, (1, 2), ())
-        ity = ir.IntType(dt.bitwidth)
-        L = _lanes(ity)
-        vt = ir.VectorType(ity, L)
+        L, vt = _key_vector(dt)
         pt = ir.VectorType(_I64, L)
         base = _ptr(context, builder, sig.args[0], ary, lo)
         first = _splat(builder, builder.load(base), vt)  # masked-off lanes: the first key, position 0
@@ -315,13 +312,6 @@ def argmax_from(typingctx, w, lo, hi):
         return builder.add(lo, _reduce(builder, where, "smin"))
 
     return sig, codegen
-
-
-def _declare(builder, name, ret, params):
-    fn = builder.module.globals.get(name)
-    if fn is None:
-        fn = ir.Function(builder.module, ir.FunctionType(ret, params), name=name)
-    return fn
 
 
 def _compress_store(builder, v, ptr, mask):
@@ -359,9 +349,7 @@ def collect_row_keys(typingctx, K, u, m, i, lo, hi, sh, msk, cw, cid, n, deg):
         ary, u, m, i, lo, hi, sh, msk, cwa, cida, n, dega = _args(
             context, builder, sig, args, dt, (1, 2, 3, 10), (4, 5, 6, 7)
         )
-        ity = ir.IntType(dt.bitwidth)
-        L = _lanes(ity)
-        vt = ir.VectorType(ity, L)
+        L, vt = _key_vector(dt)
         it = ir.VectorType(_I64, L)
         c = lambda x: ir.Constant(_I64, x)  # noqa: E731
         mm = builder.mul(m, m)
@@ -378,7 +366,7 @@ def collect_row_keys(typingctx, K, u, m, i, lo, hi, sh, msk, cw, cid, n, deg):
         zero = _const_vec(vt, [0] * L)
         ptr_vt = ir.VectorType(colbase.type, L)
         colint = _splat(builder, builder.ptrtoint(colbase, _I64), it)
-        stride = _splat(builder, builder.mul(m, c(ity.width // 8)), it)
+        stride = _splat(builder, builder.mul(m, c(dt.bitwidth // 8)), it)
         id_t = ir.IntType(32)
 
         pre = builder.basic_block
