@@ -174,3 +174,61 @@ def test_collect_row_keys_equals_plain_loops(dtype, m):
             out.append((n, cw[:n].tolist(), cid[:n].tolist(), deg.tolist()))
         assert out[0] == out[1]
         assert out[0][0] > 0 or lo == q[1]
+
+
+@njit
+def _eight_simd(K, sh, msk, kinf, cw, cid, res):
+    for u in range(K.shape[0]):
+        res[u] = _simd.eight_sorted_edges(K, u * 64, sh, msk, kinf, cw[u], cid[u])
+
+
+def _eight_loops(U, sh, msk, kinf):
+    """(n or -1 / -3, [(key, id)] by decreasing key then id) for one 8 x 8 map of raw bits."""
+    k = np.array([[_key(b, sh, msk) for b in row] for row in U], dtype=np.int64)
+    if k.max() > kinf or k.min() < -kinf - 1:
+        return -3, []
+    if k.min() == k.max():
+        return -1, []
+    W = np.maximum(k, k.T)
+    w_cone = max(min(W[c, j] for j in range(8) if j != c) for c in range(8))
+    edges = sorted(
+        ((int(W[i, j]), (i << 16) | j) for i in range(8) for j in range(i + 1, 8) if W[i, j] > w_cone),
+        reverse=True,
+    )
+    return len(edges), edges
+
+
+def test_eight_sorted_edges_equals_plain_loops():
+    """The 8 x 8 path (w_cone, the edges above it, a bitonic sort) against a plain loop: tie-heavy
+    maps of 2 to 20 levels, negative values, -0.0 next to +0.0, constant maps, NaN and +-inf."""
+    ity, (sh, msk, kinf) = _KEYS[np.float32]
+    rng = np.random.default_rng(8)
+    n_maps = 3000
+    A = (rng.integers(0, rng.integers(2, 21, n_maps)[:, None, None], (n_maps, 8, 8)) - 1).astype(np.float32)
+    A[::5][A[::5] == 0] = -0.0
+    A[7] = 2.5  # constant maps, one with -0.0 next to +0.0
+    A[8] = 0.0
+    A[8, 3, 5] = -0.0
+    A[9, 2, 6] = np.nan
+    A[10, 7, 0] = -np.nan
+    A[11, 1, 4] = np.inf
+    A[12, 0, 0] = -np.inf
+    K = A.view(ity)
+    cw = np.zeros((n_maps, 28), ity)
+    cid = np.zeros((n_maps, 28), np.int32)
+    res = np.zeros(n_maps, np.int64)
+    _eight_simd(K, ity(sh), ity(msk), ity(kinf), cw, cid, res)
+    assert res[7] == res[8] == -1 and res[9] == res[10] == -3 and res[11] >= 0 and res[12] >= 0
+    for u in range(n_maps):
+        n, edges = _eight_loops(K[u], sh, msk, kinf)
+        assert res[u] == n, u
+        assert list(zip(cw[u, : max(n, 0)].tolist(), cid[u, : max(n, 0)].tolist(), strict=True)) == edges, u
+    assert 0 < (res > 0).mean() < 1 and res.max() >= 15  # non-trivial blocks
+
+
+def test_eight_sorted_edges_leaves_float64_maps_to_the_general_path():
+    ity, (sh, msk, kinf) = _KEYS[np.float64]
+    K = np.zeros((1, 8, 8)).view(ity)
+    res = np.zeros(1, np.int64)
+    _eight_simd(K, ity(sh), ity(msk), ity(kinf), np.zeros((1, 28), ity), np.zeros((1, 28), np.int32), res)
+    assert res[0] == _simd.EIGHT_UNSUPPORTED

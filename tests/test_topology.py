@@ -346,6 +346,18 @@ def test_four_by_four_closed_form_matches_giotto(values):
     assert torch.equal(birth_times(torch.from_numpy(maps).float(), method="numba"), births)
 
 
+@pytest.mark.parametrize("values", [2, 4, 1000])
+def test_eight_by_eight_simd_path_matches_giotto(values):
+    # float32 8 x 8 maps take their own path in the compiled kernel (the sorted block in SIMD
+    # registers, lightprune._simd.eight_sorted_edges); float64 ones the general small-map path
+    rng = np.random.default_rng(values)
+    maps = rng.integers(0, values, (1500, 8, 8)).astype(np.float32) - values // 3
+    maps[rng.random(maps.shape) < 0.05] = -0.0
+    births = assert_matches_giotto(torch.from_numpy(maps), "eight_by_eight")
+    assert (births > 0).any() and (births == -1).any()
+    assert torch.equal(birth_times(torch.from_numpy(maps).double(), method="numba"), births)
+
+
 def test_four_by_four_cycle_by_hand():
     # edges 01, 12, 23, 30 of weight 5, 4, 3, 2, chords 02 = 1 and 13 = 1: born when 30 closes the
     # 4-cycle at weight 2; entries above 2: the four upper entries 5, 4, 3 and the diagonal 9

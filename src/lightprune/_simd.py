@@ -426,3 +426,95 @@ def collect_row_keys(typingctx, K, u, m, i, lo, hi, sh, msk, cw, cid, n, deg):
         return nn
 
     return sig, codegen
+
+
+def _bitonic_desc(builder, v):
+    """Sort the lanes of the integer vector ``v`` (a power of two of them) by decreasing value: a
+    bitonic network; each of its stages is a constant shuffle, a compare and two selects."""
+    n = v.type.count
+    k = 2
+    while k <= n:
+        j = k // 2
+        while j >= 1:
+            other = builder.shuffle_vector(
+                v, v, ir.Constant(ir.VectorType(_I32, n), [i ^ j for i in range(n)])
+            )
+            gt = builder.icmp_signed(">", v, other)
+            big = builder.select(gt, v, other)
+            small = builder.select(gt, other, v)
+            # lane i keeps the larger of its pair where its k-run is decreasing and it is the pair's
+            # first lane, or the run is increasing and it is the second one
+            first_big = [int(((i & k) == 0) == (i < i ^ j)) for i in range(n)]
+            v = builder.select(ir.Constant(ir.VectorType(_I1, n), first_big), big, small)
+            j //= 2
+        k *= 2
+    return v
+
+
+EIGHT_UNSUPPORTED = -5  # returned by eight_sorted_edges for int64 keys (float64 maps)
+
+
+@intrinsic
+def eight_sorted_edges(typingctx, K, off, sh, msk, kinf, cw, cid):
+    """The edges of an 8 x 8 map (raw int32 bits from flat offset ``off``) that are heavier than
+    ``w_cone``, by decreasing key: keys to ``cw[:n]``, ids ``i << 16 | j`` (i < j) to ``cid[:n]``
+    (ties by decreasing id). ``W[i, j] = max(U[i, j], U[j, i])``, ``w_cone = max_c min_{j != c}
+    W[c, j]``. Returns n, -1 for a constant map, -3 for a map that holds a NaN (a key beyond
+    ``kinf`` or below ``-kinf - 1``), :data:`EIGHT_UNSUPPORTED` for int64 keys.
+
+    The whole map is one 64-lane vector: its transpose is a shuffle, the row minima off the
+    diagonal a butterfly of three shuffles, and the 28 edges are sorted as 64-bit
+    ``key << 32 | id`` in a 32-lane bitonic network (pad lanes and edges not above ``w_cone`` last).
+    """
+    dt = K.dtype
+    sig = types.int64(K, off, sh, msk, kinf, cw, cid)
+
+    def codegen(context, builder, sig, args):
+        if dt.bitwidth != 32:
+            return ir.Constant(_I64, EIGHT_UNSUPPORTED)
+        ary, off, sh, msk, kinf, cwa, cida = _args(context, builder, sig, args, dt, (1,), (2, 3, 4))
+        v64, v32, q32 = ir.VectorType(_I32, 64), ir.VectorType(_I32, 32), ir.VectorType(_I64, 32)
+
+        def shuffle(v, idx):
+            return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, len(idx)), idx))
+
+        def vmax(a, b):
+            return builder.select(builder.icmp_signed(">", a, b), a, b)
+
+        base = _ptr(context, builder, sig.args[0], ary, off)
+        k = _key_vec(builder, builder.load(builder.bitcast(base, v64.as_pointer()), align=4), sh, msk)
+        gmax = _reduce(builder, k, "smax")
+        gmin = _reduce(builder, k, "smin")
+        w = vmax(k, shuffle(k, [(p % 8) * 8 + p // 8 for p in range(64)]))  # W = max(U, U^T)
+        # w_cone: the row minima off the diagonal (spread over each row's lanes), then their maximum
+        diag = ir.Constant(ir.VectorType(_I1, 64), [int(p % 9 == 0) for p in range(64)])
+        rm = builder.select(diag, _const_vec(v64, [2**31 - 1] * 64), w)
+        for s in (4, 2, 1):
+            o = shuffle(rm, [p ^ s for p in range(64)])
+            rm = builder.select(builder.icmp_signed("<", o, rm), o, rm)
+        w_cone = _reduce(builder, rm, "smax")
+        pairs = [(i, j) for i in range(8) for j in range(i + 1, 8)]  # 28 edges, 4 pad lanes
+        e = shuffle(w, [i * 8 + j for i, j in pairs] + [0] * 4)
+        valid = ir.Constant(ir.VectorType(_I1, 32), [1] * 28 + [0] * 4)
+        above = builder.and_(builder.icmp_signed(">", e, _splat(builder, w_cone, v32)), valid)
+        ids = _const_vec(q32, [(i << 16) | j for i, j in pairs] + [0] * 4)
+        c32 = _const_vec(q32, [32] * 32)
+        packed = builder.or_(builder.shl(builder.sext(e, q32), c32), ids)
+        srt = _bitonic_desc(builder, builder.select(above, packed, _const_vec(q32, [-(2**63)] * 32)))
+        ctpop = _declare(builder, "llvm.ctpop.i32", _I32, [_I32])
+        n = builder.zext(builder.call(ctpop, [builder.bitcast(above, _I32)]), _I64)
+        lm = _lane_mask(builder, n, 32)
+        zero = ir.Constant(_I64, 0)
+        _masked_store(
+            builder,
+            builder.trunc(builder.lshr(srt, c32), v32),
+            _ptr(context, builder, sig.args[5], cwa, zero),
+            lm,
+        )
+        _masked_store(builder, builder.trunc(srt, v32), _ptr(context, builder, sig.args[6], cida, zero), lm)
+        low = builder.sub(builder.neg(kinf), ir.Constant(_I32, 1))
+        nan = builder.or_(builder.icmp_signed(">", gmax, kinf), builder.icmp_signed("<", gmin, low))
+        res = builder.select(builder.icmp_signed("==", gmin, gmax), ir.Constant(_I64, -1), n)
+        return builder.select(nan, ir.Constant(_I64, -3), res)
+
+    return sig, codegen
