@@ -182,20 +182,21 @@ def _eight_simd(K, sh, msk, kinf, cw, cid, res):
         res[u] = _simd.eight_sorted_edges(K, u * 64, sh, msk, kinf, cw[u], cid[u])
 
 
-def _eight_loops(U, sh, msk, kinf):
-    """(n or -1 / -3, [(key, id)] by decreasing key then id) for one 8 x 8 map of raw bits."""
+def _edges_loops(U, sh, msk, kinf):
+    """(n or -1 / -3, [(key, id)] by decreasing key then id, W) for one m x m map of raw bits."""
+    m = U.shape[0]
     k = np.array([[_key(b, sh, msk) for b in row] for row in U], dtype=np.int64)
-    if k.max() > kinf or k.min() < -kinf - 1:
-        return -3, []
-    if k.min() == k.max():
-        return -1, []
     W = np.maximum(k, k.T)
-    w_cone = max(min(W[c, j] for j in range(8) if j != c) for c in range(8))
+    if k.max() > kinf or k.min() < -kinf - 1:
+        return -3, [], W
+    if k.min() == k.max():
+        return -1, [], W
+    w_cone = max(min(W[c, j] for j in range(m) if j != c) for c in range(m))
     edges = sorted(
-        ((int(W[i, j]), (i << 16) | j) for i in range(8) for j in range(i + 1, 8) if W[i, j] > w_cone),
+        ((int(W[i, j]), (i << 16) | j) for i in range(m) for j in range(i + 1, m) if W[i, j] > w_cone),
         reverse=True,
     )
-    return len(edges), edges
+    return len(edges), edges, W
 
 
 def test_eight_sorted_edges_equals_plain_loops():
@@ -220,15 +221,65 @@ def test_eight_sorted_edges_equals_plain_loops():
     _eight_simd(K, ity(sh), ity(msk), ity(kinf), cw, cid, res)
     assert res[7] == res[8] == -1 and res[9] == res[10] == -3 and res[11] >= 0 and res[12] >= 0
     for u in range(n_maps):
-        n, edges = _eight_loops(K[u], sh, msk, kinf)
+        n, edges, _ = _edges_loops(K[u], sh, msk, kinf)
         assert res[u] == n, u
         assert list(zip(cw[u, : max(n, 0)].tolist(), cid[u, : max(n, 0)].tolist(), strict=True)) == edges, u
     assert 0 < (res > 0).mean() < 1 and res.max() >= 15  # non-trivial blocks
 
 
-def test_eight_sorted_edges_leaves_float64_maps_to_the_general_path():
+def test_small_map_intrinsics_leave_float64_maps_to_the_general_path():
     ity, (sh, msk, kinf) = _KEYS[np.float64]
     K = np.zeros((1, 8, 8)).view(ity)
     res = np.zeros(1, np.int64)
     _eight_simd(K, ity(sh), ity(msk), ity(kinf), np.zeros((1, 28), ity), np.zeros((1, 28), np.int32), res)
-    assert res[0] == _simd.EIGHT_UNSUPPORTED
+    assert res[0] == _simd.SIMD_UNSUPPORTED
+    args = (np.zeros((1, 28), ity), np.zeros((1, 28), np.int32), np.zeros((1, 8), ity), res)
+    _sixteen_simd(K, 8, ity(sh), ity(msk), ity(kinf), *args)
+    assert res[0] == _simd.SIMD_UNSUPPORTED
+
+
+@njit
+def _sixteen_simd(K, m, sh, msk, kinf, cw, cid, rkey, res):
+    for u in range(K.shape[0]):
+        res[u] = _simd.sorted_edges16(K, u * m * m, m, sh, msk, kinf, cw[u], cid[u], rkey[u])
+
+
+@pytest.mark.parametrize("m", [5, 7, 8, 9, 13, 16])
+def test_sorted_edges16_equals_plain_loops(m):
+    """The m <= 16 path (rows in registers, w_cone, the edges above it, bitonic sorts of 32, 64 and
+    128 lanes) against a plain loop: tie-heavy maps, few to many levels, -0.0, constant maps, NaN."""
+    ity, (sh, msk, kinf) = _KEYS[np.float32]
+    rng = np.random.default_rng(m)
+    n_maps = 2000
+    levels = rng.integers(2, 500, n_maps)[:, None, None]
+    A = (rng.integers(0, levels, (n_maps, m, m)) - rng.integers(0, levels)).astype(np.float32)
+    A[::3] = np.maximum(A[::3], 0.0)  # post-ReLU maps: few edges above w_cone
+    A[::5][A[::5] == 0] = -0.0
+    A[7] = 2.5
+    A[8] = 0.0
+    A[8, 3, 4] = -0.0
+    A[9, 2, 1] = np.nan
+    A[10, 0, 0] = -np.inf
+    K = A.view(ity)
+    E = m * (m - 1) // 2
+    cw = np.zeros((n_maps, E), ity)
+    cid = np.zeros((n_maps, E), np.int32)
+    rkey = np.zeros((n_maps, m), ity)
+    res = np.zeros(n_maps, np.int64)
+    _sixteen_simd(K, m, ity(sh), ity(msk), ity(kinf), cw, cid, rkey, res)
+    assert res[7] == res[8] == -1 and res[9] == -3 and res[10] >= 0
+    sizes = []
+    for u in range(n_maps):
+        n, edges, W = _edges_loops(K[u], sh, msk, kinf)
+        assert res[u] == n, u
+        if n < 0:
+            continue
+        assert list(zip(cw[u, :n].tolist(), cid[u, :n].tolist(), strict=True)) == edges, u
+        assert rkey[u].tolist() == W.max(axis=1).tolist(), u
+        sizes.append(n)
+    # every sort width that m allows was used (at least (m + 1) // 2 edges are not above w_cone:
+    # each vertex has one, and an edge serves two vertices)
+    sizes, most = np.array(sizes), E - (m + 1) // 2
+    assert (sizes <= 32).any()
+    assert ((sizes > 32) & (sizes <= 64)).any() == (most > 32)
+    assert (sizes > 64).any() == (most > 64)

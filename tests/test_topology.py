@@ -346,14 +346,17 @@ def test_four_by_four_closed_form_matches_giotto(values):
     assert torch.equal(birth_times(torch.from_numpy(maps).float(), method="numba"), births)
 
 
+@pytest.mark.parametrize("m", [5, 8, 11, 16])
 @pytest.mark.parametrize("values", [2, 4, 1000])
-def test_eight_by_eight_simd_path_matches_giotto(values):
-    # float32 8 x 8 maps take their own path in the compiled kernel (the sorted block in SIMD
-    # registers, lightprune._simd.eight_sorted_edges); float64 ones the general small-map path
-    rng = np.random.default_rng(values)
-    maps = rng.integers(0, values, (1500, 8, 8)).astype(np.float32) - values // 3
+def test_small_map_simd_paths_match_giotto(m, values):
+    # float32 maps of 5 <= m <= 16 take their own paths in the compiled kernel (the sorted block
+    # in SIMD registers: lightprune._simd.eight_sorted_edges for m = 8, sorted_edges16 otherwise);
+    # float64 ones the general paths
+    rng = np.random.default_rng(values * 100 + m)
+    maps = rng.integers(0, values, (12000 // m, m, m)).astype(np.float32) - values // 3
+    maps[::3] *= rng.random(maps[::3].shape) < 0.12  # mostly zeros: units without a birth
     maps[rng.random(maps.shape) < 0.05] = -0.0
-    births = assert_matches_giotto(torch.from_numpy(maps), "eight_by_eight")
+    births = assert_matches_giotto(torch.from_numpy(maps), "small_simd")
     assert (births > 0).any() and (births == -1).any()
     assert torch.equal(birth_times(torch.from_numpy(maps).double(), method="numba"), births)
 

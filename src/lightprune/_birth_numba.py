@@ -21,7 +21,7 @@ passes over the rows of a map (and the rank counts) are explicit SIMD (:mod:`lig
    them, 5-10 % slower on random maps, whose births come later); block 1 = the edges above the
    (3m/4)-th largest row maximum (about m edges on random maps), block 2 = those above the
    smallest row maximum, block 3 = the rest down to ``lo_final`` (a bound is skipped when it is
-   not below the previous one; small maps, ``m (m - 1) / 2 <= 64``: one block; from m = 24 on,
+   not below the previous one; small maps: one block, see step 4; from m = 24 on,
    the bounds after block 0 are selected only once block 0 is used up; above m = 16 the order
    statistics are those of 16 evenly spaced row maxima, 1.05-1.13x at m >= 40). A block is
    gathered in one pass over the rows (rows whose largest key is below the block skipped; up to
@@ -45,13 +45,18 @@ passes over the rows of a map (and the rank counts) are explicit SIMD (:mod:`lig
    entries above the exact ``w_cone``, as one 64-bit mask per row, made once at the first check
    (:func:`_future_pairs`), checked whenever the edges added have grown by half. On real maps at
    m = 56 this ends the units without a birth after about half the edges the cone cut-off needs.
-   Small maps (m (m - 1) / 2 <= 64, so m <= 11) are scanned with one bit mask per vertex for its
-   neighbours and one for its component (:func:`_tiny_scan`) until a tie group of two or more
-   edges, which sends the unit to the general scan; 1.12-1.22x on m = 4 to 8. m = 4 has a closed
-   form (:func:`_four`: beta_1 > 0 on 4 vertices only for a 4-cycle without chords), 2.7x. For
-   float32 8 x 8 maps the sorted block is made in SIMD registers
-   (:func:`lightprune._simd.eight_sorted_edges`: the map as one 64-lane vector, a bitonic sort of
-   its 28 edges), 2.1x on the 8 x 8 maps of ``cifar_vgg16`` scoring.
+   Small maps (m <= 16) skip steps 1-3: every edge above the exact ``w_cone`` in one sorted block.
+   For float32 maps it is made in SIMD registers, a row per vector
+   (:func:`lightprune._simd.sorted_edges16`, m = 5 to 16: transpose by shuffles, the edges
+   compress-stored as 64-bit ``key << 32 | id`` and sorted by a bitonic network;
+   :func:`lightprune._simd.eight_sorted_edges` for m = 8, the whole map one 64-lane vector);
+   float64 maps with m (m - 1) / 2 <= 64 use :func:`_small_block`, larger ones the general path.
+   The block is scanned with one bit mask per vertex for its neighbours and one for its component
+   (:func:`_tiny_scan`) until a tie group of two or more edges, which sends the unit to the
+   general scan. Against the blocks of steps 2-3 (numba alternated, outputs equal): 2.2x on the
+   8 x 8 and 1.8x on the 16 x 16 maps of ``cifar_vgg16`` scoring, 1.2-1.7x on random and real
+   maps at m = 7, 10, 14. m = 4 has a closed form (:func:`_four`: beta_1 > 0 on 4 vertices only
+   for a 4-cycle without chords), 2.7x.
 5. Index: ``1 + #{entries > w_birth}`` (rows whose largest key is below skipped; maps of up to 64
    entries counted in one pass).
 
@@ -66,7 +71,7 @@ import numpy as np
 from numba import njit, prange
 
 from lightprune._simd import (
-    EIGHT_UNSUPPORTED,
+    SIMD_UNSUPPORTED,
     argmax_from,
     collect_row_keys,
     count_above_keys,
@@ -75,6 +80,7 @@ from lightprune._simd import (
     rank_desc,
     row_bits_keys,
     row_max_min_keys,
+    sorted_edges16,
 )
 
 # Hot functions are compiled with _nrt=False: they allocate nothing, and the atomic reference-count
@@ -726,9 +732,9 @@ def _run(K, u, m, words, sh, msk, ws):
 @njit(cache=True, _nrt=False, inline="always")
 def _small_block(K, u, m, sh, msk, kinf, ws):
     """Small maps (m (m - 1) / 2 <= _RANK_SORT edges): all edges above w_cone in one sorted block
-    (row maxima and NaN / constant maps as in _row_keys, the edges read as in _collect). Returns 0,
-    or -1 / _NAN."""
-    rkey, rmin, cw, cid, ist, sw, sid = ws[0], ws[1], ws[2], ws[3], ws[7], ws[10], ws[11]
+    (row maxima and NaN / constant maps as in _row_keys, the edges read as in _collect). Returns
+    their number, or -1 / _NAN."""
+    rkey, rmin, cw, cid, sw, sid = ws[0], ws[1], ws[2], ws[3], ws[10], ws[11]
     glob_min = _key(K[u, 0, 0], sh, msk)
     glob_max = glob_min
     base = u * m * m
@@ -765,21 +771,16 @@ def _small_block(K, u, m, sh, msk, kinf, ws):
         cid[kept] = e
         kept += x > w_cone
     _rank_sort(cw, cid, kept, sw, sid)
-    ist[_N] = kept
-    ist[_FINAL] = kept
-    ist[_POS] = 0
-    ist[_LAST] = True
-    return 0
+    return kept
 
 
 @njit(cache=True, _nrt=False)
 def _tiny_scan(K, u, m, sh, msk, rkey, cw, cid, n, nbr, comp):
-    """Small maps (m <= 11), the sorted block of _small_block without ties: the scan with one bit
+    """Small maps (m <= 16), the one sorted block of all edges above w_cone: the scan with one bit
     mask per vertex for its neighbours and one for its component (a union relabels at most m
-    vertices).
-    Returns the index, -1, or _TIE at the first tie group
-    of two or more edges (the caller then runs the general scan from the start). ``nbr`` and
-    ``comp``: int64 scratch of m entries (the bit masks)."""
+    vertices). Returns the index, -1, or _TIE at the first tie group of two or more edges (the
+    caller then runs the general scan from the start). ``nbr`` and ``comp``: int64 scratch of m
+    entries (the bit masks)."""
     one = np.int64(1)
     for v in range(m):
         nbr[v] = 0
@@ -861,22 +862,23 @@ def _unit_start(K, u, m, words, sh, msk, kinf, ws):
     rkey, rsel, cw, cid, deg, parent, adj, ist, kst, tmp, sw, sid, w2, ids2, hist, fut = ws
     if m == 4:
         return _four(K, u, sh, msk, kinf, -kinf - 2)
-    if m * (m - 1) // 2 <= _RANK_SORT:
-        res = EIGHT_UNSUPPORTED
-        if m == 8:  # float32 8 x 8 maps: the sorted block in SIMD registers (2.1x on them)
-            res = eight_sorted_edges(K, u * 64, sh, msk, kinf, cw, cid)
-            if res >= 0:
-                ist[_N] = res
-                ist[_FINAL] = res
-                ist[_POS] = 0
-                ist[_LAST] = True
-            elif res != EIGHT_UNSUPPORTED:
-                return res  # -1 (constant map) or _NAN
-        if res == EIGHT_UNSUPPORTED:
-            res = _small_block(K, u, m, sh, msk, kinf, ws)
-            if res != 0:
-                return res
-        res = _tiny_scan(K, u, m, sh, msk, rkey, cw, cid, ist[_N], deg, parent)
+    # maps of up to 16 x 16: every edge above w_cone in one sorted block, in SIMD registers for
+    # float32 maps (1.1-2.2x), else (float64) by _small_block for m (m - 1) / 2 <= _RANK_SORT
+    n = SIMD_UNSUPPORTED
+    if m == 8:
+        n = eight_sorted_edges(K, u * 64, sh, msk, kinf, cw, cid)
+    elif 5 <= m <= 16:
+        n = sorted_edges16(K, u * m * m, m, sh, msk, kinf, cw, cid, rkey)
+    if n == SIMD_UNSUPPORTED and m * (m - 1) // 2 <= _RANK_SORT:
+        n = _small_block(K, u, m, sh, msk, kinf, ws)
+    if n != SIMD_UNSUPPORTED:
+        if n < 0:
+            return n  # -1 (constant map) or _NAN
+        ist[_N] = n
+        ist[_FINAL] = n
+        ist[_POS] = 0
+        ist[_LAST] = True
+        res = _tiny_scan(K, u, m, sh, msk, rkey, cw, cid, n, deg, parent)
         if res != _TIE:
             return res
         ist[_ADDED] = 0

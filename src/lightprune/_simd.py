@@ -16,7 +16,7 @@ C-contiguous data. Every function has a plain-loop twin in ``tests/test_simd.py`
 from __future__ import annotations
 
 from llvmlite import ir
-from numba.core import types
+from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 _I1 = ir.IntType(1)
@@ -451,7 +451,44 @@ def _bitonic_desc(builder, v):
     return v
 
 
-EIGHT_UNSUPPORTED = -5  # returned by eight_sorted_edges for int64 keys (float64 maps)
+SIMD_UNSUPPORTED = -5  # returned by the small-map intrinsics for int64 keys (float64 maps)
+
+
+def _sort_store(builder, packed, n, cw_ptr, cid_ptr):
+    """Sort the 64-bit lanes ``key << 32 | id`` by decreasing value (the lanes past the first
+    ``n`` hold the smallest value) and store the first ``n`` keys / ids to cw_ptr / cid_ptr."""
+    q = packed.type
+    v = ir.VectorType(_I32, q.count)
+    srt = _bitonic_desc(builder, packed)
+    lm = _lane_mask(builder, n, q.count)
+    _masked_store(builder, builder.trunc(builder.lshr(srt, _const_vec(q, [32] * q.count)), v), cw_ptr, lm)
+    _masked_store(builder, builder.trunc(srt, v), cid_ptr, lm)
+
+
+def _pack(builder, keys, ids):
+    """64-bit lanes ``key << 32 | id``: ordered by key, then id."""
+    q = ids.type
+    return builder.or_(builder.shl(builder.sext(keys, q), _const_vec(q, [32] * q.count)), ids)
+
+
+def _small_map_result(builder, gmin, gmax, kinf, n):
+    """-3 if a key lies beyond those of +-inf (a NaN), else -1 for a constant map, else n."""
+    low = builder.sub(builder.neg(kinf), ir.Constant(kinf.type, 1))
+    nan = builder.or_(builder.icmp_signed(">", gmax, kinf), builder.icmp_signed("<", gmin, low))
+    res = builder.select(builder.icmp_signed("==", gmin, gmax), ir.Constant(_I64, -1), n)
+    return builder.select(nan, ir.Constant(_I64, -3), res)
+
+
+def _vmax(builder, a, b):
+    return builder.select(builder.icmp_signed(">", a, b), a, b)
+
+
+def _vmin(builder, a, b):
+    return builder.select(builder.icmp_signed("<", a, b), a, b)
+
+
+def _shuffle(builder, a, b, idx):
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, len(idx)), idx))
 
 
 @intrinsic
@@ -460,7 +497,7 @@ def eight_sorted_edges(typingctx, K, off, sh, msk, kinf, cw, cid):
     ``w_cone``, by decreasing key: keys to ``cw[:n]``, ids ``i << 16 | j`` (i < j) to ``cid[:n]``
     (ties by decreasing id). ``W[i, j] = max(U[i, j], U[j, i])``, ``w_cone = max_c min_{j != c}
     W[c, j]``. Returns n, -1 for a constant map, -3 for a map that holds a NaN (a key beyond
-    ``kinf`` or below ``-kinf - 1``), :data:`EIGHT_UNSUPPORTED` for int64 keys.
+    ``kinf`` or below ``-kinf - 1``), :data:`SIMD_UNSUPPORTED` for int64 keys.
 
     The whole map is one 64-lane vector: its transpose is a shuffle, the row minima off the
     diagonal a butterfly of three shuffles, and the 28 edges are sorted as 64-bit
@@ -471,50 +508,123 @@ def eight_sorted_edges(typingctx, K, off, sh, msk, kinf, cw, cid):
 
     def codegen(context, builder, sig, args):
         if dt.bitwidth != 32:
-            return ir.Constant(_I64, EIGHT_UNSUPPORTED)
+            return ir.Constant(_I64, SIMD_UNSUPPORTED)
         ary, off, sh, msk, kinf, cwa, cida = _args(context, builder, sig, args, dt, (1,), (2, 3, 4))
         v64, v32, q32 = ir.VectorType(_I32, 64), ir.VectorType(_I32, 32), ir.VectorType(_I64, 32)
-
-        def shuffle(v, idx):
-            return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, len(idx)), idx))
-
-        def vmax(a, b):
-            return builder.select(builder.icmp_signed(">", a, b), a, b)
-
         base = _ptr(context, builder, sig.args[0], ary, off)
         k = _key_vec(builder, builder.load(builder.bitcast(base, v64.as_pointer()), align=4), sh, msk)
         gmax = _reduce(builder, k, "smax")
         gmin = _reduce(builder, k, "smin")
-        w = vmax(k, shuffle(k, [(p % 8) * 8 + p // 8 for p in range(64)]))  # W = max(U, U^T)
+        w = _vmax(builder, k, _shuffle(builder, k, k, [(p % 8) * 8 + p // 8 for p in range(64)]))  # W
         # w_cone: the row minima off the diagonal (spread over each row's lanes), then their maximum
         diag = ir.Constant(ir.VectorType(_I1, 64), [int(p % 9 == 0) for p in range(64)])
         rm = builder.select(diag, _const_vec(v64, [2**31 - 1] * 64), w)
         for s in (4, 2, 1):
-            o = shuffle(rm, [p ^ s for p in range(64)])
-            rm = builder.select(builder.icmp_signed("<", o, rm), o, rm)
+            rm = _vmin(builder, rm, _shuffle(builder, rm, rm, [p ^ s for p in range(64)]))
         w_cone = _reduce(builder, rm, "smax")
         pairs = [(i, j) for i in range(8) for j in range(i + 1, 8)]  # 28 edges, 4 pad lanes
-        e = shuffle(w, [i * 8 + j for i, j in pairs] + [0] * 4)
+        e = _shuffle(builder, w, w, [i * 8 + j for i, j in pairs] + [0] * 4)
         valid = ir.Constant(ir.VectorType(_I1, 32), [1] * 28 + [0] * 4)
         above = builder.and_(builder.icmp_signed(">", e, _splat(builder, w_cone, v32)), valid)
-        ids = _const_vec(q32, [(i << 16) | j for i, j in pairs] + [0] * 4)
-        c32 = _const_vec(q32, [32] * 32)
-        packed = builder.or_(builder.shl(builder.sext(e, q32), c32), ids)
-        srt = _bitonic_desc(builder, builder.select(above, packed, _const_vec(q32, [-(2**63)] * 32)))
+        packed = _pack(builder, e, _const_vec(q32, [(i << 16) | j for i, j in pairs] + [0] * 4))
+        packed = builder.select(above, packed, _const_vec(q32, [-(2**63)] * 32))
         ctpop = _declare(builder, "llvm.ctpop.i32", _I32, [_I32])
         n = builder.zext(builder.call(ctpop, [builder.bitcast(above, _I32)]), _I64)
-        lm = _lane_mask(builder, n, 32)
         zero = ir.Constant(_I64, 0)
-        _masked_store(
-            builder,
-            builder.trunc(builder.lshr(srt, c32), v32),
-            _ptr(context, builder, sig.args[5], cwa, zero),
-            lm,
-        )
-        _masked_store(builder, builder.trunc(srt, v32), _ptr(context, builder, sig.args[6], cida, zero), lm)
-        low = builder.sub(builder.neg(kinf), ir.Constant(_I32, 1))
-        nan = builder.or_(builder.icmp_signed(">", gmax, kinf), builder.icmp_signed("<", gmin, low))
-        res = builder.select(builder.icmp_signed("==", gmin, gmax), ir.Constant(_I64, -1), n)
-        return builder.select(nan, ir.Constant(_I64, -3), res)
+        cw_ptr = _ptr(context, builder, sig.args[5], cwa, zero)
+        _sort_store(builder, packed, n, cw_ptr, _ptr(context, builder, sig.args[6], cida, zero))
+        return _small_map_result(builder, gmin, gmax, kinf, n)
+
+    return sig, codegen
+
+
+@intrinsic
+def sorted_edges16(typingctx, K, off, m, sh, msk, kinf, cw, cid, rkey):
+    """The edges of an m x m map, m <= 16 (raw int32 bits from flat offset ``off``), that are
+    heavier than ``w_cone`` (exact), by decreasing key: keys to ``cw[:n]``, ids ``i << 16 | j``
+    (i < j) to ``cid[:n]`` (ties by decreasing id); ``rkey[c]`` = max over j of ``W[c, j]``, the
+    diagonal included (an upper bound of row c's largest key). Returns n, -1 for a constant map,
+    -3 for a map that holds a NaN, :data:`SIMD_UNSUPPORTED` for int64 keys.
+
+    A row per 16-lane vector (lanes and rows past m read nothing and hold the smallest key in W):
+    the transpose in four rounds of two-source shuffles, the column minima of W off the diagonal
+    (= its row minima) give ``w_cone``, each row's edges above it are compress-stored as 64-bit
+    ``key << 32 | id``, then sorted in a 32-, 64- or 128-lane bitonic network.
+    """
+    dt = K.dtype
+    sig = types.int64(K, off, m, sh, msk, kinf, cw, cid, rkey)
+
+    def codegen(context, builder, sig, args):
+        if dt.bitwidth != 32:
+            return ir.Constant(_I64, SIMD_UNSUPPORTED)
+        ary, off, m, sh, msk, kinf, cwa, cida, rka = _args(context, builder, sig, args, dt, (1, 2), (3, 4, 5))
+        v16, q16, b16 = ir.VectorType(_I32, 16), ir.VectorType(_I64, 16), ir.VectorType(_I1, 16)
+        base = _ptr(context, builder, sig.args[0], ary, off)
+        cols = _lane_mask(builder, m, 16)  # lanes j < m
+        first = _splat(builder, builder.load(base), v16)  # masked-off lanes: the first entry
+        smallest = _const_vec(v16, [-(2**31)] * 16)
+        largest = _const_vec(v16, [2**31 - 1] * 16)
+        rows, inside = [], []
+        for i in range(16):
+            here = builder.icmp_signed("<", ir.Constant(_I64, i), m)
+            lm = builder.and_(
+                cols, builder.select(here, _const_vec(b16, [1] * 16), _const_vec(b16, [0] * 16))
+            )
+            row = builder.gep(base, [builder.mul(m, ir.Constant(_I64, i))])
+            rows.append(_key_vec(builder, _masked_load(builder, row, lm, first), sh, msk))
+            inside.append(lm)
+        hi, lo = rows[0], rows[0]
+        for r in rows[1:]:
+            hi, lo = _vmax(builder, hi, r), _vmin(builder, lo, r)
+        gmax, gmin = _reduce(builder, hi, "smax"), _reduce(builder, lo, "smin")
+        padded = [builder.select(inside[i], rows[i], smallest) for i in range(16)]
+        t = list(padded)
+        for b in range(4):  # transpose: swap bit b of the row with bit b of the lane
+            B = 1 << b
+            for i in range(16):
+                if not i & B:
+                    a, c = t[i], t[i | B]
+                    t[i] = _shuffle(builder, a, c, [j if j & B == 0 else 16 + (j ^ B) for j in range(16)])
+                    t[i | B] = _shuffle(builder, a, c, [(j ^ B) if j & B == 0 else 16 + j for j in range(16)])
+        W = [_vmax(builder, padded[i], t[i]) for i in range(16)]
+        cmin, cmax = largest, smallest
+        for i in range(16):
+            off_diag = builder.and_(inside[i], ir.Constant(b16, [int(j != i) for j in range(16)]))
+            cmin = _vmin(builder, cmin, builder.select(off_diag, W[i], largest))
+            cmax = _vmax(builder, cmax, W[i])
+        w_cone = _reduce(builder, builder.select(cols, cmin, smallest), "smax")
+        zero = ir.Constant(_I64, 0)
+        _masked_store(builder, cmax, _ptr(context, builder, sig.args[8], rka, zero), cols)
+        buf = cgutils.alloca_once(builder, _I64, size=128)
+        n = zero
+        wc = _splat(builder, w_cone, v16)
+        ctpop = _declare(builder, "llvm.ctpop.i16", ir.IntType(16), [ir.IntType(16)])
+        for i in range(15):
+            upper = builder.and_(inside[i], ir.Constant(b16, [int(j > i) for j in range(16)]))
+            keep = builder.and_(builder.icmp_signed(">", W[i], wc), upper)
+            packed = _pack(builder, W[i], _const_vec(q16, [(i << 16) | j for j in range(16)]))
+            _compress_store(builder, packed, builder.gep(buf, [n]), keep)
+            count = builder.call(ctpop, [builder.bitcast(keep, ir.IntType(16))])
+            n = builder.add(n, builder.zext(count, _I64))
+        cw_ptr = _ptr(context, builder, sig.args[6], cwa, zero)
+        cid_ptr = _ptr(context, builder, sig.args[7], cida, zero)
+
+        def sort(lanes):
+            q = ir.VectorType(_I64, lanes)
+            packed = _masked_load(
+                builder, buf, _lane_mask(builder, n, lanes), _const_vec(q, [-(2**63)] * lanes)
+            )
+            _sort_store(builder, packed, n, cw_ptr, cid_ptr)
+
+        with builder.if_else(builder.icmp_signed("<=", n, ir.Constant(_I64, 32))) as (few, more):
+            with few:
+                sort(32)
+            with more:
+                with builder.if_else(builder.icmp_signed("<=", n, ir.Constant(_I64, 64))) as (half, full):
+                    with half:
+                        sort(64)
+                    with full:
+                        sort(128)
+        return _small_map_result(builder, gmin, gmax, kinf, n)
 
     return sig, codegen
