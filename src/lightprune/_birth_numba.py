@@ -799,9 +799,8 @@ def _tiny_scan(K, u, m, sh, msk, rkey, cw, cid, n, nbr, comp):
                 return _index(K, u, m, sh, msk, rkey, x)
         else:
             joined = comp[a] | comp[b]
-            for v in range(m):
-                if (joined >> v) & one:
-                    comp[v] = joined
+            for v in range(m):  # branch-free: the bits of a new component are unpredictable
+                comp[v] = joined if (joined >> v) & one else comp[v]
         nbr[a] |= bit_b
         nbr[b] |= bit_a
     return -1

@@ -465,6 +465,25 @@ def _sort_store(builder, packed, n, cw_ptr, cid_ptr):
     _masked_store(builder, builder.trunc(srt, v), cid_ptr, lm)
 
 
+def _sort_buffer(builder, buf, n, widths, cw_ptr, cid_ptr):
+    """Sort the ``n`` packed ``key << 32 | id`` of ``buf`` (i64*) by decreasing value and store their
+    keys / ids: in the narrowest bitonic network of ``widths`` (increasing) that holds n."""
+
+    def sort(lanes):
+        q = ir.VectorType(_I64, lanes)
+        packed = _masked_load(builder, buf, _lane_mask(builder, n, lanes), _const_vec(q, [-(2**63)] * lanes))
+        _sort_store(builder, packed, n, cw_ptr, cid_ptr)
+
+    if len(widths) == 1:
+        sort(widths[0])
+        return
+    with builder.if_else(builder.icmp_signed("<=", n, ir.Constant(_I64, widths[0]))) as (fits, wider):
+        with fits:
+            sort(widths[0])
+        with wider:
+            _sort_buffer(builder, buf, n, widths[1:], cw_ptr, cid_ptr)
+
+
 def _pack(builder, keys, ids):
     """64-bit lanes ``key << 32 | id``: ordered by key, then id."""
     q = ids.type
@@ -501,7 +520,7 @@ def eight_sorted_edges(typingctx, K, off, sh, msk, kinf, cw, cid):
 
     The whole map is one 64-lane vector: its transpose is a shuffle, the row minima off the
     diagonal a butterfly of three shuffles, and the 28 edges are sorted as 64-bit
-    ``key << 32 | id`` in a 32-lane bitonic network (pad lanes and edges not above ``w_cone`` last).
+    ``key << 32 | id``: those above ``w_cone`` compress-stored, then a 16- or 32-lane bitonic network.
     """
     dt = K.dtype
     sig = types.int64(K, off, sh, msk, kinf, cw, cid)
@@ -527,12 +546,13 @@ def eight_sorted_edges(typingctx, K, off, sh, msk, kinf, cw, cid):
         valid = ir.Constant(ir.VectorType(_I1, 32), [1] * 28 + [0] * 4)
         above = builder.and_(builder.icmp_signed(">", e, _splat(builder, w_cone, v32)), valid)
         packed = _pack(builder, e, _const_vec(q32, [(i << 16) | j for i, j in pairs] + [0] * 4))
-        packed = builder.select(above, packed, _const_vec(q32, [-(2**63)] * 32))
+        buf = cgutils.alloca_once(builder, _I64, size=32)
+        _compress_store(builder, packed, buf, above)
         ctpop = _declare(builder, "llvm.ctpop.i32", _I32, [_I32])
         n = builder.zext(builder.call(ctpop, [builder.bitcast(above, _I32)]), _I64)
         zero = ir.Constant(_I64, 0)
         cw_ptr = _ptr(context, builder, sig.args[5], cwa, zero)
-        _sort_store(builder, packed, n, cw_ptr, _ptr(context, builder, sig.args[6], cida, zero))
+        _sort_buffer(builder, buf, n, (16, 32), cw_ptr, _ptr(context, builder, sig.args[6], cida, zero))
         return _small_map_result(builder, gmin, gmax, kinf, n)
 
     return sig, codegen
@@ -549,7 +569,7 @@ def sorted_edges16(typingctx, K, off, m, sh, msk, kinf, cw, cid, rkey):
     A row per 16-lane vector (lanes and rows past m read nothing and hold the smallest key in W):
     the transpose in four rounds of two-source shuffles, the column minima of W off the diagonal
     (= its row minima) give ``w_cone``, each row's edges above it are compress-stored as 64-bit
-    ``key << 32 | id``, then sorted in a 32-, 64- or 128-lane bitonic network.
+    ``key << 32 | id``, then sorted in a 16-, 32-, 64- or 128-lane bitonic network.
     """
     dt = K.dtype
     sig = types.int64(K, off, m, sh, msk, kinf, cw, cid, rkey)
@@ -609,22 +629,7 @@ def sorted_edges16(typingctx, K, off, m, sh, msk, kinf, cw, cid, rkey):
         cw_ptr = _ptr(context, builder, sig.args[6], cwa, zero)
         cid_ptr = _ptr(context, builder, sig.args[7], cida, zero)
 
-        def sort(lanes):
-            q = ir.VectorType(_I64, lanes)
-            packed = _masked_load(
-                builder, buf, _lane_mask(builder, n, lanes), _const_vec(q, [-(2**63)] * lanes)
-            )
-            _sort_store(builder, packed, n, cw_ptr, cid_ptr)
-
-        with builder.if_else(builder.icmp_signed("<=", n, ir.Constant(_I64, 32))) as (few, more):
-            with few:
-                sort(32)
-            with more:
-                with builder.if_else(builder.icmp_signed("<=", n, ir.Constant(_I64, 64))) as (half, full):
-                    with half:
-                        sort(64)
-                    with full:
-                        sort(128)
+        _sort_buffer(builder, buf, n, (16, 32, 64, 128), cw_ptr, cid_ptr)
         return _small_map_result(builder, gmin, gmax, kinf, n)
 
     return sig, codegen
