@@ -62,7 +62,8 @@ passes over the rows of a map (and the rank counts) are explicit SIMD (:mod:`lig
 
 Memory per thread (allocated once per block of units by :func:`births`): about
 ``4 m^2 + 2 E (itemsize + 4) + 18 KiB`` bytes (``E = m (m - 1) / 2``; 0.6 MB at m = 224 in
-float32); no (m*m)^2 structure. :func:`_group_beta1` allocates ``O(m^2 + rows)`` more while it runs.
+float32); no (m*m)^2 structure. :func:`_group_beta1` allocates ``O(m^2 + rows)`` more while it runs;
+the small-map paths use up to 1 KiB of stack.
 """
 
 from __future__ import annotations
