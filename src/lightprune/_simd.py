@@ -428,6 +428,18 @@ def collect_row_keys(typingctx, K, u, m, i, lo, hi, sh, msk, cw, cid, n, deg):
     return sig, codegen
 
 
+def _vmax(builder, a, b):
+    return builder.select(builder.icmp_signed(">", a, b), a, b)
+
+
+def _vmin(builder, a, b):
+    return builder.select(builder.icmp_signed("<", a, b), a, b)
+
+
+def _shuffle(builder, a, b, idx):
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, len(idx)), idx))
+
+
 def _bitonic_desc(builder, v):
     """Sort the lanes of the integer vector ``v`` (a power of two of them) by decreasing value: a
     bitonic network; each of its stages is a constant shuffle, a compare and two selects."""
@@ -436,9 +448,7 @@ def _bitonic_desc(builder, v):
     while k <= n:
         j = k // 2
         while j >= 1:
-            other = builder.shuffle_vector(
-                v, v, ir.Constant(ir.VectorType(_I32, n), [i ^ j for i in range(n)])
-            )
+            other = _shuffle(builder, v, v, [i ^ j for i in range(n)])
             gt = builder.icmp_signed(">", v, other)
             big = builder.select(gt, v, other)
             small = builder.select(gt, other, v)
@@ -496,18 +506,6 @@ def _small_map_result(builder, gmin, gmax, kinf, n):
     nan = builder.or_(builder.icmp_signed(">", gmax, kinf), builder.icmp_signed("<", gmin, low))
     res = builder.select(builder.icmp_signed("==", gmin, gmax), ir.Constant(_I64, -1), n)
     return builder.select(nan, ir.Constant(_I64, -3), res)
-
-
-def _vmax(builder, a, b):
-    return builder.select(builder.icmp_signed(">", a, b), a, b)
-
-
-def _vmin(builder, a, b):
-    return builder.select(builder.icmp_signed("<", a, b), a, b)
-
-
-def _shuffle(builder, a, b, idx):
-    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, len(idx)), idx))
 
 
 @intrinsic
@@ -628,7 +626,6 @@ def sorted_edges16(typingctx, K, off, m, sh, msk, kinf, cw, cid, rkey):
             n = builder.add(n, builder.zext(count, _I64))
         cw_ptr = _ptr(context, builder, sig.args[6], cwa, zero)
         cid_ptr = _ptr(context, builder, sig.args[7], cida, zero)
-
         _sort_buffer(builder, buf, n, (16, 32, 64, 128), cw_ptr, cid_ptr)
         return _small_map_result(builder, gmin, gmax, kinf, n)
 
