@@ -369,60 +369,58 @@ def collect_row_keys(typingctx, K, u, m, i, lo, hi, sh, msk, cw, cid, n, deg):
         stride = _splat(builder, builder.mul(m, c(dt.bitwidth // 8)), it)
         id_t = ir.IntType(32)
 
-        pre = builder.basic_block
-        head = builder.append_basic_block("col.head")
-        body = builder.append_basic_block("col.body")
-        hit = builder.append_basic_block("col.hit")
-        nxt = builder.append_basic_block("col.next")
-        done = builder.append_basic_block("col.done")
-        builder.branch(head)
-        builder.position_at_end(head)
-        j0 = builder.phi(_I64)
-        nn = builder.phi(_I64)
-        j0.add_incoming(c(0), pre)
-        nn.add_incoming(n, pre)
-        builder.cbranch(builder.icmp_signed("<", j0, m), body, done)
+        def chunk(j0, lm, nn):
+            """Columns j0 .. j0 + L - 1 (lanes in ``lm``); returns the new count."""
+            body = builder.basic_block
+            hit = builder.append_basic_block("col.hit")
+            nxt = builder.append_basic_block("col.next")
+            jv = builder.add(lanes, _splat(builder, j0, it))
+            x = _key_vec(builder, _masked_load(builder, builder.gep(row, [j0]), lm, zero), sh, msk)
+            inr = builder.and_(
+                builder.and_(builder.icmp_signed(">", x, lov), builder.icmp_signed("<=", x, hiv)), lm
+            )
+            inr = builder.and_(inr, builder.icmp_signed("!=", jv, iv))
+            any_in = builder.icmp_signed(
+                "!=", builder.bitcast(inr, ir.IntType(L)), ir.Constant(ir.IntType(L), 0)
+            )
+            builder.cbranch(any_in, hit, nxt)
 
-        builder.position_at_end(body)
-        jv = builder.add(lanes, _splat(builder, j0, it))
-        lm = builder.icmp_signed("<", jv, _splat(builder, m, it))
-        x = _key_vec(builder, _masked_load(builder, builder.gep(row, [j0]), lm, zero), sh, msk)
-        inr = builder.and_(
-            builder.and_(builder.icmp_signed(">", x, lov), builder.icmp_signed("<=", x, hiv)), lm
+            builder.position_at_end(hit)
+            ptrs = builder.inttoptr(builder.add(colint, builder.mul(jv, stride)), ptr_vt)
+            y = _key_vec(builder, _masked_gather(builder, ptrs, inr, zero), sh, msk)
+            tie_first = builder.and_(builder.icmp_signed("==", x, y), builder.icmp_signed("<", iv, jv))
+            keep = builder.and_(inr, builder.or_(builder.icmp_signed(">", x, y), tie_first))
+            ids = builder.trunc(
+                builder.or_(builder.shl(iv, _splat(builder, c(16), it)), jv), ir.VectorType(id_t, L)
+            )
+            _compress_store(builder, x, builder.gep(cw_ptr, [nn]), keep)
+            _compress_store(builder, ids, builder.gep(cid_ptr, [nn]), keep)
+            kz = builder.zext(keep, it)
+            dptr = builder.gep(deg_ptr, [j0])
+            dv = _masked_load(builder, dptr, lm, _const_vec(it, [0] * L))
+            _masked_store(builder, builder.add(dv, kz), dptr, lm)
+            cnt = _reduce(builder, kz, "add")
+            di = builder.gep(deg_ptr, [i])
+            builder.store(builder.add(builder.load(di), cnt), di)
+            n_hit = builder.add(nn, cnt)
+            hit_end = builder.basic_block
+            builder.branch(nxt)
+
+            builder.position_at_end(nxt)
+            n_next = builder.phi(_I64)
+            n_next.add_incoming(nn, body)
+            n_next.add_incoming(n_hit, hit_end)
+            return n_next
+
+        every = _const_vec(ir.VectorType(_I1, L), [1] * L)
+        (nn,) = _chunk_loop(
+            builder,
+            m,
+            L,
+            [n],
+            lambda j0, accs: [chunk(j0, every, accs[0])],
+            lambda j0, rem, accs: [chunk(j0, _lane_mask(builder, rem, L), accs[0])],
         )
-        inr = builder.and_(inr, builder.icmp_signed("!=", jv, iv))
-        any_in = builder.icmp_signed("!=", builder.bitcast(inr, ir.IntType(L)), ir.Constant(ir.IntType(L), 0))
-        builder.cbranch(any_in, hit, nxt)
-
-        builder.position_at_end(hit)
-        ptrs = builder.inttoptr(builder.add(colint, builder.mul(jv, stride)), ptr_vt)
-        y = _key_vec(builder, _masked_gather(builder, ptrs, inr, zero), sh, msk)
-        tie_first = builder.and_(builder.icmp_signed("==", x, y), builder.icmp_signed("<", iv, jv))
-        keep = builder.and_(inr, builder.or_(builder.icmp_signed(">", x, y), tie_first))
-        ids = builder.trunc(
-            builder.or_(builder.shl(iv, _splat(builder, c(16), it)), jv), ir.VectorType(id_t, L)
-        )
-        _compress_store(builder, x, builder.gep(cw_ptr, [nn]), keep)
-        _compress_store(builder, ids, builder.gep(cid_ptr, [nn]), keep)
-        kz = builder.zext(keep, it)
-        dptr = builder.gep(deg_ptr, [j0])
-        dv = _masked_load(builder, dptr, lm, _const_vec(it, [0] * L))
-        _masked_store(builder, builder.add(dv, kz), dptr, lm)
-        cnt = _reduce(builder, kz, "add")
-        di = builder.gep(deg_ptr, [i])
-        builder.store(builder.add(builder.load(di), cnt), di)
-        n_hit = builder.add(nn, cnt)
-        builder.branch(nxt)
-
-        builder.position_at_end(nxt)
-        n_next = builder.phi(_I64)
-        n_next.add_incoming(nn, body)
-        n_next.add_incoming(n_hit, hit)
-        j0.add_incoming(builder.add(j0, c(L)), nxt)
-        nn.add_incoming(n_next, nxt)
-        builder.branch(head)
-
-        builder.position_at_end(done)
         return nn
 
     return sig, codegen
