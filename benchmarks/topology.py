@@ -311,6 +311,7 @@ def scratch_bytes(m: int, itemsize: int = 4) -> int:
         + m * m * 4  # candidate entries of a block
         + 64 * (itemsize + 4)  # rank-sort buffers
         + 64 * 8  # future-pair masks (24 <= m <= 64)
+        + (128 + m) * 8  # a block of packed entries (used at 24 <= m <= 64)
         + 16 * 8
         + 8 * itemsize  # state
     )

@@ -283,3 +283,100 @@ def test_sorted_edges16_equals_plain_loops(m):
     assert (sizes <= 32).any()
     assert ((sizes > 32) & (sizes <= 64)).any() == (most > 32)
     assert (sizes > 64).any() == (most > 64)
+
+
+@njit
+def _raw_rows(K, n, out):
+    r = 0
+    for off in range(0, K.shape[0] - n + 1, 7):
+        out[r, 0], out[r, 1] = _simd.row_max_min_raw(K, off, n, K[0], K[0])
+        r += 1
+    return r
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_max_min_raw_is_the_integer_extremes(dtype):
+    """The raw integers' largest and smallest (signed), and on maps whose entries are all >= +0.0
+    (post-ReLU) or NaN with the sign bit clear, the same as the keys' extremes."""
+    ity, (sh, msk, _) = _KEYS[dtype]
+    x = _maps(dtype, 300, 1)
+    x[5] = np.nan
+    for K, nonneg in ((x.view(ity), False), (np.maximum(x, 0).view(ity), True)):
+        for n in [1, 7, 15, 16, 17, 33, 56, 64, 70]:
+            got = np.zeros((300, 2), np.int64)
+            rows = _raw_rows(K, n, got)
+            for r, off in enumerate(range(0, K.shape[0] - n + 1, 7)):
+                assert got[r].tolist() == [K[off : off + n].max(), K[off : off + n].min()], (n, off)
+                if nonneg:
+                    keys = [_key(b, sh, msk) for b in K[off : off + n]]
+                    assert got[r].tolist() == [max(keys), min(keys)], (n, off)
+            assert rows > 0
+    assert (np.maximum(x, 0).view(ity) >= 0).all() and (x.view(ity) < 0).any()
+
+
+@njit
+def _pack_rows(K, m, lo, hi, sh, msk, buf, counts):
+    n = 0
+    for i in range(m):
+        n = _simd.pack_row_entries(K, i * m, m, i, lo, hi, sh, msk, buf, n)
+        counts[i] = n
+    return n
+
+
+@pytest.mark.parametrize("m", [24, 31, 32, 33, 56, 64])
+def test_pack_row_entries_equals_plain_loop(m):
+    """Each row's entries in (lo, hi], off the diagonal, as key << 32 | min(i, j) << 16 | max(i, j)
+    in increasing j: tie-heavy values, -0.0 next to +0.0, +-inf, bounds from the whole range to
+    none; rows of m around the 16-lane chunks."""
+    ity, (sh, msk, _) = _KEYS[np.float32]
+    rng = np.random.default_rng(m)
+    x = _maps(np.float32, m * m, m)
+    x[rng.random(m * m) < 0.3] = 1.5
+    K = x.view(ity)
+    keys = np.array([_key(b, sh, msk) for b in K], dtype=np.int64)
+    for lo, hi in [
+        (keys.min() - 1, keys.max()),
+        (np.median(keys), keys.max()),
+        (keys.min(), np.median(keys)),
+    ]:
+        lo, hi = ity(lo), ity(hi)
+        buf = np.zeros(m * m + m, np.int64)
+        counts = np.zeros(m, np.int64)
+        n = _pack_rows(K, m, lo, hi, ity(sh), ity(msk), buf, counts)
+        want = [
+            (int(keys[i * m + j]) << 32) | (min(i, j) << 16) | max(i, j)
+            for i in range(m)
+            for j in range(m)
+            if i != j and lo < keys[i * m + j] <= hi
+        ]
+        assert n == len(want) > 0 and buf[:n].tolist() == want
+        per_row = [sum(1 for j in range(m) if j != i and lo < keys[i * m + j] <= hi) for i in range(m)]
+        assert np.diff(counts, prepend=0).tolist() == per_row
+    res = _pack_rows(np.zeros(m * m, np.int64), m, 0, 1, 63, 2**63 - 1, np.zeros(m * m, np.int64), counts)
+    assert res == _simd.SIMD_UNSUPPORTED
+
+
+@njit
+def _sort_packed(buf, n, cw, cid):
+    return _simd.sort_packed(buf, n, cw, cid)
+
+
+def test_sort_packed_sorts_and_leaves_out_repeats():
+    """n = 0 .. PACKED packed values (negative keys, repeats, equal keys with other ids): keys and
+    ids of the distinct values by decreasing value, in the 16-, 32-, 64- and 128-lane networks."""
+    rng = np.random.default_rng(0)
+    for n in list(range(0, 40)) + [63, 64, 65, 100, 127, 128]:
+        for _ in range(3):
+            keys = rng.integers(-5, 5, n) * rng.integers(1, 2**20)
+            ids = rng.integers(0, 6, n) << 16 | rng.integers(0, 64, n)
+            buf = np.zeros(_simd.PACKED + 8, np.int64)
+            buf[:n] = (keys.astype(np.int64) << 32) | ids
+            cw = np.zeros(_simd.PACKED, np.int32)
+            cid = np.zeros(_simd.PACKED, np.int32)
+            stored = _sort_packed(buf, n, cw, cid)
+            want = sorted(set(buf[:n].tolist()), reverse=True)
+            assert stored == len(want), n
+            assert [
+                (k << 32) | i for k, i in zip(cw[:stored].tolist(), cid[:stored].tolist(), strict=True)
+            ] == want
+    assert _sort_packed(buf, 4, np.zeros(8, np.int64), cid) == _simd.SIMD_UNSUPPORTED

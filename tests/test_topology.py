@@ -589,6 +589,37 @@ def test_units_without_birth_end_early_and_exactly(m, digits_maps):
     assert_matches_giotto(sub, f"no_birth_{m}")
 
 
+@pytest.mark.parametrize("m", [24, 33, 56, 64])
+def test_blocks_of_entries_match_giotto(m):
+    """float32 maps of 24 <= m <= 64 gather their blocks as entries, not edges
+    (lightprune._simd.pack_row_entries, sort_packed): an edge whose two entries are both in a block
+    comes once (equal keys) or again later (the scan skips it). Symmetric and almost symmetric maps,
+    plateaus with more than PACKED entries in a block (those blocks fall back to edges), a hub
+    reached through its column, and maps with negative entries and -0.0 (the row pass falls back to
+    the keys). float64 maps take the edge blocks throughout: the same births."""
+    rng = np.random.default_rng(m)
+    n = 20
+    relu = np.maximum(rng.standard_normal((n, m, m)), 0)
+    sym = np.triu(relu, 1)
+    sym = sym + sym.transpose(0, 2, 1)  # equal entries: each edge's two entries are one value
+    near = relu + 0.5 * relu.transpose(0, 2, 1)  # both entries above a block's bound, unequal
+    sampled = (np.arange(16) * m) // 16  # the rows whose maxima give block 0's bound
+    plateau = rng.random((n, m, m))
+    plateau[:, np.setdiff1d(np.arange(m), sampled)] += 3  # heavy rows outside them
+    hub = relu.copy()
+    hub[:, 1:, 0] = 5 + rng.random((n, m - 1))  # vertex 0 joined to all others through its column
+    signed = np.round(rng.standard_normal((n, m, m)), 1)
+    signed[signed == 0] = -0.0
+    maps = np.concatenate([relu, sym, near, plateau, hub, signed]).astype(np.float32)
+    bound = -np.sort(-maps.max(axis=2)[:, sampled], axis=1)[:, 16 // 3]
+    above = maps > bound[:, None, None]
+    entries = above.sum(axis=(1, 2)) - np.diagonal(above, axis1=1, axis2=2).sum(axis=1)
+    assert (entries > 128).sum() >= n  # blocks past PACKED
+    births = assert_matches_giotto(torch.from_numpy(maps), "entries")
+    assert (births > 0).any() and (births == -1).any()
+    assert torch.equal(birth_times(torch.from_numpy(maps).double(), method="numba"), births)
+
+
 @pytest.mark.parametrize("m", [24, 40, 64])
 def test_late_births_after_a_hub_are_not_ended_early(m):
     """A hub vertex joined first to most vertices: their edges have a common neighbour (the hub), and

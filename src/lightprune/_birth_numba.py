@@ -15,7 +15,9 @@ passes over the rows of a map (and the rank counts) are explicit SIMD (:mod:`lig
 
 1. Row pass (integer max / min): the largest key of every row; ``lo_final = max_i
    min_j U[i, j]``, a lower bound of ``w_cone`` (``W[c, j] >= U[c, j]``): no edge of weight
-   ``<= lo_final`` can matter; a constant map has no birth.
+   ``<= lo_final`` can matter; a constant map has no birth. It reads the raw integers first, which
+   are the keys when no entry has its sign bit set (post-ReLU maps; the smallest tells), else the
+   keys.
 2. Blocks of edges, heaviest first: from m = 24 on, block 0 = the edges above the (m/3)-th
    largest row maximum (real post-ReLU maps usually have their birth there: about 10 % faster on
    them, 5-10 % slower on random maps, whose births come later); block 1 = the edges above the
@@ -26,11 +28,19 @@ passes over the rows of a map (and the rank counts) are explicit SIMD (:mod:`lig
    statistics are those of 16 evenly spaced row maxima, 1.05-1.13x at m >= 40). A block is
    gathered in one pass over the rows (rows whose largest key is below the block skipped; up to
    m = 32 one SIMD step per row with the column entries gathered, larger maps the entries in
-   range found through 64-bit masks) and each edge is kept once, from its larger entry. Cone cut-off: ``w_cone > lo`` iff some vertex is joined to all others by edges above
-   the block's lower bound ``lo``; then ``w_cone`` is exact from that vertex's row and column, the
-   block keeps the edges above it and is the last one.
+   range found through 64-bit masks) and each edge is kept once, from its larger entry. For
+   float32 maps with 24 <= m <= 64 a block of up to 128 entries is gathered as entries instead,
+   without reading the columns (:func:`lightprune._simd.pack_row_entries`: 64-bit
+   ``key << 32 | min(i, j) << 16 | max(i, j)``, compress-stored), sorted by a bitonic network that
+   drops repeats (:func:`lightprune._simd.sort_packed`: the two entries of an edge with equal
+   keys); an edge whose other entry is heavier comes again later, and the scan skips it (it is in
+   already); 1.06-1.16x on m = 32 to 56. Cone cut-off: ``w_cone > lo`` iff some vertex is joined
+   to all others by edges above the block's lower bound ``lo`` (a vertex whose count of edges
+   above lo, which blocks of entries count from its row only, can reach m - 1); then ``w_cone`` is
+   exact from that vertex's row and column, the block keeps the edges above it and is the last
+   one.
 3. Sorting, only as far as the scan goes (partial selection, no sort of all m (m - 1) / 2 edges):
-   blocks of up to 64 edges by rank counting (:func:`lightprune._simd.rank_desc`), up to 256 one
+   blocks of entries at once (above), blocks of up to 64 edges by rank counting (:func:`lightprune._simd.rank_desc`), up to 256 one
    edge at a time as the scan reaches it (the largest of the rest, :func:`_take`), larger ones by
    an LSD radix sort of the keys.
 4. Scan, one tie group at a time with ``beta_1 = 0`` before it (see :func:`_run`): union-find for
@@ -61,7 +71,7 @@ passes over the rows of a map (and the rank counts) are explicit SIMD (:mod:`lig
    entries counted in one pass).
 
 Memory per thread (allocated once per block of units by :func:`births`): about
-``4 m^2 + 2 E (itemsize + 4) + 18 KiB`` bytes (``E = m (m - 1) / 2``; 0.6 MB at m = 224 in
+``4 m^2 + 2 E (itemsize + 4) + 8 m + 19 KiB`` bytes (``E = m (m - 1) / 2``; 0.6 MB at m = 224 in
 float32); no (m*m)^2 structure. :func:`_group_beta1` allocates ``O(m^2 + rows)`` more while it runs;
 the small-map paths use up to 1 KiB of stack.
 """
@@ -72,15 +82,19 @@ import numpy as np
 from numba import njit, prange
 
 from lightprune._simd import (
+    PACKED,
     SIMD_UNSUPPORTED,
     argmax_from,
     collect_row_keys,
     count_above_keys,
     eight_sorted_edges,
     lowest_bit,
+    pack_row_entries,
     rank_desc,
     row_bits_keys,
     row_max_min_keys,
+    row_max_min_raw,
+    sort_packed,
     sorted_edges16,
 )
 
@@ -98,9 +112,12 @@ _GATHER_M = 32  # up to this m, a block is gathered with the column entries read
 # from this m on, a first block of the edges above the (m/3)-th largest row maximum (smaller maps:
 # the extra pass over the rows costs more than the edges it saves)
 _SMALL_FIRST_BLOCK_M = 24
+# from this m to 64 (float32), a block of up to PACKED entries is gathered as entries, not edges, and
+# sorted by a bitonic network (:func:`lightprune._simd.pack_row_entries`, :func:`sort_packed`)
+_PACKED_M = 24
 
 # Per-unit state between calls: ``ist`` (int64) and ``kst`` (keys).
-_FINAL, _POS, _N, _NEXT, _LAST, _GS, _GE, _UNIONS, _NTHR, _ADDED, _CHECK, _LAZY, _FUT = range(13)
+_FINAL, _POS, _N, _NEXT, _LAST, _GS, _GE, _UNIONS, _NTHR, _ADDED, _CHECK, _LAZY, _FUT, _ENTRIES = range(14)
 _HI, _LO, _THR = 0, 1, 2  # kst[_THR + t]: lower bound of block t
 _NEED_GF2 = -2  # returned by _unit_start / _unit_resume: the pending group needs _group_beta1
 _NAN = -3  # returned for a map that holds a NaN
@@ -131,6 +148,11 @@ def _has_common(adj, a, b, words):
         if adj[a, wd] & adj[b, wd]:
             return True
     return False
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _is_edge(adj, a, b):
+    return (adj[a, b >> 6] >> np.uint64(b & 63)) & np.uint64(1) != 0
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -233,13 +255,27 @@ def _select_desc(a, n, k):
 # ------------------------------------------------------------------------------------------------
 @njit(cache=True, _nrt=False, inline="always")
 def _row_keys(K, u, m, sh, msk, rkey):
-    """rkey[i] = max_j key(U[i, j]) (diagonal included). Returns (max_i min_j key, min key, max key)."""
-    glob_min = _key(K[u, 0, 0], sh, msk)
+    """rkey[i] = max_j key(U[i, j]) (diagonal included). Returns (max_i min_j key, min key, max key).
+    The raw integers first: they are the keys when no entry has its sign bit set (every post-ReLU
+    map without -0.0), which the smallest of them tells; else again with the keys."""
+    res = _row_extremes(K, u, m, sh, msk, rkey, False)
+    if res[1] >= 0:
+        return res
+    return _row_extremes(K, u, m, sh, msk, rkey, True)
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _row_extremes(K, u, m, sh, msk, rkey, keyed):
+    """_row_keys over the keys (``keyed``) or over the raw integers."""
+    glob_min = _key(K[u, 0, 0], sh, msk) if keyed else K[u, 0, 0]
     glob_max = glob_min
     best_min = glob_min
     base = u * m * m
     for i in range(m):
-        kmax, kmin = row_max_min_keys(K, base + i * m, m, sh, msk)
+        if keyed:
+            kmax, kmin = row_max_min_keys(K, base + i * m, m, sh, msk)
+        else:
+            kmax, kmin = row_max_min_raw(K, base + i * m, m, sh, msk)
         rkey[i] = kmax
         best_min = kmin if kmin > best_min or i == 0 else best_min
         glob_min = kmin if kmin < glob_min else glob_min
@@ -298,6 +334,29 @@ def _collect(K, u, m, lo, hi, sh, msk, rkey, cw, cid, deg, tmp):
         deg[i] += keep
         deg[j] += keep
     return n
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _collect_entries(K, u, m, lo, hi, sh, msk, rkey, cw, cid, deg, pbuf):
+    """_PACKED_M <= m <= 64, float32: the entries (not edges) whose key lies in (lo, hi], j != i, as
+    a sorted block: keys to cw, ids ``min(i, j) << 16 | max(i, j)`` to cid, by decreasing key (the
+    two entries of an edge with equal keys once; an edge whose other entry is heavier comes again,
+    which the scan skips: it is in already). deg[i] counts row i's entries. Returns (n, number of
+    rows read), or n = -1 when there are more than PACKED of them or the keys are int64 (then
+    :func:`_collect` gathers the edges)."""
+    if m < _PACKED_M or m > 64:
+        return -1, 0
+    n = 0
+    rows = 0
+    for i in range(m):
+        if rkey[i] > lo:
+            rows += 1
+            n0 = n
+            n = pack_row_entries(K, (u * m + i) * m, m, i, lo, hi, sh, msk, pbuf, n)
+            if n < 0 or n > PACKED:
+                return -1, rows
+            deg[i] += n - n0
+    return sort_packed(pbuf, n, cw, cid), rows
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -574,7 +633,9 @@ def _no_birth_left(K, u, m, words, sh, msk, ws, added, q, n):
     mask = np.int64(0xFFFF)
     for t in range(q, n):
         e = np.int64(cid[t])
-        if not _has_common(adj, e >> _SHIFT, e & mask, words):
+        a = e >> _SHIFT
+        b = e & mask
+        if not _has_common(adj, a, b, words) and not _is_edge(adj, a, b):
             return False
     return True
 
@@ -603,7 +664,7 @@ def _block_bounds(rkey, rsel, m, lo_final, kst, ist, nt):
 def _new_block(K, u, m, sh, msk, ws):
     """Gather the next block of edges, apply the cone cut-off to it, sort it (or leave it to
     :func:`_take`)."""
-    rkey, rsel, cw, cid, deg, parent, adj, ist, kst, tmp, sw, sid, w2, ids2, hist, fut = ws
+    rkey, rsel, cw, cid, deg, parent, adj, ist, kst, tmp, sw, sid, w2, ids2, hist, fut, pbuf = ws
     t = ist[_NEXT]
     ist[_NEXT] = t + 1
     if ist[_LAZY] and t == 1:
@@ -611,17 +672,26 @@ def _new_block(K, u, m, sh, msk, ws):
         _block_bounds(rkey, rsel, m, kst[_THR + 1], kst, ist, 1)
     lo = kst[_THR + t]
     kst[_LO] = lo
-    n = _collect(K, u, m, lo, kst[_HI], sh, msk, rkey, cw, cid, deg, tmp)
+    n, rows = _collect_entries(K, u, m, lo, kst[_HI], sh, msk, rkey, cw, cid, deg, pbuf)
+    packed = n >= 0
+    if packed:
+        ist[_ENTRIES] = rows  # rows grow from block to block: the last block of entries has the most
+    else:
+        n = _collect(K, u, m, lo, kst[_HI], sh, msk, rkey, cw, cid, deg, tmp)
     last = t + 1 == ist[_NTHR]
-    # cone cut-off: w_cone > lo iff some vertex is joined to all others by edges above lo
+    # cone cut-off: w_cone > lo iff some vertex is joined to all others by edges above lo. deg[c]
+    # counts c's edges above lo, but blocks of entries count only those of c's row: the entries of
+    # its column (at most one per row read) are left out. So deg[c] + slack >= m - 1 is necessary,
+    # and _weight_min decides.
+    slack = ist[_ENTRIES]
     cone = False
     w_cone = lo
     for c in range(m):
-        if deg[c] == m - 1:  # all of c's edges are above lo: the scan never stops early
+        if deg[c] + slack >= m - 1:  # all of c's edges may be above lo
             rmin = _weight_min(K, u, m, c, sh, msk, lo)
-            if not cone or rmin > w_cone:
+            if rmin > lo and (not cone or rmin > w_cone):
                 w_cone = rmin
-            cone = True
+                cone = True
     if cone:
         last = True
         kept = 0
@@ -635,7 +705,9 @@ def _new_block(K, u, m, sh, msk, ws):
     ist[_N] = n
     ist[_LAST] = last
     ist[_POS] = 0
-    if n <= _RANK_SORT:
+    if packed:
+        ist[_FINAL] = n
+    elif n <= _RANK_SORT:
         _rank_sort(cw, cid, n, sw, sid)
         ist[_FINAL] = n
     elif n > _RADIX_SORT:
@@ -659,7 +731,7 @@ def _run(K, u, m, words, sh, msk, ws):
     a path that existed before it, is no boundary), else _group_beta1 gives beta_1 with S as the
     group (returns _NEED_GF2; the caller resumes with _unit_resume).
     """
-    rkey, rsel, cw, cid, deg, parent, adj, ist, kst, tmp, sw, sid, w2, ids2, hist, fut = ws
+    rkey, rsel, cw, cid, deg, parent, adj, ist, kst, tmp, sw, sid, w2, ids2, hist, fut, pbuf = ws
     mask = np.int64(0xFFFF)
     while True:
         n = ist[_N]
@@ -676,7 +748,9 @@ def _run(K, u, m, words, sh, msk, ws):
                 b = e & mask
                 ra = _find(parent, a)
                 rb = _find(parent, b)
-                if ra != rb:
+                if _is_edge(adj, a, b):
+                    pass  # the second entry of an edge that is in already (blocks of entries)
+                elif ra != rb:
                     parent[ra] = rb
                     _add_edge(adj, a, b)
                 elif _has_common(adj, a, b, words):
@@ -859,7 +933,7 @@ def _four(K, u, sh, msk, kinf, none):
 @njit(cache=True, _nrt=False)
 def _unit_start(K, u, m, words, sh, msk, kinf, ws):
     """Start unit ``u``: NaN and constant maps, block bounds, first block, then :func:`_run`."""
-    rkey, rsel, cw, cid, deg, parent, adj, ist, kst, tmp, sw, sid, w2, ids2, hist, fut = ws
+    rkey, rsel, cw, cid, deg, parent, adj, ist, kst, tmp, sw, sid, w2, ids2, hist, fut, pbuf = ws
     if m == 4:
         return _four(K, u, sh, msk, kinf, -kinf - 2)
     # maps of up to 16 x 16: every edge above w_cone in one sorted block, in SIMD registers for
@@ -912,6 +986,7 @@ def _unit_start(K, u, m, words, sh, msk, kinf, ws):
     ist[_ADDED] = 0
     ist[_CHECK] = m
     ist[_FUT] = 0
+    ist[_ENTRIES] = 0
     kst[_HI] = glob_max
     for i in range(m):
         parent[i] = i
@@ -963,7 +1038,8 @@ def births(keys, sh, msk, kinf, out, block):
         sw = np.empty(_RANK_SORT, dtype=keys.dtype)
         sid = np.empty(_RANK_SORT, dtype=np.int32)
         fut = np.empty(64, dtype=np.uint64)  # m <= 64: _future_pairs
-        ws = (rkey, rsel, cw, cid, deg, parent, adj, ist, kst, tmp, sw, sid, w2, ids2, hist, fut)
+        pbuf = np.empty(PACKED + m, dtype=np.int64)  # _PACKED_M <= m <= 64: blocks of entries
+        ws = (rkey, rsel, cw, cid, deg, parent, adj, ist, kst, tmp, sw, sid, w2, ids2, hist, fut, pbuf)
         for u in range(blk * block, min(n, (blk + 1) * block)):
             res = _unit_start(keys, u, m, words, sh, msk, kinf, ws)
             while res == _NEED_GF2:

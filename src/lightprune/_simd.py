@@ -132,40 +132,59 @@ def _args(context, builder, sig, args, dt, int_args, key_args):
     return out
 
 
-@intrinsic
-def row_max_min_keys(typingctx, K, off, n, sh, msk):
-    """(largest, smallest) key of the ``n >= 1`` entries of ``K`` from flat offset ``off``."""
-    dt = K.dtype
-    sig = types.UniTuple(dt, 2)(K, off, n, sh, msk)
+def _row_max_min(keyed):
+    """The intrinsic (largest, smallest) of the ``n >= 1`` entries of ``K`` from flat offset
+    ``off``: of their keys (``keyed``), or of the raw integers (``sh``, ``msk`` unused; the raw
+    order is the key order when no entry has its sign bit set)."""
 
-    def codegen(context, builder, sig, args):
-        ary, off, n, sh, msk = _args(context, builder, sig, args, dt, (1, 2), (3, 4))
-        L, vt = _key_vector(dt)
-        base = _ptr(context, builder, sig.args[0], ary, off)
-        first = _splat(builder, builder.load(base), vt)  # masked-off lanes: the first entry
-        k0 = _key_vec(builder, first, sh, msk)
+    @intrinsic
+    def row_max_min(typingctx, K, off, n, sh, msk):
+        dt = K.dtype
+        sig = types.UniTuple(dt, 2)(K, off, n, sh, msk)
 
-        def fold(v, accs):
-            k = _key_vec(builder, v, sh, msk)
-            hi, lo = accs
-            return [
-                builder.select(builder.icmp_signed(">", k, hi), k, hi),
-                builder.select(builder.icmp_signed("<", k, lo), k, lo),
-            ]
+        def codegen(context, builder, sig, args):
+            ary, off, n, sh, msk = _args(context, builder, sig, args, dt, (1, 2), (3, 4))
+            L, vt = _key_vector(dt)
+            base = _ptr(context, builder, sig.args[0], ary, off)
+            first = _splat(builder, builder.load(base), vt)  # masked-off lanes: the first entry
 
-        def step(j, accs):
-            return fold(_full_load(builder, builder.gep(base, [j]), vt), accs)
+            def key(v):
+                return _key_vec(builder, v, sh, msk) if keyed else v
 
-        def tail(j, rem, accs):
-            lm = _lane_mask(builder, rem, L)
-            return fold(_masked_load(builder, builder.gep(base, [j]), lm, first), accs)
+            def fold(v, accs):
+                k = key(v)
+                hi, lo = accs
+                return [
+                    builder.select(builder.icmp_signed(">", k, hi), k, hi),
+                    builder.select(builder.icmp_signed("<", k, lo), k, lo),
+                ]
 
-        hi, lo = _chunk_loop(builder, n, L, [k0, k0], step, tail)
-        return context.make_tuple(
-            builder, sig.return_type, [_reduce(builder, hi, "smax"), _reduce(builder, lo, "smin")]
-        )
+            def step(j, accs):
+                return fold(_full_load(builder, builder.gep(base, [j]), vt), accs)
 
-    return sig, codegen
+            def tail(j, rem, accs):
+                lm = _lane_mask(builder, rem, L)
+                return fold(_masked_load(builder, builder.gep(base, [j]), lm, first), accs)
+
+            k0 = key(first)
+            hi, lo = _chunk_loop(builder, n, L, [k0, k0], step, tail)
+            return context.make_tuple(
+                builder, sig.return_type, [_reduce(builder, hi, "smax"), _reduce(builder, lo, "smin")]
+            )
+
+        return sig, codegen
+
+    return row_max_min
+
+
+row_max_min_keys = _row_max_min(True)
+row_max_min_keys.__doc__ = (
+    "(largest, smallest) key of the ``n >= 1`` entries of ``K`` from flat offset ``off``."
+)
+row_max_min_raw = _row_max_min(False)
+row_max_min_raw.__doc__ = """(largest, smallest) raw integer of the ``n >= 1`` entries of ``K`` from flat offset
+``off`` (``sh``, ``msk`` unused): their keys when no entry has its sign bit set (a float >= +0.0,
+or a NaN with the sign bit clear)."""
 
 
 @intrinsic
@@ -462,34 +481,51 @@ def _bitonic_desc(builder, v):
 SIMD_UNSUPPORTED = -5  # returned by the small-map intrinsics for int64 keys (float64 maps)
 
 
-def _sort_store(builder, packed, n, cw_ptr, cid_ptr):
+def _sort_store(builder, packed, n, cw_ptr, cid_ptr, dedupe=False):
     """Sort the 64-bit lanes ``key << 32 | id`` by decreasing value (the lanes past the first
-    ``n`` hold the smallest value) and store the first ``n`` keys / ids to cw_ptr / cid_ptr."""
+    ``n`` hold the smallest value) and store the first ``n`` keys / ids to cw_ptr / cid_ptr;
+    ``dedupe``: a lane equal to the one before it is left out (compress-stored). Returns the
+    number stored (i64)."""
     q = packed.type
-    v = ir.VectorType(_I32, q.count)
+    L = q.count
+    v = ir.VectorType(_I32, L)
     srt = _bitonic_desc(builder, packed)
-    lm = _lane_mask(builder, n, q.count)
-    _masked_store(builder, builder.trunc(builder.lshr(srt, _const_vec(q, [32] * q.count)), v), cw_ptr, lm)
-    _masked_store(builder, builder.trunc(srt, v), cid_ptr, lm)
+    keys, ids = builder.trunc(builder.lshr(srt, _const_vec(q, [32] * L)), v), builder.trunc(srt, v)
+    lm = _lane_mask(builder, n, L)
+    if not dedupe:
+        _masked_store(builder, keys, cw_ptr, lm)
+        _masked_store(builder, ids, cid_ptr, lm)
+        return n
+    new = builder.icmp_signed("!=", srt, _shuffle(builder, srt, srt, [0] + list(range(L - 1))))
+    keep = builder.and_(lm, builder.or_(new, ir.Constant(ir.VectorType(_I1, L), [1] + [0] * (L - 1))))
+    _compress_store(builder, keys, cw_ptr, keep)
+    _compress_store(builder, ids, cid_ptr, keep)
+    ctpop = _declare(builder, f"llvm.ctpop.i{L}", ir.IntType(L), [ir.IntType(L)])
+    count = builder.call(ctpop, [builder.bitcast(keep, ir.IntType(L))])
+    return builder.trunc(count, _I64) if L > 64 else builder.zext(count, _I64)
 
 
-def _sort_buffer(builder, buf, n, widths, cw_ptr, cid_ptr):
+def _sort_buffer(builder, buf, n, widths, cw_ptr, cid_ptr, dedupe=False):
     """Sort the ``n`` packed ``key << 32 | id`` of ``buf`` (i64*) by decreasing value and store their
-    keys / ids: in the narrowest bitonic network of ``widths`` (increasing) that holds n."""
+    keys / ids (:func:`_sort_store`): in the narrowest bitonic network of ``widths`` (increasing)
+    that holds n. Returns the number stored (i64)."""
+    stored = cgutils.alloca_once(builder, _I64)
 
-    def sort(lanes):
-        q = ir.VectorType(_I64, lanes)
-        packed = _masked_load(builder, buf, _lane_mask(builder, n, lanes), _const_vec(q, [-(2**63)] * lanes))
-        _sort_store(builder, packed, n, cw_ptr, cid_ptr)
+    def sort(widths):
+        if len(widths) == 1:
+            q = ir.VectorType(_I64, widths[0])
+            lm = _lane_mask(builder, n, widths[0])
+            packed = _masked_load(builder, buf, lm, _const_vec(q, [-(2**63)] * widths[0]))
+            builder.store(_sort_store(builder, packed, n, cw_ptr, cid_ptr, dedupe), stored)
+            return
+        with builder.if_else(builder.icmp_signed("<=", n, ir.Constant(_I64, widths[0]))) as (fits, wider):
+            with fits:
+                sort(widths[:1])
+            with wider:
+                sort(widths[1:])
 
-    if len(widths) == 1:
-        sort(widths[0])
-        return
-    with builder.if_else(builder.icmp_signed("<=", n, ir.Constant(_I64, widths[0]))) as (fits, wider):
-        with fits:
-            sort(widths[0])
-        with wider:
-            _sort_buffer(builder, buf, n, widths[1:], cw_ptr, cid_ptr)
+    sort(widths)
+    return builder.load(stored)
 
 
 def _pack(builder, keys, ids):
@@ -626,5 +662,99 @@ def sorted_edges16(typingctx, K, off, m, sh, msk, kinf, cw, cid, rkey):
         cid_ptr = _ptr(context, builder, sig.args[7], cida, zero)
         _sort_buffer(builder, buf, n, (16, 32, 64, 128), cw_ptr, cid_ptr)
         return _small_map_result(builder, gmin, gmax, kinf, n)
+
+    return sig, codegen
+
+
+PACKED = 128  # the largest block that :func:`sort_packed` sorts
+
+
+@intrinsic
+def pack_row_entries(typingctx, K, off, m, i, lo, hi, sh, msk, buf, n):
+    """Append to ``buf[n:]`` (int64) the entries ``U[i, j]``, j != i, of the row at flat offset
+    ``off`` (raw int32 bits, m entries) whose key lies in ``(lo, hi]``, as 64-bit
+    ``key << 32 | min(i, j) << 16 | max(i, j)`` in increasing j (an edge's two entries give the
+    same id). ``buf`` needs room for m more. Returns the new ``n``, or :data:`SIMD_UNSUPPORTED`
+    for int64 keys. Chunks of the row without an entry in range store nothing."""
+    dt = K.dtype
+    sig = types.int64(K, off, m, i, lo, hi, sh, msk, buf, n)
+
+    def codegen(context, builder, sig, args):
+        if dt.bitwidth != 32:
+            return ir.Constant(_I64, SIMD_UNSUPPORTED)
+        ary, off, m, i, lo, hi, sh, msk, bufa, n = _args(
+            context, builder, sig, args, dt, (1, 2, 3, 9), (4, 5, 6, 7)
+        )
+        L, vt = _key_vector(dt)
+        it, mt = ir.VectorType(_I64, L), ir.IntType(L)
+        row = _ptr(context, builder, sig.args[0], ary, off)
+        buf = _ptr(context, builder, sig.args[8], bufa, ir.Constant(_I64, 0))
+        lov, hiv = _splat(builder, lo, vt), _splat(builder, hi, vt)
+        iv = _splat(builder, i, it)
+        lanes = _const_vec(it, range(L))
+        ctpop = _declare(builder, f"llvm.ctpop.i{L}", mt, [mt])
+
+        def chunk(j0, lm, nn):
+            jv = builder.add(lanes, _splat(builder, j0, it))
+            x = _key_vec(
+                builder, _masked_load(builder, builder.gep(row, [j0]), lm, _const_vec(vt, [0] * L)), sh, msk
+            )
+            inr = builder.and_(builder.icmp_signed(">", x, lov), builder.icmp_signed("<=", x, hiv))
+            inr = builder.and_(builder.and_(inr, lm), builder.icmp_signed("!=", jv, iv))
+            bits = builder.bitcast(inr, mt)
+            body = builder.basic_block
+            hit = builder.append_basic_block("pack.hit")
+            nxt = builder.append_basic_block("pack.next")
+            builder.cbranch(builder.icmp_signed("!=", bits, ir.Constant(mt, 0)), hit, nxt)
+            builder.position_at_end(hit)
+            ids = builder.or_(
+                builder.shl(_vmin(builder, iv, jv), _const_vec(it, [16] * L)), _vmax(builder, iv, jv)
+            )
+            _compress_store(builder, _pack(builder, x, ids), builder.gep(buf, [nn]), inr)
+            n_hit = builder.add(nn, builder.zext(builder.call(ctpop, [bits]), _I64))
+            hit_end = builder.basic_block
+            builder.branch(nxt)
+            builder.position_at_end(nxt)
+            n_next = builder.phi(_I64)
+            n_next.add_incoming(nn, body)
+            n_next.add_incoming(n_hit, hit_end)
+            return n_next
+
+        every = _const_vec(ir.VectorType(_I1, L), [1] * L)
+        (nn,) = _chunk_loop(
+            builder,
+            m,
+            L,
+            [n],
+            lambda j0, accs: [chunk(j0, every, accs[0])],
+            lambda j0, rem, accs: [chunk(j0, _lane_mask(builder, rem, L), accs[0])],
+        )
+        return nn
+
+    return sig, codegen
+
+
+@intrinsic
+def sort_packed(typingctx, buf, n, cw, cid):
+    """Sort the ``n <= PACKED`` packed ``key << 32 | id`` of ``buf`` (int64) by decreasing value,
+    leave out repeats (the two entries of an edge with equal keys), store the keys to ``cw`` and the
+    ids to ``cid`` (int32): a 16-, 32-, 64- or 128-lane bitonic network. Returns how many were
+    stored, or :data:`SIMD_UNSUPPORTED` for int64 keys (``cw``)."""
+    sig = types.int64(buf, n, cw, cid)
+
+    def codegen(context, builder, sig, args):
+        if sig.args[2].dtype.bitwidth != 32:
+            return ir.Constant(_I64, SIMD_UNSUPPORTED)
+        bufa, n, cwa, cida = _args(context, builder, sig, args, types.int32, (1,), ())
+        zero = ir.Constant(_I64, 0)
+        return _sort_buffer(
+            builder,
+            _ptr(context, builder, sig.args[0], bufa, zero),
+            n,
+            (16, 32, 64, PACKED),
+            _ptr(context, builder, sig.args[2], cwa, zero),
+            _ptr(context, builder, sig.args[3], cida, zero),
+            dedupe=True,
+        )
 
     return sig, codegen
