@@ -342,7 +342,7 @@ def _collect(K, u, m, lo, hi, sh, msk, rkey, cw, cid, deg, tmp):
     return n
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@njit(cache=True, _nrt=False)  # not inlined: its sorting networks are compiled once, not per caller
 def _collect_entries(K, u, m, lo, hi, sh, msk, rkey, cw, cid, deg, pbuf):
     """_PACKED_M <= m <= 64, float32: the entries (not edges) whose key lies in (lo, hi], j != i, as
     a sorted block: keys to cw, ids ``min(i, j) << 16 | max(i, j)`` to cid, by decreasing key (the
