@@ -41,9 +41,9 @@ passes over the rows of a map (and the rank counts) are explicit SIMD (:mod:`lig
    exact from that vertex's row and column, the block keeps the edges above it and is the last
    one.
 3. Sorting, only as far as the scan goes (partial selection, no sort of all m (m - 1) / 2 edges):
-   blocks of entries at once (above), blocks of up to 64 edges by rank counting (:func:`lightprune._simd.rank_desc`), up to 256 one
-   edge at a time as the scan reaches it (the largest of the rest, :func:`_take`), larger ones by
-   an LSD radix sort of the keys.
+   blocks of entries at once (above); blocks of up to 64 edges by rank counting
+   (:func:`lightprune._simd.rank_desc`), up to 256 one edge at a time as the scan reaches it (the
+   largest of the rest, :func:`_take`), larger ones by an LSD radix sort of the keys.
 4. Scan, one tie group at a time with ``beta_1 = 0`` before it (see :func:`_run`): union-find for
    "already connected", bitset rows of the adjacency (``ceil(m / 64)`` uint64 words per vertex)
    for "a common neighbour"; triggers inside a group are set aside and retried after the rest of
@@ -649,8 +649,8 @@ def _no_birth_left(K, u, m, words, sh, msk, ws, added, q, n):
 @njit(cache=True, _nrt=False, inline="always")
 def _block_bounds(rkey, rsel, m, lo_final, kst, ist, nt):
     """Bounds of blocks nt, nt + 1, ...: for _NARROW_FIRST_BLOCK_M <= m <= 64 the (m/3)-th and
-    (m/2)-th largest row maxima, then the (3m/4)-th, the smallest one (each kept if below the previous bound
-    and above lo_final), then lo_final."""
+    (m/2)-th largest row maxima; then the (3m/4)-th and the smallest one (each kept if below the
+    previous bound and above lo_final), then lo_final."""
     ns = m if m <= _SAMPLES else _SAMPLES
     t1 = _select_desc(rsel, ns, (3 * ns) // 4)
     t3 = t1  # (dropped: not below t1)
