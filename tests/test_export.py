@@ -95,7 +95,9 @@ def test_onnx_of_pruned_network_matches_torch_at_batch_1_and_7(which, request, t
         assert np.abs(want).max() > 0.1  # real logits, not near-zero ones
         got = sess.run(None, {"input": x.numpy()})[0]
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)  # and relatively close
+        # and close relative to the logits' scale: float32 rounding through ~20 layers, not a wrong
+        # weight (an element-wise rtol fails on a logit that happens to lie near 0)
+        assert np.abs(got - want).max() <= 2e-5 * np.abs(want).max()
 
 
 # ------------------------------------------------------------------------------------ TorchScript
