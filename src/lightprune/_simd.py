@@ -706,6 +706,29 @@ def load_flat(typingctx, K, off):
     return sig, codegen
 
 
+@intrinsic
+def prefetch_flat(typingctx, K, off, n):
+    """Prefetch (into the caches, for reading) the ``n`` entries of ``K`` from flat offset ``off``:
+    one software prefetch per 64-byte line. Never faults (a prefetch is only a hint)."""
+    sig = types.void(K, off, n)
+
+    def codegen(context, builder, sig, args):
+        ary, off, n = _args(context, builder, sig, args, K.dtype, (1, 2), ())
+        ptr = _ptr(context, builder, sig.args[0], ary, off)
+        fn = _declare(builder, "llvm.prefetch.p0", ir.VoidType(), [ptr.type, _I32, _I32, _I32])
+        per_line = max(1, 64 // (K.dtype.bitwidth // 8))
+
+        def step(j, accs):
+            builder.call(fn, [builder.gep(ptr, [j]), ir.Constant(_I32, 0), ir.Constant(_I32, 3),
+                              ir.Constant(_I32, 1)])
+            return accs
+
+        _chunk_loop(builder, n, per_line, [], step, lambda j, rem, accs: accs)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @njit(cache=True, _nrt=False, inline="always")
 def pack_row_entries(K, off, m, i, lo, hi, sh, msk, buf, n):
     """Append to ``buf[n:]`` (int64) the entries ``U[i, j]``, j != i, of the row at flat offset
