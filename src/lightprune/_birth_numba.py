@@ -114,6 +114,7 @@ from lightprune._simd import (
 # pairs, rows of a block of entries) and per edge scanned; 1.07-1.10x at m = 56 (alternated,
 # 12 runs each, outputs equal), the rest of the 12.5 KiB map would stream in the next row pass
 _PF_MIN_M = 40
+_FUT_LOOP = 48  # last block: above this many edges left, the check uses the future-pair masks
 _PF_VERTEX = 16
 _PF_EDGE = 32
 _SHIFT = 16  # edge id = (i << 16) | j, with U[i, j] the entry that carries the edge's weight
@@ -643,7 +644,8 @@ def _no_birth_left(K, u, m, words, sh, msk, ws, added, q, n):
     half, for the bit masks below) since the last check: True if every edge that can still come has
     a common neighbour already. Common neighbours stay, so no later edge is a trigger and beta_1
     stays 0 to the end (the cone cut-off is the case of a vertex joined to all others). In the last
-    block the edges that can still come are the rest of the block (cid[q:n], in any order); before
+    block the edges that can still come are the rest of the block (cid[q:n], in any order; when the
+    masks below exist and more than _FUT_LOOP edges are left, the masks, which cover them); before
     it, every pair whose weight is above w_cone and that is not an edge yet (24 <= m <= 64: the bit
     masks of :func:`_future_pairs`, made at the first such check; other m: any non-adjacent pair,
     :func:`_diameter_at_most_2`)."""
@@ -660,6 +662,8 @@ def _no_birth_left(K, u, m, words, sh, msk, ws, added, q, n):
     ist[_CHECK] = 2 * ist[_ADDED]
     if not ist[_LAST]:
         return _diameter_at_most_2(adj, m, words)
+    if ist[_FUT] and n - q > _FUT_LOOP:  # the masks, made already, are cheaper than a long rest
+        return _future_covered(adj, m, fut)
     mask = np.int64(0xFFFF)
     for t in range(q, n):
         e = np.int64(cid[t])
