@@ -95,6 +95,26 @@ def test_rank_desc_is_the_stable_decreasing_order(dtype):
 
 
 @njit
+def _kth(w, n, out):
+    for k in range(n):
+        out[k] = _simd.kth_desc16(w, n, k)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_kth_desc16_is_the_kth_largest(dtype):
+    rng = np.random.default_rng(5)
+    info = np.iinfo(dtype)
+    for n in [1, 2, 3, 7, 15, 16]:
+        for lo, hi in [(-3, 3), (info.min, info.max)]:  # ties, and keys at the type's limits
+            w = rng.integers(lo, hi, n, dtype=dtype, endpoint=True)
+            if n > 1:
+                w[-1] = info.min  # the smallest key, as held by the lanes past n
+            got = np.zeros(n, dtype)
+            _kth(np.concatenate([w, np.full(20, info.max, dtype)]), n, got)  # entries past n unread
+            np.testing.assert_array_equal(got, np.sort(w)[::-1], err_msg=f"n={n}")
+
+
+@njit
 def _bit_ops(xs, out):
     for i in range(xs.shape[0]):
         out[i] = _simd.lowest_bit(xs[i])

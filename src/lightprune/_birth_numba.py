@@ -94,6 +94,7 @@ from lightprune._simd import (
     collect_row_keys,
     count_above_keys,
     eight_sorted_edges,
+    kth_desc16,
     lowest_bit,
     pack_row_entries,
     prefetch_flat,
@@ -259,14 +260,11 @@ def _radix_sort(w, ids, n, w2, ids2, hist, msk):
             ids[i] = ids2[i]
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _select_desc(a, n, k):
     """The k-th largest (0-based) of a[:n] (n <= _SAMPLES): the value of rank k
-    (:func:`lightprune._simd.rank_desc`, ties by position)."""
-    for i in range(n):
-        if rank_desc(a, n, i) == k:
-            return a[i]
-    return a[0]  # not reached: the ranks of a[:n] are 0 .. n - 1
+    (:func:`lightprune._simd.kth_desc16`)."""
+    return kth_desc16(a, n, k)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -291,6 +291,37 @@ def rank_desc(typingctx, w, n, i):
 
 
 @intrinsic
+def kth_desc16(typingctx, w, n, k):
+    """The ``k``-th largest (0-based) of ``w[:n]`` (1-D keys, ``1 <= n <= 16``, ``0 <= k < n``): the
+    value of rank k in :func:`rank_desc`'s order, all 16 ranks in one vector (a broadcast and two
+    compares per lane) instead of one :func:`rank_desc` call per candidate (about 4x fewer cycles
+    for 16 samples). Lanes past n read nothing and hold the smallest key, so they rank last."""
+    dt = w.dtype
+    sig = w.dtype(w, n, k)
+
+    def codegen(context, builder, sig, args):
+        ary, n, k = _args(context, builder, sig, args, dt, (1, 2), ())
+        L = 16
+        et = ir.IntType(dt.bitwidth)
+        vt = ir.VectorType(et, L)
+        base = _ptr(context, builder, sig.args[0], ary, ir.Constant(_I64, 0))
+        smallest = _const_vec(vt, [-(1 << (dt.bitwidth - 1))] * L)
+        inside = _lane_mask(builder, n, L)
+        v = _masked_load(builder, base, inside, smallest)
+        acc = _const_vec(vt, [0] * L)
+        undef = ir.Constant(vt, ir.Undefined)
+        for j in range(L):  # rank of lane i: #{j : v_j > v_i} + #{j < i : v_j == v_i}
+            bj = builder.shuffle_vector(v, undef, ir.Constant(ir.VectorType(_I32, L), [j] * L))
+            after = _const_vec(ir.VectorType(_I1, L), [int(i > j) for i in range(L)])
+            hit = builder.or_(builder.icmp_signed(">", bj, v), builder.and_(builder.icmp_signed("==", bj, v), after))
+            acc = builder.add(acc, builder.zext(hit, vt))
+        want = builder.and_(builder.icmp_signed("==", acc, _splat(builder, builder.trunc(k, et) if dt.bitwidth < 64 else k, vt)), inside)
+        return _reduce(builder, builder.select(want, v, smallest), "smax")
+
+    return sig, codegen
+
+
+@intrinsic
 def lowest_bit(typingctx, x):
     """Index of the lowest set bit of a non-zero uint64 (``tzcnt``)."""
     sig = types.int64(types.uint64)
