@@ -277,13 +277,15 @@ def _births_numba(maps: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
             flat = flat.cpu()
         torch_threads = torch.get_num_threads()
         threads = max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
-        numba.set_num_threads(threads)
+        if numba.get_num_threads() != threads:
+            numba.set_num_threads(threads)
         # numba's OpenMP layer and torch's own OpenMP runtime share symbols: the first
         # numba.set_num_threads of a process can reset torch's thread count (set to 1 before numba was
         # loaded, it reads 2 afterwards), and the next call would then run the kernel on 2 threads.
         # torch's count is put back at once: the kernel and the caller's torch keep the caller's count.
         _restore_torch_threads(torch_threads)
-        old_chunk = numba.set_parallel_chunksize(1)  # blocks of units handed out dynamically
+        # blocks of units handed out dynamically (one thread: nothing to balance)
+        old_chunk = numba.set_parallel_chunksize(1) if threads > 1 else None
         try:
             if flat.dtype in (torch.float32, torch.float64):
                 steps = [(0, n)]
@@ -302,7 +304,8 @@ def _births_numba(maps: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
                 block = max(1, min(256, (stop - start) // (16 * threads)))
                 _birth_numba.births(keys, *consts, out[start:stop], block)
         finally:
-            numba.set_parallel_chunksize(old_chunk)
+            if old_chunk is not None:
+                numba.set_parallel_chunksize(old_chunk)
             _restore_torch_threads(torch_threads)
         if (out == -3).any():
             raise ConfigError(_NAN_MESSAGE.format(argument="maps"))
