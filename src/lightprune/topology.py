@@ -266,49 +266,51 @@ def _births_numba(maps: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
     if m > _NUMBA_MAX_M:
         raise ConfigError(f"method='numba' supports maps up to {_NUMBA_MAX_M} x {_NUMBA_MAX_M}, got m={m}")
     n = math.prod(lead)
-    out = np.full(n, -1, dtype=np.int64)
-    if m >= 3 and n:
-        import numba
+    if m < 3 or not n:  # no cycle on fewer than 3 vertices
+        return torch.full(lead, -1, dtype=torch.int64, device=maps.device)
+    out = np.empty(n, dtype=np.int64)  # the kernel writes every entry
+    import numba
 
-        from . import _birth_numba
+    from . import _birth_numba
 
-        flat = maps.reshape(n, m, m)
-        if flat.device.type != "cpu":
-            flat = flat.cpu()
-        torch_threads = torch.get_num_threads()
-        threads = max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
-        if numba.get_num_threads() != threads:
-            numba.set_num_threads(threads)
-        # numba's OpenMP layer and torch's own OpenMP runtime share symbols: the first
-        # numba.set_num_threads of a process can reset torch's thread count (set to 1 before numba was
-        # loaded, it reads 2 afterwards), and the next call would then run the kernel on 2 threads.
-        # torch's count is put back at once: the kernel and the caller's torch keep the caller's count.
+    flat = maps.reshape(n, m, m)
+    if flat.device.type != "cpu":
+        flat = flat.cpu()
+    torch_threads = torch.get_num_threads()
+    threads = max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != threads:
+        numba.set_num_threads(threads)
+    # numba's OpenMP layer and torch's own OpenMP runtime share symbols: the first
+    # numba.set_num_threads of a process can reset torch's thread count (set to 1 before numba was
+    # loaded, it reads 2 afterwards), and the next call would then run the kernel on 2 threads.
+    # torch's count is put back at once: the kernel and the caller's torch keep the caller's count.
+    _restore_torch_threads(torch_threads)
+    # blocks of units handed out dynamically (one thread: nothing to balance)
+    old_chunk = numba.set_parallel_chunksize(1) if threads > 1 else None
+    nan_units = 0
+    try:
+        if flat.dtype in (torch.float32, torch.float64):
+            steps = [(0, n)]
+        else:  # float16 / bfloat16: up-cast (exact) one chunk at a time
+            size = chunk_size or max(1, _CHUNK_ELEMENTS // (m * m))
+            steps = [(s, min(n, s + size)) for s in range(0, n, size)]
+        for start, stop in steps:
+            part = flat[start:stop]
+            if part.dtype not in (torch.float32, torch.float64):
+                part = part.float()
+            arr = part.contiguous().numpy()
+            if arr.dtype == np.float32:
+                keys, consts = arr.view(np.int32), _NUMBA_KEYS32
+            else:
+                keys, consts = arr.view(np.int64), _NUMBA_KEYS64
+            block = max(1, min(256, (stop - start) // (16 * threads)))
+            nan_units += _birth_numba.births(keys, *consts, out[start:stop], block)
+    finally:
+        if old_chunk is not None:
+            numba.set_parallel_chunksize(old_chunk)
         _restore_torch_threads(torch_threads)
-        # blocks of units handed out dynamically (one thread: nothing to balance)
-        old_chunk = numba.set_parallel_chunksize(1) if threads > 1 else None
-        try:
-            if flat.dtype in (torch.float32, torch.float64):
-                steps = [(0, n)]
-            else:  # float16 / bfloat16: up-cast (exact) one chunk at a time
-                size = chunk_size or max(1, _CHUNK_ELEMENTS // (m * m))
-                steps = [(s, min(n, s + size)) for s in range(0, n, size)]
-            for start, stop in steps:
-                part = flat[start:stop]
-                if part.dtype not in (torch.float32, torch.float64):
-                    part = part.float()
-                arr = part.contiguous().numpy()
-                if arr.dtype == np.float32:
-                    keys, consts = arr.view(np.int32), _NUMBA_KEYS32
-                else:
-                    keys, consts = arr.view(np.int64), _NUMBA_KEYS64
-                block = max(1, min(256, (stop - start) // (16 * threads)))
-                _birth_numba.births(keys, *consts, out[start:stop], block)
-        finally:
-            if old_chunk is not None:
-                numba.set_parallel_chunksize(old_chunk)
-            _restore_torch_threads(torch_threads)
-        if (out == -3).any():
-            raise ConfigError(_NAN_MESSAGE.format(argument="maps"))
+    if nan_units:
+        raise ConfigError(_NAN_MESSAGE.format(argument="maps"))
     return torch.from_numpy(out).reshape(lead).to(maps.device)
 
 
