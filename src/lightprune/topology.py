@@ -280,11 +280,12 @@ def _births_numba(maps: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
     threads = max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
     if numba.get_num_threads() != threads:
         numba.set_num_threads(threads)
-    # numba's OpenMP layer and torch's own OpenMP runtime share symbols: the first
-    # numba.set_num_threads of a process can reset torch's thread count (set to 1 before numba was
-    # loaded, it reads 2 afterwards), and the next call would then run the kernel on 2 threads.
-    # torch's count is put back at once: the kernel and the caller's torch keep the caller's count.
-    _restore_torch_threads(torch_threads)
+        # numba's OpenMP layer and torch's own OpenMP runtime share symbols: the first
+        # numba.set_num_threads of a process can reset torch's thread count (set to 1 before numba
+        # was loaded, it reads 2 afterwards), and the next call would then run the kernel on 2
+        # threads. torch's count is put back at once: the kernel and the caller's torch keep the
+        # caller's count.
+        _restore_torch_threads(torch_threads)
     # blocks of units handed out dynamically (one thread: nothing to balance)
     old_chunk = numba.set_parallel_chunksize(1) if threads > 1 else None
     nan_units = 0
@@ -311,7 +312,10 @@ def _births_numba(maps: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
         _restore_torch_threads(torch_threads)
     if nan_units:
         raise ConfigError(_NAN_MESSAGE.format(argument="maps"))
-    return torch.from_numpy(out).reshape(lead).to(maps.device)
+    births = torch.from_numpy(out)
+    if len(lead) != 1:
+        births = births.reshape(lead)
+    return births if maps.device.type == "cpu" else births.to(maps.device)
 
 
 def _restore_torch_threads(threads: int) -> None:
