@@ -76,9 +76,10 @@ def test_row_intrinsics_equal_plain_loops(dtype):
 
 
 @njit
-def _ranks(w, n, out):
+def _per_index(w, n, out, kth):
+    """out[i] = rank_desc(w, n, i), or (``kth``) kth_desc16(w, n, i), for i < n."""
     for i in range(n):
-        out[i] = _simd.rank_desc(w, n, i)
+        out[i] = _simd.kth_desc16(w, n, i) if kth else _simd.rank_desc(w, n, i)
 
 
 @pytest.mark.parametrize("dtype", [np.int32, np.int64])
@@ -87,17 +88,11 @@ def test_rank_desc_is_the_stable_decreasing_order(dtype):
     for n in [1, 2, 5, 8, 15, 16, 17, 40, 64, 100]:
         w = rng.integers(-5, 5, n).astype(dtype)  # many ties
         got = np.zeros(n, np.int64)
-        _ranks(w, n, got)
+        _per_index(w, n, got, False)
         order = np.argsort(-w.astype(np.int64), kind="stable")
         want = np.empty(n, np.int64)
         want[order] = np.arange(n)
         np.testing.assert_array_equal(got, want, err_msg=f"n={n}")
-
-
-@njit
-def _kth(w, n, out):
-    for k in range(n):
-        out[k] = _simd.kth_desc16(w, n, k)
 
 
 @pytest.mark.parametrize("dtype", [np.int32, np.int64])
@@ -110,7 +105,7 @@ def test_kth_desc16_is_the_kth_largest(dtype):
             if n > 1:
                 w[-1] = info.min  # the smallest key, as held by the lanes past n
             got = np.zeros(n, dtype)
-            _kth(np.concatenate([w, np.full(20, info.max, dtype)]), n, got)  # entries past n unread
+            _per_index(np.concatenate([w, np.full(20, info.max, dtype)]), n, got, True)  # entries past n unread
             np.testing.assert_array_equal(got, np.sort(w)[::-1], err_msg=f"n={n}")
 
 

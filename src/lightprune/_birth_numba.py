@@ -273,13 +273,6 @@ def _radix_sort(w, ids, n, w2, ids2, hist, msk):
             ids[i] = ids2[i]
 
 
-@njit(cache=True, _nrt=False, inline="always")
-def _select_desc(a, n, k):
-    """The k-th largest (0-based) of a[:n] (n <= _SAMPLES): the value of rank k
-    (:func:`lightprune._simd.kth_desc16`)."""
-    return kth_desc16(a, n, k)
-
-
 # ------------------------------------------------------------------------------------------------
 # reading the map
 # ------------------------------------------------------------------------------------------------
@@ -721,12 +714,12 @@ def _block_bounds(rkey, rsel, m, lo_final, kst, ist, nt):
     (m/2)-th largest row maxima; then the (3m/4)-th and the smallest one (each kept if below the
     previous bound and above lo_final), then lo_final."""
     ns = m if m <= _SAMPLES else _SAMPLES
-    t1 = _select_desc(rsel, ns, (3 * ns) // 4)
+    t1 = kth_desc16(rsel, ns, (3 * ns) // 4)
     t3 = t1  # (dropped: not below t1)
     t4 = t1
     if _NARROW_FIRST_BLOCK_M <= m <= 64:
-        t3 = _select_desc(rsel, ns, ns // 3)
-        t4 = _select_desc(rsel, ns, ns // 2)
+        t3 = kth_desc16(rsel, ns, ns // 3)
+        t4 = kth_desc16(rsel, ns, ns // 2)
     t2 = rkey[0]
     for i in range(1, m):
         t2 = rkey[i] if rkey[i] < t2 else t2
@@ -1064,7 +1057,7 @@ def _unit_start(K, u, m, words, sh, msk, kinf, ws):
         rsel[t] = rkey[(t * m) // ns]
     ist[_LAZY] = 0
     if m >= _SMALL_FIRST_BLOCK_M:
-        t0 = _select_desc(rsel, ns, ns // 6 if _NARROW_FIRST_BLOCK_M <= m <= 64 else ns // 3)
+        t0 = kth_desc16(rsel, ns, ns // 6 if _NARROW_FIRST_BLOCK_M <= m <= 64 else ns // 3)
         if t0 > lo_final:  # the later bounds only once block 0 is used up (most births lie in it)
             kst[_THR] = t0
             kst[_THR + 1] = lo_final
