@@ -1007,6 +1007,22 @@ def _four(K, u, sh, msk, kinf, none):
 
 
 @njit(cache=True, _nrt=False, inline="always")
+def _reset(parent, deg, adj, m, words):
+    """Union-find, degrees and adjacency of a new unit: one loop each (vectorised stores)."""
+    for i in range(np.uint64(m)):
+        parent[i] = i
+    for i in range(np.uint64(m)):
+        deg[i] = 0
+    if words == 1:
+        for i in range(np.uint64(m)):
+            adj[i, 0] = 0
+    else:
+        for i in range(np.uint64(m)):
+            for wd in range(np.uint64(words)):
+                adj[i, wd] = 0
+
+
+@njit(cache=True, _nrt=False, inline="always")
 def _unit_start(K, u, m, words, sh, msk, kinf, ws):
     """Start unit ``u``: NaN and constant maps, block bounds, first block. Returns the result, or
     _SCAN when :func:`_run` decides (called by :func:`_units`, in one place)."""
@@ -1053,8 +1069,12 @@ def _unit_start(K, u, m, words, sh, msk, kinf, ws):
     # block bounds: the (m/3)-th (m >= _SMALL_FIRST_BLOCK_M) and (3m/4)-th largest row maxima, the
     # smallest one, lo_final (see module doc); each kept if below the previous bound and above lo_final
     ns = m if m <= _SAMPLES else _SAMPLES
-    for t in range(ns):  # evenly spaced samples of the row maxima
-        rsel[t] = rkey[(t * m) // ns]
+    if m > _SAMPLES:  # evenly spaced samples of the row maxima (a constant divisor: a shift)
+        for t in range(_SAMPLES):
+            rsel[t] = rkey[np.uint64(t * m) // np.uint64(_SAMPLES)]
+    else:
+        for t in range(ns):
+            rsel[t] = rkey[t]
     ist[_LAZY] = 0
     if m >= _SMALL_FIRST_BLOCK_M:
         t0 = kth_desc16(rsel, ns, ns // 6 if _NARROW_FIRST_BLOCK_M <= m <= 64 else ns // 3)
@@ -1071,11 +1091,7 @@ def _unit_start(K, u, m, words, sh, msk, kinf, ws):
     ist[_FUT] = 0
     ist[_ENTRIES] = 0
     kst[_HI] = glob_max
-    for i in range(m):
-        parent[i] = i
-        deg[i] = 0
-        for wd in range(words):
-            adj[i, wd] = 0
+    _reset(parent, deg, adj, m, words)
     _new_block(K, u, m, sh, msk, ws)
     return _SCAN
 
