@@ -722,7 +722,7 @@ def sorted_edges16(typingctx, K, off, m, sh, msk, kinf, cw, cid, rkey):
     return sig, codegen
 
 
-PACKED = 128  # the largest block that :func:`sort_packed` sorts
+PACKED = 256  # the largest block that :func:`sort_packed` sorts
 
 
 @intrinsic
@@ -789,7 +789,7 @@ def pack_row_entries(K, off, m, i, lo, hi, sh, msk, buf, n):
 def sort_packed(typingctx, buf, n, cw, cid):
     """Sort the ``n <= PACKED`` packed ``key << 32 | id`` of ``buf`` (int64) by decreasing value,
     leave out repeats (the two entries of an edge with equal keys), store the keys to ``cw`` and the
-    ids to ``cid`` (int32): a 16-, 32-, 64- or 128-lane bitonic network. Returns how many were
+    ids to ``cid`` (int32): a 16-, 32-, 64-, 128- or 256-lane bitonic network. Returns how many were
     stored, or :data:`SIMD_UNSUPPORTED` for int64 keys (``cw``)."""
     sig = types.int64(buf, n, cw, cid)
 
@@ -802,7 +802,7 @@ def sort_packed(typingctx, buf, n, cw, cid):
             builder,
             _ptr(context, builder, sig.args[0], bufa, zero),
             n,
-            (16, 32, 64, PACKED),
+            (16, 32, 64, 128, PACKED),
             _ptr(context, builder, sig.args[2], cwa, zero),
             _ptr(context, builder, sig.args[3], cida, zero),
             dedupe=True,
