@@ -1,6 +1,8 @@
 """The SIMD intrinsics of lightprune._simd against plain loops, on float32 and float64 keys,
 row lengths around the vector widths (1 .. 70), offsets that start mid-array, and -0.0 / +-inf."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -378,9 +380,9 @@ def _sort_packed(buf, n, cw, cid):
 
 def test_sort_packed_sorts_and_leaves_out_repeats():
     """n = 0 .. PACKED packed values (negative keys, repeats, equal keys with other ids): keys and
-    ids of the distinct values by decreasing value, in the 16-, 32-, 64- and 128-lane networks."""
+    ids of the distinct values by decreasing value, in the 16-, 32-, 64-, 128- and 256-lane networks."""
     rng = np.random.default_rng(0)
-    for n in list(range(0, 40)) + [63, 64, 65, 100, 127, 128]:
+    for n in list(range(0, 40)) + [63, 64, 65, 100, 127, 128, 129, 200, 255, _simd.PACKED]:
         for _ in range(3):
             keys = rng.integers(-5, 5, n) * rng.integers(1, 2**20)
             ids = rng.integers(0, 6, n) << 16 | rng.integers(0, 64, n)
@@ -395,3 +397,27 @@ def test_sort_packed_sorts_and_leaves_out_repeats():
                 (k << 32) | i for k, i in zip(cw[:stored].tolist(), cid[:stored].tolist(), strict=True)
             ] == want
     assert _sort_packed(buf, 4, np.zeros(8, np.int64), cid) == _simd.SIMD_UNSUPPORTED
+
+
+def test_the_compress_path_is_the_targets():
+    """The compress-stores compile to the target's instruction set: AVX-512's register-form
+    compress, AVX2's ``vpermd`` by a lane table, or LLVM's portable ``masked.compressstore``."""
+    from numba.core.registry import cpu_target
+
+    path = _simd.compress_path(cpu_target.target_context)
+    buf = np.zeros(_simd.PACKED, np.int64)
+    _sort_packed(buf, 0, np.zeros(_simd.PACKED, np.int32), np.zeros(_simd.PACKED, np.int32))
+    sig = next(s for s in _sort_packed.signatures if s[2].dtype.bitwidth == 32)  # int32 cw
+    ir = _sort_packed.inspect_llvm(sig)
+    assert ("llvm.x86.avx512.mask.compress" in ir) == (path == "avx512")
+    assert ("llvm.x86.avx2.permd" in ir) == (path == "avx2")
+
+
+def test_the_child_process_compiles_for_the_cpu_it_was_given():
+    """In the processes of tests/test_simd_targets.py: numba's target is the CPU it was given."""
+    want = os.environ.get("LIGHTPRUNE_SIMD_CPU")
+    if not want:
+        pytest.skip("only in the process for another CPU")
+    from numba.core.registry import cpu_target
+
+    assert _simd.compress_path(cpu_target.target_context) == want

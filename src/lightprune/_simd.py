@@ -4,7 +4,9 @@ numba has no vector types, and LLVM's loop vectoriser leaves the short rows of a
 (m = 14 to 64 entries) mostly to its scalar remainder loop: the row pass of a 56 x 56 float32 map
 ran at about 1.4 cycles per entry. These intrinsics write the vector code directly in LLVM IR:
 512-bit vectors (16 int32 / 8 int64 lanes; LLVM splits them where the CPU has narrower ones) and
-masked loads for the end of a row, which read nothing past it.
+masked loads for the end of a row, which read nothing past it. All of it is generic LLVM IR except
+the compress-stores, which are compiled for the target's instruction set (:func:`compress_path`:
+AVX-512, AVX2, or portable for any other CPU): an x86 intrinsic the CPU lacks would abort LLVM.
 
 They work on *keys* (see :func:`lightprune._birth_numba._key`): the integer view of float32 /
 float64 bits, mapped so that integer order is float order. Functions whose name has ``_keys`` read
@@ -370,29 +372,104 @@ def argmax_from(typingctx, w, lo, hi):
     return sig, codegen
 
 
-def _compress_store(builder, v, ptr, mask):
+def _target_features(context):
+    """The feature flags (``+avx2``, ...) of the CPU that numba compiles for now: the target
+    machine's feature string (the host's, or ``NUMBA_CPU_FEATURES``). An empty string (the CPU
+    name alone decides, e.g. ``NUMBA_CPU_NAME=generic``) gives none: the portable path is exact on
+    every CPU, while an intrinsic of an instruction set the CPU lacks aborts LLVM."""
+    features = getattr(context.codegen(), "_tm_features", None)
+    if features is None:  # a numba without that attribute: the host's features
+        from llvmlite import binding
+
+        features = binding.get_host_cpu_features().flatten()
+    return {f[1:] for f in features.split(",") if f.startswith("+")}
+
+
+def compress_path(context):
+    """Which compress-store :func:`_compress_store` compiles for the target of ``context`` (a
+    numba target context): ``"avx512"``, ``"avx2"`` or ``"portable"``."""
+    features = _target_features(context)
+    return "avx512" if "avx512f" in features else "avx2" if "avx2" in features else "portable"
+
+
+def _compress_lut(builder):
+    """[256 x i64], internal constant: entry b holds, in byte t, the position of the t-th set bit
+    of b (t < popcount(b); the other bytes 0) -- the lane indices that left-pack 8 lanes."""
+    name = "lightprune.simd.compress_lut8"
+    g = builder.module.globals.get(name)
+    if g is None:
+        at = ir.ArrayType(_I64, 256)
+        entries = []
+        for b in range(256):
+            pos = [t for t in range(8) if b >> t & 1]
+            entries.append(sum(p << (8 * t) for t, p in enumerate(pos)))
+        g = ir.GlobalVariable(builder.module, at, name=name)
+        g.global_constant = True
+        g.linkage = "internal"
+        g.initializer = ir.Constant(at, entries)
+    return g
+
+
+def _compress_store(builder, v, ptr, mask, context):
     """Store the lanes of ``v`` selected by ``mask`` to consecutive places from ``ptr`` (what
-    ``llvm.masked.compressstore`` does): in 512-bit pieces, each compressed in a register
-    (``vpcompressd`` / ``vpcompressq`` without a memory operand) and written by a masked store of
-    its first popcount lanes. The memory form of the compress is microcoded on AMD Zen 4 (about
-    2.5x slower for a whole block gather there); the register form is not."""
+    ``llvm.masked.compressstore`` does), piece by piece, each piece left-packed in a register and
+    written by a masked store of its first popcount lanes:
+
+    - AVX-512F: 512-bit pieces, ``vpcompressd`` / ``vpcompressq`` without a memory operand (the
+      memory form is microcoded on AMD Zen 4, about 2.5x slower for a whole block gather there);
+    - AVX2: 256-bit pieces, ``vpermd`` by the lane indices of :func:`_compress_lut` (an i64 lane
+      is two i32 lanes);
+    - otherwise (other architectures, ``NUMBA_CPU_NAME=generic``): ``llvm.masked.compressstore``,
+      which LLVM lowers for any target.
+
+    An intrinsic of an instruction set the target lacks aborts LLVM ("Do not know how to split the
+    result of this operator"), so the path is chosen from the target's features at compile time."""
     vt = v.type
     w = vt.element.width
-    per = min(vt.count, 512 // w)
-    pt = ir.VectorType(vt.element, per)
-    mt = ir.VectorType(_I1, per)
-    name = f"llvm.x86.avx512.mask.compress.v{per}i{w}"
-    compress = _declare(builder, name, pt, [pt, pt, mt])
+    path = compress_path(context)
+    if path == "avx512":
+        per = min(vt.count, 512 // w)
+        pt = ir.VectorType(vt.element, per)
+        compress = _declare(builder, f"llvm.x86.avx512.mask.compress.v{per}i{w}", pt, [pt, pt, ir.VectorType(_I1, per)])
+        zero = _const_vec(pt, [0] * per)
+
+        def pack(piece, pm):
+            return builder.call(compress, [piece, zero, pm])
+    elif path == "avx2":
+        per = min(vt.count, 256 // w)
+        pt = ir.VectorType(vt.element, per)
+        v8 = ir.VectorType(_I32, 8)
+        permd = _declare(builder, "llvm.x86.avx2.permd", v8, [v8, v8])
+        lut = _compress_lut(builder)
+        twice = w // 32  # i32 lanes per lane
+
+        def pack(piece, pm):
+            if per < 256 // w:  # a short vector: widened with unselected lanes
+                piece = _shuffle(builder, piece, piece, list(range(per)) + [0] * (256 // w - per))
+                pm = builder.and_(
+                    _shuffle(builder, pm, pm, list(range(per)) + [0] * (256 // w - per)),
+                    ir.Constant(ir.VectorType(_I1, 256 // w), [1] * per + [0] * (256 // w - per)),
+                )
+            m8 = pm if twice == 1 else _shuffle(builder, pm, pm, [t // twice for t in range(8)])
+            bits = builder.zext(builder.bitcast(m8, ir.IntType(8)), _I64)
+            idx = builder.load(builder.gep(lut, [ir.Constant(_I64, 0), bits]))
+            idx = builder.zext(builder.bitcast(idx, ir.VectorType(ir.IntType(8), 8)), v8)
+            packed = builder.call(permd, [builder.bitcast(piece, v8) if twice > 1 else piece, idx])
+            packed = builder.bitcast(packed, ir.VectorType(vt.element, 256 // w)) if twice > 1 else packed
+            return packed if per == 256 // w else _shuffle(builder, packed, packed, list(range(per)))
+    else:
+        mt = ir.VectorType(_I1, vt.count)
+        fn = _declare(builder, f"llvm.masked.compressstore.v{vt.count}i{w}", ir.VoidType(), [vt, ptr.type, mt])
+        builder.call(fn, [v, ptr, mask])
+        return
     ctpop = _declare(builder, f"llvm.ctpop.i{per}", ir.IntType(per), [ir.IntType(per)])
-    zero = _const_vec(pt, [0] * per)
     off = ir.Constant(_I64, 0)
     for p0 in range(0, vt.count, per):
         lanes = list(range(p0, p0 + per))
         piece = v if per == vt.count else _shuffle(builder, v, v, lanes)
         pm = mask if per == vt.count else _shuffle(builder, mask, mask, lanes)
-        packed = builder.call(compress, [piece, zero, pm])
         k = builder.zext(builder.call(ctpop, [builder.bitcast(pm, ir.IntType(per))]), _I64)
-        _masked_store(builder, packed, builder.gep(ptr, [off]), _lane_mask(builder, k, per))
+        _masked_store(builder, pack(piece, pm), builder.gep(ptr, [off]), _lane_mask(builder, k, per))
         off = builder.add(off, k)
 
 
@@ -468,8 +545,8 @@ def collect_row_keys(typingctx, K, u, m, i, lo, hi, sh, msk, cw, cid, n, deg):
             ids = builder.trunc(
                 builder.or_(builder.shl(iv, _splat(builder, c(16), it)), jv), ir.VectorType(id_t, L)
             )
-            _compress_store(builder, x, builder.gep(cw_ptr, [nn]), keep)
-            _compress_store(builder, ids, builder.gep(cid_ptr, [nn]), keep)
+            _compress_store(builder, x, builder.gep(cw_ptr, [nn]), keep, context)
+            _compress_store(builder, ids, builder.gep(cid_ptr, [nn]), keep, context)
             kz = builder.zext(keep, it)
             dptr = builder.gep(deg_ptr, [j0])
             dv = _masked_load(builder, dptr, lm, _const_vec(it, [0] * L))
@@ -537,7 +614,7 @@ def _bitonic_desc(builder, v):
 SIMD_UNSUPPORTED = -5  # returned by the small-map intrinsics for int64 keys (float64 maps)
 
 
-def _sort_store(builder, packed, n, cw_ptr, cid_ptr, dedupe=False):
+def _sort_store(builder, packed, n, cw_ptr, cid_ptr, context, dedupe=False):
     """Sort the 64-bit lanes ``key << 32 | id`` by decreasing value (the lanes past the first
     ``n`` hold the smallest value) and store the first ``n`` keys / ids to cw_ptr / cid_ptr;
     ``dedupe``: a lane equal to the one before it is left out (compress-stored). Returns the
@@ -554,14 +631,14 @@ def _sort_store(builder, packed, n, cw_ptr, cid_ptr, dedupe=False):
         return n
     new = builder.icmp_signed("!=", srt, _shuffle(builder, srt, srt, [0] + list(range(L - 1))))
     keep = builder.and_(lm, builder.or_(new, ir.Constant(ir.VectorType(_I1, L), [1] + [0] * (L - 1))))
-    _compress_store(builder, keys, cw_ptr, keep)
-    _compress_store(builder, ids, cid_ptr, keep)
+    _compress_store(builder, keys, cw_ptr, keep, context)
+    _compress_store(builder, ids, cid_ptr, keep, context)
     ctpop = _declare(builder, f"llvm.ctpop.i{L}", ir.IntType(L), [ir.IntType(L)])
     count = builder.call(ctpop, [builder.bitcast(keep, ir.IntType(L))])
     return builder.trunc(count, _I64) if L > 64 else builder.zext(count, _I64)
 
 
-def _sort_buffer(builder, buf, n, widths, cw_ptr, cid_ptr, dedupe=False):
+def _sort_buffer(builder, buf, n, widths, cw_ptr, cid_ptr, context, dedupe=False):
     """Sort the ``n`` packed ``key << 32 | id`` of ``buf`` (i64*) by decreasing value and store their
     keys / ids (:func:`_sort_store`): in the narrowest bitonic network of ``widths`` (increasing)
     that holds n. Returns the number stored (i64)."""
@@ -572,7 +649,7 @@ def _sort_buffer(builder, buf, n, widths, cw_ptr, cid_ptr, dedupe=False):
             q = ir.VectorType(_I64, widths[0])
             lm = _lane_mask(builder, n, widths[0])
             packed = _masked_load(builder, buf, lm, _const_vec(q, [-(2**63)] * widths[0]))
-            builder.store(_sort_store(builder, packed, n, cw_ptr, cid_ptr, dedupe), stored)
+            builder.store(_sort_store(builder, packed, n, cw_ptr, cid_ptr, context, dedupe), stored)
             return
         with builder.if_else(builder.icmp_signed("<=", n, ir.Constant(_I64, widths[0]))) as (fits, wider):
             with fits:
@@ -635,12 +712,12 @@ def eight_sorted_edges(typingctx, K, off, sh, msk, kinf, cw, cid):
         above = builder.and_(builder.icmp_signed(">", e, _splat(builder, w_cone, v32)), valid)
         packed = _pack(builder, e, _const_vec(q32, [(i << 16) | j for i, j in pairs] + [0] * 4))
         buf = cgutils.alloca_once(builder, _I64, size=32)
-        _compress_store(builder, packed, buf, above)
+        _compress_store(builder, packed, buf, above, context)
         ctpop = _declare(builder, "llvm.ctpop.i32", _I32, [_I32])
         n = builder.zext(builder.call(ctpop, [builder.bitcast(above, _I32)]), _I64)
         zero = ir.Constant(_I64, 0)
         cw_ptr = _ptr(context, builder, sig.args[5], cwa, zero)
-        _sort_buffer(builder, buf, n, (16, 32), cw_ptr, _ptr(context, builder, sig.args[6], cida, zero))
+        _sort_buffer(builder, buf, n, (16, 32), cw_ptr, _ptr(context, builder, sig.args[6], cida, zero), context)
         return _small_map_result(builder, gmin, gmax, kinf, n)
 
     return sig, codegen
@@ -711,12 +788,12 @@ def sorted_edges16(typingctx, K, off, m, sh, msk, kinf, cw, cid, rkey):
             upper = builder.and_(inside[i], ir.Constant(b16, [int(j > i) for j in range(16)]))
             keep = builder.and_(builder.icmp_signed(">", W[i], wc), upper)
             packed = _pack(builder, W[i], _const_vec(q16, [(i << 16) | j for j in range(16)]))
-            _compress_store(builder, packed, builder.gep(buf, [n]), keep)
+            _compress_store(builder, packed, builder.gep(buf, [n]), keep, context)
             count = builder.call(ctpop, [builder.bitcast(keep, ir.IntType(16))])
             n = builder.add(n, builder.zext(count, _I64))
         cw_ptr = _ptr(context, builder, sig.args[6], cwa, zero)
         cid_ptr = _ptr(context, builder, sig.args[7], cida, zero)
-        _sort_buffer(builder, buf, n, (16, 32, 64, 128), cw_ptr, cid_ptr)
+        _sort_buffer(builder, buf, n, (16, 32, 64, 128), cw_ptr, cid_ptr, context)
         return _small_map_result(builder, gmin, gmax, kinf, n)
 
     return sig, codegen
@@ -805,6 +882,7 @@ def sort_packed(typingctx, buf, n, cw, cid):
             (16, 32, 64, 128, PACKED),
             _ptr(context, builder, sig.args[2], cwa, zero),
             _ptr(context, builder, sig.args[3], cida, zero),
+            context,
             dedupe=True,
         )
 
