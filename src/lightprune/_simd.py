@@ -443,20 +443,15 @@ def _compress_store(builder, v, ptr, mask, context):
         lut = _compress_lut(builder)
         twice = w // 32  # i32 lanes per lane
 
+        assert per == 256 // w, "the compress-stores here write 256 bits or more"
+
         def pack(piece, pm):
-            if per < 256 // w:  # a short vector: widened with unselected lanes
-                piece = _shuffle(builder, piece, piece, list(range(per)) + [0] * (256 // w - per))
-                pm = builder.and_(
-                    _shuffle(builder, pm, pm, list(range(per)) + [0] * (256 // w - per)),
-                    ir.Constant(ir.VectorType(_I1, 256 // w), [1] * per + [0] * (256 // w - per)),
-                )
             m8 = pm if twice == 1 else _shuffle(builder, pm, pm, [t // twice for t in range(8)])
             bits = builder.zext(builder.bitcast(m8, ir.IntType(8)), _I64)
             idx = builder.load(builder.gep(lut, [ir.Constant(_I64, 0), bits]))
             idx = builder.zext(builder.bitcast(idx, ir.VectorType(ir.IntType(8), 8)), v8)
             packed = builder.call(permd, [builder.bitcast(piece, v8) if twice > 1 else piece, idx])
-            packed = builder.bitcast(packed, ir.VectorType(vt.element, 256 // w)) if twice > 1 else packed
-            return packed if per == 256 // w else _shuffle(builder, packed, packed, list(range(per)))
+            return builder.bitcast(packed, pt) if twice > 1 else packed
     else:
         mt = ir.VectorType(_I1, vt.count)
         fn = _declare(builder, f"llvm.masked.compressstore.v{vt.count}i{w}", ir.VoidType(), [vt, ptr.type, mt])
