@@ -36,8 +36,6 @@ def test_intrinsics_compiled_for_cpus_without_avx512(tmp_path, cpu, features, pa
     """tests/test_simd.py again, in a process whose numba compiles for a CPU without AVX-512, as it
     does on such a host (AVX-512 intrinsics would abort LLVM there): the AVX2 or the portable
     compress-store, against the same plain loops."""
-    if os.environ.get("LIGHTPRUNE_SIMD_CPU"):
-        pytest.skip("already the process for another CPU")
     env = dict(
         os.environ,
         NUMBA_CPU_NAME=cpu,
