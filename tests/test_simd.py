@@ -251,20 +251,33 @@ def test_small_map_intrinsics_leave_float64_maps_to_the_general_path():
     _eight_simd(K, ity(sh), ity(msk), ity(kinf), np.zeros((1, 28), ity), np.zeros((1, 28), np.int32), res)
     assert res[0] == _simd.SIMD_UNSUPPORTED
     args = (np.zeros((1, 28), ity), np.zeros((1, 28), np.int32), np.zeros((1, 8), ity), res)
-    _sixteen_simd(K, 8, ity(sh), ity(msk), ity(kinf), *args)
-    assert res[0] == _simd.SIMD_UNSUPPORTED
+    for split in (False, True):
+        res[0] = 0
+        scratch = (np.zeros(1, np.int64), np.zeros((1, _simd.ROWS16), np.int32))
+        _sixteen_simd(K, 8, ity(sh), ity(msk), ity(kinf), *args, split, *scratch)
+        assert res[0] == _simd.SIMD_UNSUPPORTED
 
 
 @njit
-def _sixteen_simd(K, m, sh, msk, kinf, cw, cid, rkey, res):
+def _sixteen_simd(K, m, sh, msk, kinf, cw, cid, rkey, res, split, first, wrows):
+    """sorted_edges16 on every map; with ``split``, then sorted_rest16 after the first part
+    (``first[u]``: its length, ``wrows[u]``: the scratch)."""
     for u in range(K.shape[0]):
-        res[u] = _simd.sorted_edges16(K, u * m * m, m, sh, msk, kinf, cw[u], cid[u], rkey[u])
+        w = wrows[u]
+        n = _simd.sorted_edges16(K, u * m * m, m, sh, msk, kinf, cw[u], cid[u], rkey[u], w, split)
+        if split and n >= 0:
+            first[u] = n
+            n += _simd.sorted_rest16(w, m, cw[u], cid[u], n)
+        res[u] = n
 
 
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("m", [5, 7, 8, 9, 13, 16])
-def test_sorted_edges16_equals_plain_loops(m):
+def test_sorted_edges16_equals_plain_loops(m, split):
     """The m <= 16 path (rows in registers, w_cone, the edges above it, bitonic sorts of 32, 64 and
-    128 lanes) against a plain loop: tie-heavy maps, few to many levels, -0.0, constant maps, NaN."""
+    128 lanes) against a plain loop: tie-heavy maps, few to many levels, -0.0, constant maps, NaN.
+    ``split``: the heaviest edges first (above a row maximum, at most SPLIT16 of them where the
+    bound allows), then the rest by sorted_rest16: together the same sorted edges."""
     ity, (sh, msk, kinf) = _KEYS[np.float32]
     rng = np.random.default_rng(m)
     n_maps = 2000
@@ -283,9 +296,11 @@ def test_sorted_edges16_equals_plain_loops(m):
     cid = np.zeros((n_maps, E), np.int32)
     rkey = np.zeros((n_maps, m), ity)
     res = np.zeros(n_maps, np.int64)
-    _sixteen_simd(K, m, ity(sh), ity(msk), ity(kinf), cw, cid, rkey, res)
+    first = np.full(n_maps, -1, np.int64)
+    wrows = np.zeros((n_maps, _simd.ROWS16), np.int32)
+    _sixteen_simd(K, m, ity(sh), ity(msk), ity(kinf), cw, cid, rkey, res, split, first, wrows)
     assert res[7] == res[8] == -1 and res[9] == -3 and res[10] >= 0
-    sizes = []
+    sizes, parts = [], 0
     for u in range(n_maps):
         n, edges, W = _edges_loops(K[u], sh, msk, kinf)
         assert res[u] == n, u
@@ -294,6 +309,28 @@ def test_sorted_edges16_equals_plain_loops(m):
         assert list(zip(cw[u, :n].tolist(), cid[u, :n].tolist(), strict=True)) == edges, u
         assert rkey[u].tolist() == W.max(axis=1).tolist(), u
         sizes.append(n)
+        w_cone, t = wrows[u, 256], wrows[u, 257]
+        assert w_cone == max(min(W[c, j] for j in range(m) if j != c) for c in range(m)), u
+        assert wrows[u, :256].reshape(16, 16)[:m, :m].tolist() == W.tolist(), u
+        if not split:
+            assert t == w_cone
+            continue
+        # the bound: w_cone if at most SPLIT16 edges, else a row maximum with edges above it
+        nA = int(first[u])
+        assert nA == sum(k > t for k, _ in edges), u
+        expect = w_cone  # the rule, as a plain loop: up to three row maxima above w_cone, upwards
+        if n > _simd.SPLIT16:
+            for r in sorted({r for r in W.max(axis=1).tolist() if r > w_cone})[:3]:
+                c = sum(k > r for k, _ in edges)
+                if c == 0:
+                    break
+                expect = r
+                if c <= _simd.SPLIT16:
+                    break
+        assert t == expect, u
+        parts += nA < n
+    if split and E - (m + 1) // 2 > _simd.SPLIT16:  # more edges than SPLIT16 can lie above w_cone
+        assert parts > 0
     # every sort width that m allows was used (at least (m + 1) // 2 edges are not above w_cone:
     # each vertex has one, and an edge serves two vertices)
     sizes, most = np.array(sizes), E - (m + 1) // 2

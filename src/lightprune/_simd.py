@@ -57,9 +57,14 @@ def _key_vec(builder, v, sh, msk):
 
 
 def _lane_mask(builder, n, count):
-    """<count x i1>: lane t < n (n: i64, may be <= 0 or >= count)."""
-    vt = ir.VectorType(_I64, count)
-    return builder.icmp_signed("<", _const_vec(vt, range(count)), _splat(builder, n, vt))
+    """<count x i1>: lane t < n (n: i64, may be <= 0 or >= count). Compared as i32 lanes, n
+    clamped to [0, count] first: a compare of 64-bit lanes costs CPUs without AVX-512 some twenty
+    instructions per 16 lanes (four compares and the packing of their results)."""
+    zero, top = ir.Constant(_I64, 0), ir.Constant(_I64, count)
+    c = builder.select(builder.icmp_signed("<", n, zero), zero, n)
+    c = builder.trunc(builder.select(builder.icmp_signed(">", c, top), top, c), _I32)
+    vt = ir.VectorType(_I32, count)
+    return builder.icmp_signed("<", _const_vec(vt, range(count)), _splat(builder, c, vt))
 
 
 def _declare(builder, name, ret, params):
@@ -718,13 +723,61 @@ def eight_sorted_edges(typingctx, K, off, sh, msk, kinf, cw, cid):
     return sig, codegen
 
 
+ROWS16 = 16 * 16 + 2  # entries of the ``wrows`` scratch of :func:`sorted_edges16`
+SPLIT16 = 32  # :func:`sorted_edges16` with ``split``: the first part holds at most this many edges, if a bound allows
+
+
+def _upper16(builder, m, i):
+    """<16 x i1>: lane j holds an edge of row i of an m x m map (i < j < m)."""
+    here = builder.icmp_signed("<", ir.Constant(_I64, i), m)
+    b16 = ir.VectorType(_I1, 16)
+    cols = _lane_mask(builder, m, 16)
+    upper = builder.and_(cols, ir.Constant(b16, [int(j > i) for j in range(16)]))
+    return builder.and_(upper, builder.select(here, _const_vec(b16, [1] * 16), _const_vec(b16, [0] * 16)))
+
+
+def _count_true(builder, masks):
+    """Number of true lanes of the <16 x i1> masks (i64)."""
+    ctpop = _declare(builder, "llvm.ctpop.i16", ir.IntType(16), [ir.IntType(16)])
+    n = ir.Constant(_I64, 0)
+    for k in masks:
+        n = builder.add(n, builder.zext(builder.call(ctpop, [builder.bitcast(k, ir.IntType(16))]), _I64))
+    return n
+
+
+def _sorted_rows16(builder, context, W, keep, cw_ptr, cid_ptr):
+    """The edges of the rows W[i] (16-lane key vectors, i < 15) where ``keep[i]``, as 64-bit
+    ``key << 32 | i << 16 | j``, compress-stored and sorted by decreasing value (a 16-, 32-, 64- or
+    128-lane bitonic network); keys to cw_ptr, ids to cid_ptr. Returns their number (i64)."""
+    q16 = ir.VectorType(_I64, 16)
+    buf = cgutils.alloca_once(builder, _I64, size=128)
+    ctpop = _declare(builder, "llvm.ctpop.i16", ir.IntType(16), [ir.IntType(16)])
+    n = ir.Constant(_I64, 0)
+    for i in range(15):
+        packed = _pack(builder, W[i], _const_vec(q16, [(i << 16) | j for j in range(16)]))
+        _compress_store(builder, packed, builder.gep(buf, [n]), keep[i], context)
+        count = builder.call(ctpop, [builder.bitcast(keep[i], ir.IntType(16))])
+        n = builder.add(n, builder.zext(count, _I64))
+    _sort_buffer(builder, buf, n, (16, 32, 64, 128), cw_ptr, cid_ptr, context)
+    return n
+
+
 @intrinsic
-def sorted_edges16(typingctx, K, off, m, sh, msk, kinf, cw, cid, rkey):
+def sorted_edges16(typingctx, K, off, m, sh, msk, kinf, cw, cid, rkey, wrows, split):
     """The edges of an m x m map, m <= 16 (raw int32 bits from flat offset ``off``), that are
     heavier than ``w_cone`` (exact), by decreasing key: keys to ``cw[:n]``, ids ``i << 16 | j``
     (i < j) to ``cid[:n]`` (ties by decreasing id); ``rkey[c]`` = max over j of ``W[c, j]``, the
     diagonal included (an upper bound of row c's largest key). Returns n, -1 for a constant map,
     -3 for a map that holds a NaN, :data:`SIMD_UNSUPPORTED` for int64 keys.
+
+    ``wrows`` (int32, :data:`ROWS16` entries) receives the rows of W (row i from ``16 i``, the
+    lanes and rows past m the smallest key), ``w_cone`` (entry 256) and the bound ``t`` of the
+    edges stored (entry 257). ``split`` false: ``t = w_cone``, every edge above w_cone is stored.
+    ``split`` true and more than :data:`SPLIT16` of them: only the edges above ``t``, the smallest
+    of the three smallest row maxima above which at most SPLIT16 edges lie (if none: the third;
+    no bound that leaves no edge). The scan usually ends among them (random 14 x 14 maps: 98 % of
+    their births lie among the first 16 edges of some 67), and sorting 32 edges rather than 128
+    costs a fraction; :func:`sorted_rest16` sorts the rest (w_cone, t] when the scan needs them.
 
     A row per 16-lane vector (lanes and rows past m read nothing and hold the smallest key in W):
     the transpose in four rounds of two-source shuffles, the column minima of W off the diagonal
@@ -732,13 +785,15 @@ def sorted_edges16(typingctx, K, off, m, sh, msk, kinf, cw, cid, rkey):
     ``key << 32 | id``, then sorted in a 16-, 32-, 64- or 128-lane bitonic network.
     """
     dt = K.dtype
-    sig = types.int64(K, off, m, sh, msk, kinf, cw, cid, rkey)
+    sig = types.int64(K, off, m, sh, msk, kinf, cw, cid, rkey, wrows, split)
 
     def codegen(context, builder, sig, args):
         if dt.bitwidth != 32:
             return ir.Constant(_I64, SIMD_UNSUPPORTED)
-        ary, off, m, sh, msk, kinf, cwa, cida, rka = _args(context, builder, sig, args, dt, (1, 2), (3, 4, 5))
-        v16, q16, b16 = ir.VectorType(_I32, 16), ir.VectorType(_I64, 16), ir.VectorType(_I1, 16)
+        ary, off, m, sh, msk, kinf, cwa, cida, rka, wra, split = _args(
+            context, builder, sig, args, dt, (1, 2, 10), (3, 4, 5)
+        )
+        v16, b16 = ir.VectorType(_I32, 16), ir.VectorType(_I1, 16)
         base = _ptr(context, builder, sig.args[0], ary, off)
         cols = _lane_mask(builder, m, 16)  # lanes j < m
         first = _splat(builder, builder.load(base), v16)  # masked-off lanes: the first entry
@@ -775,21 +830,64 @@ def sorted_edges16(typingctx, K, off, m, sh, msk, kinf, cw, cid, rkey):
         w_cone = _reduce(builder, builder.select(cols, cmin, smallest), "smax")
         zero = ir.Constant(_I64, 0)
         _masked_store(builder, cmax, _ptr(context, builder, sig.args[8], rka, zero), cols)
-        buf = cgutils.alloca_once(builder, _I64, size=128)
-        n = zero
-        wc = _splat(builder, w_cone, v16)
-        ctpop = _declare(builder, "llvm.ctpop.i16", ir.IntType(16), [ir.IntType(16)])
-        for i in range(15):
-            upper = builder.and_(inside[i], ir.Constant(b16, [int(j > i) for j in range(16)]))
-            keep = builder.and_(builder.icmp_signed(">", W[i], wc), upper)
-            packed = _pack(builder, W[i], _const_vec(q16, [(i << 16) | j for j in range(16)]))
-            _compress_store(builder, packed, builder.gep(buf, [n]), keep, context)
-            count = builder.call(ctpop, [builder.bitcast(keep, ir.IntType(16))])
-            n = builder.add(n, builder.zext(count, _I64))
+        wr = _ptr(context, builder, sig.args[9], wra, zero)
+        for i in range(16):
+            builder.store(W[i], builder.bitcast(builder.gep(wr, [ir.Constant(_I64, 16 * i)]), v16.as_pointer()), align=4)
+        builder.store(w_cone, builder.gep(wr, [ir.Constant(_I64, 256)]))
+        upper = [builder.and_(inside[i], ir.Constant(b16, [int(j > i) for j in range(16)])) for i in range(15)]
+
+        def above(bound):
+            s = _splat(builder, bound, v16)
+            return [builder.and_(builder.icmp_signed(">", W[i], s), upper[i]) for i in range(15)]
+
+        bound = cgutils.alloca_once_value(builder, w_cone)
+        edges = builder.sdiv(builder.mul(m, builder.sub(m, ir.Constant(_I64, 1))), ir.Constant(_I64, 2))
+        more = builder.icmp_signed(">", edges, ir.Constant(_I64, SPLIT16))
+        with builder.if_then(builder.and_(builder.icmp_signed("!=", split, zero), more)):
+            count = cgutils.alloca_once_value(builder, _count_true(builder, above(w_cone)))
+            rmax = builder.select(cols, cmax, largest)  # the row maxima (rows past m: the largest)
+            for _ in range(3):  # the next larger row maximum while more than SPLIT16 edges lie above
+                with builder.if_then(builder.icmp_signed(">", builder.load(count), ir.Constant(_I64, SPLIT16))):
+                    now = _splat(builder, builder.load(bound), v16)
+                    nxt = _reduce(builder, builder.select(builder.icmp_signed(">", rmax, now), rmax, largest), "smin")
+                    c = _count_true(builder, above(nxt))
+                    some = builder.icmp_signed(">", c, zero)  # else keep the bound, and stop
+                    builder.store(builder.select(some, nxt, builder.load(bound)), bound)
+                    builder.store(builder.select(some, c, zero), count)
+        t_split = builder.load(bound)
+        builder.store(t_split, builder.gep(wr, [ir.Constant(_I64, 257)]))
         cw_ptr = _ptr(context, builder, sig.args[6], cwa, zero)
         cid_ptr = _ptr(context, builder, sig.args[7], cida, zero)
-        _sort_buffer(builder, buf, n, (16, 32, 64, 128), cw_ptr, cid_ptr, context)
+        n = _sorted_rows16(builder, context, W, above(t_split), cw_ptr, cid_ptr)
         return _small_map_result(builder, gmin, gmax, kinf, n)
+
+    return sig, codegen
+
+
+@intrinsic
+def sorted_rest16(typingctx, wrows, m, cw, cid, n0):
+    """After :func:`sorted_edges16` with ``split``: the edges whose key lies in (w_cone, t] (entries
+    256 and 257 of ``wrows``), from the rows of W it stored, by decreasing key (ties by decreasing
+    id): keys to ``cw[n0:]``, ids to ``cid[n0:]``. Returns their number (0 when t = w_cone), or
+    :data:`SIMD_UNSUPPORTED` for int64 keys (``cw``)."""
+    sig = types.int64(wrows, m, cw, cid, n0)
+
+    def codegen(context, builder, sig, args):
+        if sig.args[2].dtype.bitwidth != 32:  # int64 keys: sorted_edges16 stored nothing
+            return ir.Constant(_I64, SIMD_UNSUPPORTED)
+        wra, m, cwa, cida, n0 = _args(context, builder, sig, args, types.int32, (1, 4), ())
+        v16 = ir.VectorType(_I32, 16)
+        wr = _ptr(context, builder, sig.args[0], wra, ir.Constant(_I64, 0))
+        lo = _splat(builder, builder.load(builder.gep(wr, [ir.Constant(_I64, 256)])), v16)
+        hi = _splat(builder, builder.load(builder.gep(wr, [ir.Constant(_I64, 257)])), v16)
+        W, keep = [], []
+        for i in range(15):
+            w = builder.load(builder.bitcast(builder.gep(wr, [ir.Constant(_I64, 16 * i)]), v16.as_pointer()), align=4)
+            inside = builder.and_(builder.icmp_signed(">", w, lo), builder.icmp_signed("<=", w, hi))
+            W.append(w)
+            keep.append(builder.and_(inside, _upper16(builder, m, i)))
+        cw_ptr = _ptr(context, builder, sig.args[2], cwa, n0)
+        return _sorted_rows16(builder, context, W, keep, cw_ptr, _ptr(context, builder, sig.args[3], cida, n0))
 
     return sig, codegen
 
