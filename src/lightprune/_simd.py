@@ -397,17 +397,19 @@ def compress_path(context):
     return "avx512" if "avx512f" in features else "avx2" if "avx2" in features else "portable"
 
 
-def _compress_lut(builder):
-    """[256 x i64], internal constant: entry b holds, in byte t, the position of the t-th set bit
-    of b (t < popcount(b); the other bytes 0) -- the lane indices that left-pack 8 lanes."""
-    name = "lightprune.simd.compress_lut8"
+def _compress_lut(builder, twice):
+    """[2^(8 / twice) x i64], internal constant: entry b holds, in byte t, the i32 lane index that
+    left-packs the t-th of 8 i32 lanes, for the mask b of 8 / twice lanes of 32 * twice bits (an
+    i64 lane is the i32 lanes 2p, 2p + 1; bytes past the packed lanes 0)."""
+    lanes = 8 // twice
+    name = f"lightprune.simd.compress_lut{lanes}"
     g = builder.module.globals.get(name)
     if g is None:
-        at = ir.ArrayType(_I64, 256)
+        at = ir.ArrayType(_I64, 1 << lanes)
         entries = []
-        for b in range(256):
-            pos = [t for t in range(8) if b >> t & 1]
-            entries.append(sum(p << (8 * t) for t, p in enumerate(pos)))
+        for b in range(1 << lanes):
+            pos = [twice * p + h for p in range(lanes) if b >> p & 1 for h in range(twice)]
+            entries.append(sum(q << (8 * t) for t, q in enumerate(pos)))
         g = ir.GlobalVariable(builder.module, at, name=name)
         g.global_constant = True
         g.linkage = "internal"
@@ -441,22 +443,32 @@ def _compress_store(builder, v, ptr, mask, context):
         def pack(piece, pm):
             return builder.call(compress, [piece, zero, pm])
     elif path == "avx2":
-        per = min(vt.count, 256 // w)
+        # each piece's mask bits by a movmsk of the mask widened to the lanes' width: a <4 x i1> or
+        # <8 x i1> shuffled out of the mask and bitcast to an integer costs AVX2 a vpextrb per lane
+        per = 256 // w
+        assert vt.count % per == 0, "the compress-stores here write whole 256-bit pieces"
         pt = ir.VectorType(vt.element, per)
         v8 = ir.VectorType(_I32, 8)
         permd = _declare(builder, "llvm.x86.avx2.permd", v8, [v8, v8])
-        lut = _compress_lut(builder)
-        twice = w // 32  # i32 lanes per lane
-
-        assert per == 256 // w, "the compress-stores here write 256 bits or more"
-
-        def pack(piece, pm):
-            m8 = pm if twice == 1 else _shuffle(builder, pm, pm, [t // twice for t in range(8)])
-            bits = builder.zext(builder.bitcast(m8, ir.IntType(8)), _I64)
-            idx = builder.load(builder.gep(lut, [ir.Constant(_I64, 0), bits]))
+        lut = _compress_lut(builder, w // 32)
+        ft = ir.VectorType(ir.FloatType() if w == 32 else ir.DoubleType(), per)
+        movmsk = _declare(builder, f"llvm.x86.avx.movmsk.{'ps' if w == 32 else 'pd'}.256", _I32, [ft])
+        ctpop = _declare(builder, "llvm.ctpop.i32", _I32, [_I32])
+        wide = builder.sext(mask, vt)  # all ones in the selected lanes
+        off = ir.Constant(_I64, 0)
+        for p0 in range(0, vt.count, per):
+            lanes = list(range(p0, p0 + per))
+            piece = v if per == vt.count else _shuffle(builder, v, v, lanes)
+            mp = wide if per == vt.count else _shuffle(builder, wide, wide, lanes)
+            bits = builder.call(movmsk, [builder.bitcast(mp, ft)])
+            idx = builder.load(builder.gep(lut, [ir.Constant(_I64, 0), builder.zext(bits, _I64)]))
             idx = builder.zext(builder.bitcast(idx, ir.VectorType(ir.IntType(8), 8)), v8)
-            packed = builder.call(permd, [builder.bitcast(piece, v8) if twice > 1 else piece, idx])
-            return builder.bitcast(packed, pt) if twice > 1 else packed
+            packed = builder.call(permd, [builder.bitcast(piece, v8) if w > 32 else piece, idx])
+            k = builder.zext(builder.call(ctpop, [bits]), _I64)
+            packed = builder.bitcast(packed, pt) if w > 32 else packed
+            _masked_store(builder, packed, builder.gep(ptr, [off]), _lane_mask(builder, k, per))
+            off = builder.add(off, k)
+        return
     else:
         mt = ir.VectorType(_I1, vt.count)
         fn = _declare(builder, f"llvm.masked.compressstore.v{vt.count}i{w}", ir.VoidType(), [vt, ptr.type, mt])
