@@ -300,6 +300,7 @@ def bench_jit() -> dict:
 
 def scratch_bytes(m: int, itemsize: int = 4) -> int:
     """Scratch memory of one thread of the compiled kernel (the arrays ``births`` allocates)."""
+    from lightprune._simd import PACKED, ROWS16
     E = m * (m - 1) // 2
     words = (m + 63) // 64
     return (
@@ -308,10 +309,10 @@ def scratch_bytes(m: int, itemsize: int = 4) -> int:
         + 8 * 256 * 8  # radix-sort histograms
         + 2 * m * 8  # degrees, union-find
         + (m + 1) * words * 8  # bitset adjacency (+ a spare row)
-        + m * m * 4  # candidate entries of a block
+        + max(m * m, ROWS16) * 4  # candidate entries of a block (m <= 16: the rows of W)
         + 64 * (itemsize + 4)  # rank-sort buffers
         + 64 * 8  # future-pair masks (24 <= m <= 64)
-        + (128 + m) * 8  # a block of packed entries (used at 24 <= m <= 64)
+        + (PACKED + m) * 8  # a block of packed entries (used at 24 <= m <= 64)
         + 16 * 8
         + 8 * itemsize  # state
     )
