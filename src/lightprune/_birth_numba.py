@@ -1058,15 +1058,13 @@ def _unit_start(K, u, m, words, sh, msk, kinf, ws):
         if n < 0:
             return n  # -1 (constant map) or _NAN
         res = _tiny_scan(K, u, m, sh, msk, rkey, cw, cid, 0, n, deg, parent)
-        if rest and res == -1:  # no birth among the heaviest edges: the rest, sorted now
+        if rest and (res == -1 or res == _TIE):  # the rest, sorted now: the scan needs it
             n0 = n
             n += sorted_rest16(tmp, m, cw, cid, n0)
-            rest = False
-            res = _tiny_scan(K, u, m, sh, msk, rkey, cw, cid, n0, n, deg, parent)
+            if res == -1:  # no birth among the heaviest edges: the scan goes on
+                res = _tiny_scan(K, u, m, sh, msk, rkey, cw, cid, n0, n, deg, parent)
         if res != _TIE:
             return res
-        if rest:
-            n += sorted_rest16(tmp, m, cw, cid, n)
         ist[_N] = n
         ist[_FINAL] = n
         ist[_POS] = 0

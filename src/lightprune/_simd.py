@@ -438,10 +438,13 @@ def _compress_store(builder, v, ptr, mask, context):
         per = min(vt.count, 512 // w)
         pt = ir.VectorType(vt.element, per)
         compress = _declare(builder, f"llvm.x86.avx512.mask.compress.v{per}i{w}", pt, [pt, pt, ir.VectorType(_I1, per)])
+        ctpop = _declare(builder, f"llvm.ctpop.i{per}", ir.IntType(per), [ir.IntType(per)])
         zero = _const_vec(pt, [0] * per)
 
-        def pack(piece, pm):
-            return builder.call(compress, [piece, zero, pm])
+        def pack(piece, lanes):
+            pm = mask if per == vt.count else _shuffle(builder, mask, mask, lanes)
+            count = builder.call(ctpop, [builder.bitcast(pm, ir.IntType(per))])
+            return builder.call(compress, [piece, zero, pm]), count
     elif path == "avx2":
         # each piece's mask bits by a movmsk of the mask widened to the lanes' width: a <4 x i1> or
         # <8 x i1> shuffled out of the mask and bitcast to an integer costs AVX2 a vpextrb per lane
@@ -455,33 +458,25 @@ def _compress_store(builder, v, ptr, mask, context):
         movmsk = _declare(builder, f"llvm.x86.avx.movmsk.{'ps' if w == 32 else 'pd'}.256", _I32, [ft])
         ctpop = _declare(builder, "llvm.ctpop.i32", _I32, [_I32])
         wide = builder.sext(mask, vt)  # all ones in the selected lanes
-        off = ir.Constant(_I64, 0)
-        for p0 in range(0, vt.count, per):
-            lanes = list(range(p0, p0 + per))
-            piece = v if per == vt.count else _shuffle(builder, v, v, lanes)
+
+        def pack(piece, lanes):
             mp = wide if per == vt.count else _shuffle(builder, wide, wide, lanes)
             bits = builder.call(movmsk, [builder.bitcast(mp, ft)])
             idx = builder.load(builder.gep(lut, [ir.Constant(_I64, 0), builder.zext(bits, _I64)]))
             idx = builder.zext(builder.bitcast(idx, ir.VectorType(ir.IntType(8), 8)), v8)
             packed = builder.call(permd, [builder.bitcast(piece, v8) if w > 32 else piece, idx])
-            k = builder.zext(builder.call(ctpop, [bits]), _I64)
-            packed = builder.bitcast(packed, pt) if w > 32 else packed
-            _masked_store(builder, packed, builder.gep(ptr, [off]), _lane_mask(builder, k, per))
-            off = builder.add(off, k)
-        return
+            return (builder.bitcast(packed, pt) if w > 32 else packed), builder.call(ctpop, [bits])
     else:
         mt = ir.VectorType(_I1, vt.count)
         fn = _declare(builder, f"llvm.masked.compressstore.v{vt.count}i{w}", ir.VoidType(), [vt, ptr.type, mt])
         builder.call(fn, [v, ptr, mask])
         return
-    ctpop = _declare(builder, f"llvm.ctpop.i{per}", ir.IntType(per), [ir.IntType(per)])
     off = ir.Constant(_I64, 0)
     for p0 in range(0, vt.count, per):
         lanes = list(range(p0, p0 + per))
-        piece = v if per == vt.count else _shuffle(builder, v, v, lanes)
-        pm = mask if per == vt.count else _shuffle(builder, mask, mask, lanes)
-        k = builder.zext(builder.call(ctpop, [builder.bitcast(pm, ir.IntType(per))]), _I64)
-        _masked_store(builder, pack(piece, pm), builder.gep(ptr, [off]), _lane_mask(builder, k, per))
+        packed, count = pack(v if per == vt.count else _shuffle(builder, v, v, lanes), lanes)
+        k = builder.zext(count, _I64)
+        _masked_store(builder, packed, builder.gep(ptr, [off]), _lane_mask(builder, k, per))
         off = builder.add(off, k)
 
 
@@ -739,13 +734,16 @@ ROWS16 = 16 * 16 + 2  # entries of the ``wrows`` scratch of :func:`sorted_edges1
 SPLIT16 = 32  # :func:`sorted_edges16` with ``split``: the first part holds at most this many edges, if a bound allows
 
 
-def _upper16(builder, m, i):
-    """<16 x i1>: lane j holds an edge of row i of an m x m map (i < j < m)."""
-    here = builder.icmp_signed("<", ir.Constant(_I64, i), m)
+def _inside16(builder, m, i, cols):
+    """<16 x i1>: the lanes j < m of row i of an m x m map, none if i >= m (``cols``: lanes j < m)."""
     b16 = ir.VectorType(_I1, 16)
-    cols = _lane_mask(builder, m, 16)
-    upper = builder.and_(cols, ir.Constant(b16, [int(j > i) for j in range(16)]))
-    return builder.and_(upper, builder.select(here, _const_vec(b16, [1] * 16), _const_vec(b16, [0] * 16)))
+    here = builder.icmp_signed("<", ir.Constant(_I64, i), m)
+    return builder.and_(cols, builder.select(here, _const_vec(b16, [1] * 16), _const_vec(b16, [0] * 16)))
+
+
+def _upper16(builder, inside, i):
+    """<16 x i1>: the lanes of row i that hold an edge (i < j < m), from its ``inside`` mask."""
+    return builder.and_(inside, ir.Constant(ir.VectorType(_I1, 16), [int(j > i) for j in range(16)]))
 
 
 def _count_true(builder, masks):
@@ -813,10 +811,7 @@ def sorted_edges16(typingctx, K, off, m, sh, msk, kinf, cw, cid, rkey, wrows, sp
         largest = _const_vec(v16, [2**31 - 1] * 16)
         rows, inside = [], []
         for i in range(16):
-            here = builder.icmp_signed("<", ir.Constant(_I64, i), m)
-            lm = builder.and_(
-                cols, builder.select(here, _const_vec(b16, [1] * 16), _const_vec(b16, [0] * 16))
-            )
+            lm = _inside16(builder, m, i, cols)
             row = builder.gep(base, [builder.mul(m, ir.Constant(_I64, i))])
             rows.append(_key_vec(builder, _masked_load(builder, row, lm, first), sh, msk))
             inside.append(lm)
@@ -846,7 +841,7 @@ def sorted_edges16(typingctx, K, off, m, sh, msk, kinf, cw, cid, rkey, wrows, sp
         for i in range(16):
             builder.store(W[i], builder.bitcast(builder.gep(wr, [ir.Constant(_I64, 16 * i)]), v16.as_pointer()), align=4)
         builder.store(w_cone, builder.gep(wr, [ir.Constant(_I64, 256)]))
-        upper = [builder.and_(inside[i], ir.Constant(b16, [int(j > i) for j in range(16)])) for i in range(15)]
+        upper = [_upper16(builder, inside[i], i) for i in range(15)]
 
         def above(bound):
             s = _splat(builder, bound, v16)
@@ -892,12 +887,13 @@ def sorted_rest16(typingctx, wrows, m, cw, cid, n0):
         wr = _ptr(context, builder, sig.args[0], wra, ir.Constant(_I64, 0))
         lo = _splat(builder, builder.load(builder.gep(wr, [ir.Constant(_I64, 256)])), v16)
         hi = _splat(builder, builder.load(builder.gep(wr, [ir.Constant(_I64, 257)])), v16)
+        cols = _lane_mask(builder, m, 16)
         W, keep = [], []
         for i in range(15):
             w = builder.load(builder.bitcast(builder.gep(wr, [ir.Constant(_I64, 16 * i)]), v16.as_pointer()), align=4)
-            inside = builder.and_(builder.icmp_signed(">", w, lo), builder.icmp_signed("<=", w, hi))
+            in_range = builder.and_(builder.icmp_signed(">", w, lo), builder.icmp_signed("<=", w, hi))
             W.append(w)
-            keep.append(builder.and_(inside, _upper16(builder, m, i)))
+            keep.append(builder.and_(in_range, _upper16(builder, _inside16(builder, m, i, cols), i)))
         cw_ptr = _ptr(context, builder, sig.args[2], cwa, n0)
         return _sorted_rows16(builder, context, W, keep, cw_ptr, _ptr(context, builder, sig.args[3], cida, n0))
 
